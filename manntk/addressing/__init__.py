@@ -1,0 +1,1 @@
+"""Built-in addressing: ``auto`` (ARMIN), ``tardis``, ``ntm`` (content-based), ``none``."""

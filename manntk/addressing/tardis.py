@@ -1,0 +1,106 @@
+"""TARDIS addressing (Gulcehre et al., 2017), used by TARDIS and AwTA.
+
+Slot i holds a learned address vector ``A_i`` (``key_size``) beside its content ``C_i``
+(the memory row). With ``u_t`` the usage so far (the sum of past read weights,
+normalised to sum to one)::
+
+    pi_t[i] = a^T tanh(W_h h_{t-1} + W_x x_t + W_m [A_i ; C_i] + w_u u_t[i])
+    pi_t[i] -= reread_penalty * w_{t-1}[i]
+    w_t     = gumbel_softmax(pi_t)   (straight-through, as auto-addressing)
+    r_t     = w_t^T C
+
+The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
+steer the choice among slots. The cost grows with the number of slots: every step
+projects every slot's content.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from manntk.cells.common import project_inputs
+from manntk.config import non_negative, positive
+from manntk.context import BuildContext
+from manntk.hookspecs import hookimpl
+from manntk.parts import Address
+from manntk.sampling import HardAddressing, HardAddressingConfig
+
+
+@attrs.define
+class TardisAddressingConfig(HardAddressingConfig):
+    """Options of TARDIS addressing (plus ``hard`` and ``temperature``).
+
+    Attributes:
+        key_size: width of the learned slot address vectors ``A_i``.
+        attention_size: width of the ``tanh`` layer that scores slots (default: the
+            slot width).
+        reread_penalty: subtracted from the logit of the slot read at the previous
+            step (the authors' code uses 100: do not re-read); 0 turns it off.
+        usage: feed the usage ``u_t`` into the scores.
+    """
+
+    key_size: int = attrs.field(default=16, validator=positive)
+    attention_size: int | None = attrs.field(default=None, validator=positive)
+    reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
+    usage: bool = True
+
+
+class _Prepared(NamedTuple):
+    query_x: Tensor  # [T, B, S]: W_x x_t + b for every step
+    slot_keys: Tensor  # [N, S]: W_m's A part applied to the slot address vectors
+    content_weight: Tensor  # W_m's C columns
+    noise: Tensor | None
+    tau: float
+
+
+class TardisAddressing(HardAddressing):
+    """TARDIS addressing; parameters ``A`` (slot keys), ``W_h``, ``W_x``, ``W_m``, ``w_u``, ``a``."""
+
+    def __init__(self, config: TardisAddressingConfig, context: BuildContext) -> None:
+        super().__init__(config)
+        if context.slots < 1:
+            raise ValueError("TARDIS addressing needs memory.slots >= 1")
+        size = config.attention_size or context.width
+        self.config = config
+        self.slots, self.key_size = context.slots, config.key_size
+        self.A = nn.Parameter(torch.randn(context.slots, config.key_size) / config.key_size**0.5)
+        self.W_h = nn.Linear(context.hidden_size, size, bias=False)
+        self.W_x = nn.Linear(context.input_size, size)
+        self.W_m = nn.Linear(config.key_size + context.width, size, bias=False)
+        self.w_u = nn.Parameter(torch.zeros(size))
+        self.a = nn.Parameter(torch.randn(size) / size**0.5)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        zeros = torch.zeros(batch_size, self.slots, device=device, dtype=dtype)
+        return {"usage": zeros, "previous": zeros.clone()}
+
+    def prepare(self, x: Tensor) -> _Prepared:
+        query_x = project_inputs(x, self.W_x.weight, self.W_x.bias)
+        slot_keys = nn.functional.linear(self.A, self.W_m.weight[:, : self.key_size])
+        noise = self.chunk_noise(query_x.shape[:2] + (self.slots,), query_x)
+        return _Prepared(query_x, slot_keys, self.W_m.weight[:, self.key_size :], noise, self.tau())
+
+    def step(
+        self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Address, dict[str, Tensor]]:
+        query = prepared.query_x[t] + self.W_h(hidden)  # [B, S]
+        slots = prepared.slot_keys + nn.functional.linear(memory, prepared.content_weight)  # [B, N, S]
+        if self.config.usage:
+            usage = state["usage"] / state["usage"].sum(-1, keepdim=True).clamp_min(1.0)
+            slots = slots + usage.unsqueeze(-1) * self.w_u
+        logits = torch.tanh(query.unsqueeze(1) + slots) @ self.a  # [B, N]
+        if self.config.reread_penalty:
+            logits = logits - self.config.reread_penalty * state["previous"]
+        noise = None if prepared.noise is None else prepared.noise[t]
+        address = self.sample(logits, prepared.tau, noise)
+        weights = address.dense(self.slots, logits.dtype).detach()
+        return address, {"usage": state["usage"] + weights, "previous": weights}
+
+
+@hookimpl
+def register_addressing(register):
+    register("tardis", TardisAddressing, TardisAddressingConfig)

@@ -1,0 +1,117 @@
+"""From a recipe-shaped mapping to a [`MemoryRNN`][manntk.engine.MemoryRNN]."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from torch import nn
+
+from manntk.config import AddressingSpec, CellSpec, WriteSpec, non_negative, positive, probability, structure
+from manntk.context import BuildContext
+from manntk.engine import MemoryLayer, MemoryRNN
+from manntk.plugins import Plugins, default_plugins
+
+
+@attrs.define
+class MemoryConfig:
+    """The slot memory of each layer.
+
+    Attributes:
+        slots: N, the number of slots.
+        width: D, the width of a slot, which is the read size ``d_r`` (default: the
+            cell's hidden size, as in the paper).
+        init: ``constant`` (every entry ``value``) or ``learned`` (a trained ``[N, D]``
+            parameter starting at ``value``, as the authors' code).
+        value: the initial value of every entry (NTM implementations use a small
+            constant such as 1e-6).
+    """
+
+    slots: int = attrs.field(default=20, validator=positive)
+    width: int | None = attrs.field(default=None, validator=positive)
+    init: Literal["constant", "learned"] = attrs.field(default="constant", validator=attrs.validators.in_(("constant", "learned")))
+    value: float = 0.0
+
+
+@attrs.define
+class ModelConfig:
+    """A model: layers of cell + addressing + write over a slot memory.
+
+    Attributes:
+        input_size: width of ``x_t``, or the vocabulary size with ``embedding``.
+        cell: the cell plugin node (``{name: armin, hidden_size: 100}``).
+        addressing: the addressing plugin node (``none``: no memory, e.g. an LSTM).
+        write: the write plugin node.
+        memory: slots and width of each layer's memory.
+        layers: number of stacked layers, each with its own memory.
+        output_size: with it, a Linear head maps ``o_t`` to this width; without, the
+            model outputs ``o_t``.
+        embedding: with it, inputs are token ids ``[B, T]`` embedded to this width.
+        dropout: dropout on every layer's output, in training only.
+        discrete_eval: in evaluation, read and write hard addresses by slot index.
+    """
+
+    input_size: int = attrs.field(validator=positive)
+    cell: CellSpec
+    addressing: AddressingSpec = attrs.field(factory=lambda: AddressingSpec("none"))
+    write: WriteSpec = attrs.field(factory=lambda: WriteSpec("none"))
+    memory: MemoryConfig = attrs.field(factory=MemoryConfig)
+    layers: int = attrs.field(default=1, validator=positive)
+    output_size: int | None = attrs.field(default=None, validator=positive)
+    embedding: int | None = attrs.field(default=None, validator=positive)
+    dropout: float = attrs.field(default=0.0, validator=[non_negative, probability])
+    discrete_eval: bool = True
+
+
+def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None = None) -> MemoryRNN:
+    """Build a model from a recipe-shaped mapping (or a [`ModelConfig`][manntk.build.ModelConfig]).
+
+    Example:
+        ```python
+        model = manntk.build_model({
+            "input_size": 10, "output_size": 8,
+            "cell": {"name": "armin", "hidden_size": 100},
+            "addressing": {"name": "auto"},
+            "write": {"name": "overwrite"},
+            "memory": {"slots": 50, "width": 32},
+        })
+        y, state = model(torch.randn(4, 20, 10))    # y: [4, 20, 8]
+        ```
+
+    Raises:
+        manntk.config.ConfigError: every problem of the mapping at once, with its path.
+    """
+    plugins = plugins or default_plugins()
+    registry = plugins.registry
+    config = mapping if isinstance(mapping, ModelConfig) else structure(mapping, ModelConfig, registry)
+    input_size = config.embedding or config.input_size
+    layers = []
+    for index in range(config.layers):
+        layer = _build_layer(config, input_size, BuildContext(input_size, 0, 0, 0, registry, path="model"), index)
+        layers.append(layer)
+        input_size = layer.output_size
+    embedding = nn.Embedding(config.input_size, config.embedding) if config.embedding else None
+    head = nn.Linear(input_size, config.output_size) if config.output_size else None
+    return MemoryRNN(layers, embedding=embedding, head=head, dropout=config.dropout)
+
+
+def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, index: int) -> MemoryLayer:
+    addressing_entry = context.registry.get("addressing", config.addressing.name)
+    uses_memory = getattr(addressing_entry.factory, "uses_memory", True)
+    hidden_size = getattr(config.cell.config, "hidden_size", None)
+    if uses_memory:
+        slots = config.memory.slots
+        width = config.memory.width or hidden_size
+        if width is None:
+            raise ValueError(f"model.memory.width is required: cell {config.cell.name!r} has no hidden_size option")
+    else:
+        slots = width = 0
+    context = context.with_(input_size=input_size, slots=slots, width=width)
+    cell = context.build(config.cell, path="model.cell")
+    context = context.with_(hidden_size=cell.hidden_size)
+    addressing = context.build(config.addressing, path="model.addressing")
+    write = context.build(config.write, path="model.write")
+    return MemoryLayer(
+        cell, addressing, write, slots, width,
+        memory_init=config.memory.init, memory_value=config.memory.value, discrete_eval=config.discrete_eval,
+    )

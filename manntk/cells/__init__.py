@@ -1,0 +1,1 @@
+"""Built-in cells: ``armin`` (the ARMIN cell), ``lstm`` (an LSTM controller), ``tardis``."""

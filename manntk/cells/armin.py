@@ -1,0 +1,105 @@
+"""The ARMIN cell (paper, eq. 3-8).
+
+```
+[g_h, g_r]          = sigmoid(W_ig [x_t, h_{t-1}, r_t] + b_ig)               (3)
+h^g = g_h * h_{t-1};  r^g = g_r * r_t                                        (4, 5)
+[i, f, g, o_h, o_r] = W_go [x_t, h^g, r^g] + b_go                            (6)
+h_t = sigmoid(f) * h_{t-1} + sigmoid(i) * tanh(g)                            (7)
+o_t = [sigmoid(o_h) * tanh(h_t), sigmoid(o_r) * tanh(r_t)]                   (8)
+```
+
+The forget path uses the ungated ``h_{t-1}``, as in the paper and the authors' code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from manntk.cells.common import GateNorm, project_inputs, split_input_weight, zoneout
+from manntk.config import positive, probability
+from manntk.context import BuildContext
+from manntk.hookspecs import hookimpl
+from manntk.parts import Cell
+
+
+@attrs.define
+class ArminConfig:
+    """Options of the ARMIN cell.
+
+    Attributes:
+        hidden_size: ``d_h``, the width of ``h_t``.
+        forget_bias: added to the forget gate's pre-activation (paper 0, the authors'
+            code 1).
+        squash_state: ``h_t = tanh(f h_{t-1} + i g)``, as the authors' code.
+        layer_norm: normalise each gate block's pre-activation.
+        zoneout: probability that a unit of ``h`` keeps its previous value (applied after
+            the output is computed).
+        read_output: keep the ``r`` part of ``o_t``; ``false`` is the paper's ablation.
+    """
+
+    hidden_size: int = attrs.field(validator=positive)
+    forget_bias: float = 0.0
+    squash_state: bool = False
+    layer_norm: bool = False
+    zoneout: float = attrs.field(default=0.0, validator=probability)
+    read_output: bool = True
+
+
+class _Prepared(NamedTuple):
+    ig_x: Tensor  # [T, B, d_h + d_r]: W_ig's x columns applied to every step, plus b_ig
+    go_x: Tensor  # [T, B, 4 d_h (+ d_r)]
+    ig_hr: Tensor  # W_ig's [h, r] columns
+    go_hr: Tensor  # W_go's [h^g, r^g] columns
+
+
+class ArminCell(Cell):
+    """The ARMIN cell; weights named as in the paper: ``W_ig`` and ``W_go``.
+
+    ``W_ig`` is a Linear over ``[x, h, r]`` giving ``[g_h, g_r]``; ``W_go`` is a Linear
+    over ``[x, h^g, r^g]`` giving ``[i, f, g, o_h, o_r]`` (``o_r`` only with
+    ``read_output``). Any ``d_r`` works, ``d_r > d_h`` included.
+    """
+
+    def __init__(self, config: ArminConfig, context: BuildContext) -> None:
+        super().__init__()
+        d_i, d_h, d_r = context.input_size, config.hidden_size, context.width
+        self.config = config
+        self.input_size, self.hidden_size, self.read_size = d_i, d_h, d_r
+        self.output_size = d_h + (d_r if config.read_output else 0)
+        self.gate_sizes = [d_h] * 4 + ([d_r] if config.read_output else [])
+        self.W_ig = nn.Linear(d_i + d_h + d_r, d_h + d_r)
+        self.W_go = nn.Linear(d_i + d_h + d_r, sum(self.gate_sizes))
+        self.norm_ig = GateNorm([d_h, d_r]) if config.layer_norm else nn.Identity()
+        self.norm_go = GateNorm(self.gate_sizes) if config.layer_norm else nn.Identity()
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        return {"h": torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)}
+
+    def prepare(self, x: Tensor) -> _Prepared:
+        ig_x, ig_hr = split_input_weight(self.W_ig, self.input_size)
+        go_x, go_hr = split_input_weight(self.W_go, self.input_size)
+        return _Prepared(project_inputs(x, ig_x, self.W_ig.bias), project_inputs(x, go_x, self.W_go.bias), ig_hr, go_hr)
+
+    def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        h = state["h"]
+        gates_ig = self.norm_ig(torch.addmm(prepared.ig_x[t], torch.cat([h, read], dim=1), prepared.ig_hr.t()))
+        g_h, g_r = torch.sigmoid(gates_ig).split([self.hidden_size, self.read_size], dim=1)
+        gated = torch.cat([g_h * h, g_r * read], dim=1)
+        gates_go = self.norm_go(torch.addmm(prepared.go_x[t], gated, prepared.go_hr.t()))
+        i, f, g, o_h, *o_r = gates_go.split(self.gate_sizes, dim=1)
+        h_new = torch.sigmoid(f + self.config.forget_bias) * h + torch.sigmoid(i) * torch.tanh(g)
+        if self.config.squash_state:
+            h_new = torch.tanh(h_new)
+        output = torch.sigmoid(o_h) * torch.tanh(h_new)
+        if o_r:
+            output = torch.cat([output, torch.sigmoid(o_r[0]) * torch.tanh(read)], dim=1)
+        return output, {"h": zoneout(h, h_new, self.config.zoneout, self.training)}
+
+
+@hookimpl
+def register_cells(register):
+    register("armin", ArminCell, ArminConfig)

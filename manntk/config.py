@@ -1,0 +1,160 @@
+"""Structuring recipe mappings into attrs configs, with every problem reported at once.
+
+A plugin node (``cell:``, ``addressing:``, ``write:``) is tagged by ``name:``; its other
+keys are structured by the config class that the plugin registered under that name, so
+swapping ``name`` swaps the part and its options together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from manntk.registry import Registry, RegistryError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration mapping, each with its path.
+
+    Attributes:
+        errors: one line per problem, ``"<message> @ <path>"``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {error}" for error in self.errors)
+        super().__init__(f"{len(self.errors)} problem(s) in the configuration:\n{lines}")
+
+
+@attrs.frozen
+class PartSpec:
+    """A plugin node: the registered part's ``name`` and its structured ``config``.
+
+    ``config`` is an instance of the plugin's config class, or ``None`` for that
+    class's defaults (or for a part that takes no options).
+    """
+
+    name: str
+    config: Any = None
+    kind: ClassVar[str] = ""
+
+
+@attrs.frozen
+class CellSpec(PartSpec):
+    """A ``cell:`` node."""
+
+    kind: ClassVar[str] = "cells"
+
+
+@attrs.frozen
+class AddressingSpec(PartSpec):
+    """An ``addressing:`` node."""
+
+    kind: ClassVar[str] = "addressing"
+
+
+@attrs.frozen
+class WriteSpec(PartSpec):
+    """A ``write:`` node."""
+
+    kind: ClassVar[str] = "writes"
+
+
+def make_converter(registry: Registry) -> cattrs.Converter:
+    """A strict converter: extra keys forbidden, no silent coercion, plugin nodes by name."""
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(str, _strict_str)
+    for spec_type in (CellSpec, AddressingSpec, WriteSpec):
+        converter.register_structure_hook(spec_type, _part_hook(converter, registry, spec_type))
+    return converter
+
+
+def structure(mapping: Any, cls: type[T], registry: Registry, path: str = "model") -> T:
+    """Structure ``mapping`` into ``cls``, raising one [`ConfigError`][manntk.config.ConfigError] with every problem."""
+    try:
+        return make_converter(registry).structure(mapping, cls)
+    except (ClassValidationError, IterableValidationError, ValueError, TypeError, RegistryError) as error:
+        raise ConfigError(cattrs.transform_error(error, path=f"$.{path}" if path else "$", format_exception=_format)) from None
+
+
+def _format(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, RegistryError):
+        return str(exc.args[0])
+    if isinstance(exc, (ValueError, TypeError)) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _part_hook(converter: cattrs.Converter, registry: Registry, spec_type: type[PartSpec]) -> Any:
+    def hook(node: Any, _: type) -> PartSpec:
+        if isinstance(node, spec_type):
+            return node
+        if isinstance(node, str):
+            node = {"name": node}
+        if not isinstance(node, dict):
+            raise TypeError(f"expected a mapping with a 'name' key, got {node!r}")
+        if "name" not in node:
+            raise ValueError(f"missing 'name'; registered: {', '.join(registry.names(spec_type.kind))}")
+        options = {key: value for key, value in node.items() if key != "name"}
+        entry = registry.get(spec_type.kind, node["name"])
+        if entry.config is None:
+            if options:
+                raise ValueError(f"{spec_type.kind} {entry.name!r} takes no options, got: {', '.join(map(str, options))}")
+            return spec_type(entry.name, None)
+        return spec_type(entry.name, converter.structure(options, entry.config))
+
+    return hook
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: an integer > 0 (``None`` passes, for optional fields)."""
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a number >= 0."""
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a number in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")

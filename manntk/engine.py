@@ -1,0 +1,151 @@
+"""The recurrent engine: per layer, per time step, read -> cell -> write.
+
+```
+w_t, a = addressing(x_t, h_{t-1}, M_{t-1}, a)     # read weights [B, N]
+r_t    = read(M_{t-1}, w_t)                        # [B, D]
+o_t, c = cell(x_t, c, r_t)                         # c["h"] is h_t
+M_t, s = write(M_{t-1}, h_t, w_t, s)
+```
+
+The engine follows ``torch.nn.LSTM``: ``model(x, state=None) -> (y, state)``, batch
+first. Layers run one after another over the whole chunk, so every part can ``prepare``
+its input projections for all T steps at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from manntk import memory as mem
+from manntk.parts import Address, Addressing, Cell, Write
+from manntk.sampling import HardAddressing
+from manntk.state import State
+
+
+class MemoryLayer(nn.Module):
+    """One recurrent layer: a cell, an addressing and a write over a slot memory of its own.
+
+    Attributes:
+        cell: the cell.
+        addressing: the read addressing.
+        write: the write policy.
+        slots: N, the number of memory slots (0 without memory).
+        width: D, the width of a slot (0 without memory).
+        discrete_eval: in evaluation, read and write hard addresses by index (faster;
+            same outputs as the weighted path with one-hot weights).
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        addressing: Addressing,
+        write: Write,
+        slots: int,
+        width: int,
+        memory_init: str = "constant",
+        memory_value: float = 0.0,
+        discrete_eval: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cell, self.addressing, self.write = cell, addressing, write
+        self.slots, self.width = slots, width
+        self.discrete_eval = discrete_eval
+        initial = torch.full((slots, width), float(memory_value))
+        if memory_init == "learned":
+            self.memory_init = nn.Parameter(initial)
+        else:
+            self.register_buffer("memory_init", initial)
+
+    @property
+    def output_size(self) -> int:
+        """Width of the layer's output ``o_t``."""
+        return self.cell.output_size
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        """A fresh state: zero cell state, the initial memory and empty bookkeeping."""
+        return {
+            "cell": self.cell.init_state(batch_size, device, dtype),
+            "addressing": self.addressing.init_state(batch_size, device, dtype),
+            "write": self.write.init_state(batch_size, device, dtype),
+            "memory": self.memory_init.to(device=device, dtype=dtype).expand(batch_size, -1, -1),
+        }
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Run the chunk ``x`` ``[B, T, input_size]`` from ``state``; returns ``o`` ``[B, T, output_size]`` and the new state."""
+        prepared_cell = self.cell.prepare(x)
+        prepared_addressing = self.addressing.prepare(x)
+        prepared_write = self.write.prepare(x)
+        cell_state, addressing_state = state["cell"], state.get("addressing", {})
+        write_state, memory = state.get("write", {}), state["memory"]
+        discrete = self.discrete_eval and not self.training
+        if discrete:
+            memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
+        outputs = []
+        for t in range(x.shape[1]):
+            address, addressing_state = self.addressing.step(
+                prepared_addressing, t, cell_state["h"], memory, addressing_state
+            )
+            if address.weights is None and not discrete:
+                address = Address(address.dense(self.slots, memory.dtype), address.index)
+            read = mem.read(memory, address.weights) if address.weights is not None else mem.read_index(memory, address.index)
+            output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
+            memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
+            outputs.append(output)
+        new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory}
+        return torch.stack(outputs, dim=1), new_state
+
+
+class MemoryRNN(nn.Module):
+    """A stack of [`MemoryLayer`][manntk.engine.MemoryLayer]s with an optional embedding and output head.
+
+    ``model(x, state=None) -> (y, state)``: ``x`` is ``[B, T, input_size]`` (or token ids
+    ``[B, T]`` with an embedding); ``y`` is ``[B, T, output_size]`` with a head, else the
+    last layer's ``o_t``. ``state=None`` starts fresh memories.
+
+    Attributes:
+        layers: the layers; ``layers[i].cell``, ``.addressing`` and ``.write`` are the parts.
+        embedding: maps token ids to vectors, or ``None``.
+        head: a Linear from the last ``o_t`` to ``output_size``, or ``None``.
+        dropout: dropout rate on every layer's output (training only).
+    """
+
+    def __init__(
+        self,
+        layers: list[MemoryLayer],
+        embedding: nn.Embedding | None = None,
+        head: nn.Linear | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.embedding = embedding
+        self.head = head
+        self.dropout = dropout
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
+        """A fresh state for ``batch_size`` sequences (parameters' device and dtype by default)."""
+        reference = next(self.parameters())
+        device = torch.device(device) if device is not None else reference.device
+        dtype = dtype or reference.dtype
+        return {"layers": [layer.init_state(batch_size, device, dtype) for layer in self.layers]}
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        layer_states = []
+        for layer, layer_state in zip(self.layers, state["layers"], strict=True):
+            x, layer_state = layer(x, layer_state)
+            x = nn.functional.dropout(x, self.dropout, self.training)
+            layer_states.append(layer_state)
+        if self.head is not None:
+            x = self.head(x)
+        return x, {"layers": layer_states}
+
+    def set_schedule_step(self, step: int) -> None:
+        """Move every schedule (e.g. the Gumbel-softmax temperature) to training step ``step``."""
+        for module in self.modules():
+            if isinstance(module, HardAddressing):
+                module.schedule_step.fill_(step)

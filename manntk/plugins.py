@@ -1,0 +1,146 @@
+"""The plugin manager: the built-in parts and every entry point of group ``manntk``.
+
+Built-in parts register through the same hooks as third-party plugins, so there is
+one path into the registry. Each entry point is loaded and registered in isolation: a
+plugin that fails to import or to register is recorded as a
+[`PluginFailure`][manntk.plugins.PluginFailure] and the others load as usual (a
+``strict`` switch re-raises instead).
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any
+
+import attrs
+import pluggy
+
+from manntk import hookspecs
+from manntk.registry import Entry, Registry, RegistryError
+
+ENTRY_POINT_GROUP = "manntk"
+
+BUILTIN_PLUGINS = (
+    "manntk.cells.armin",
+    "manntk.cells.lstm",
+    "manntk.cells.tardis",
+    "manntk.addressing.auto",
+    "manntk.addressing.tardis",
+    "manntk.addressing.ntm",
+    "manntk.addressing.none",
+    "manntk.writes.overwrite",
+    "manntk.writes.erase_add",
+    "manntk.writes.none",
+)
+
+HOOKS = {"cells": "register_cells", "addressing": "register_addressing", "writes": "register_writes"}
+
+
+@attrs.frozen
+class PluginFailure:
+    """A plugin that could not be loaded or could not register its parts."""
+
+    name: str
+    error: str
+
+
+@attrs.define
+class Plugins:
+    """Loaded plugins: the pluggy manager, the filled registry and what went wrong.
+
+    Attributes:
+        manager: the pluggy plugin manager.
+        registry: the parts every plugin registered.
+        failures: plugins that failed to load or register, by name.
+        contributions: for each plugin name, the ``(kind, name)`` pairs it registered.
+    """
+
+    manager: pluggy.PluginManager
+    registry: Registry
+    failures: list[PluginFailure] = attrs.field(factory=list)
+    contributions: dict[str, list[tuple[str, str]]] = attrs.field(factory=dict)
+
+
+def load_plugins(*, entry_points_too: bool = True, strict: bool = False, extra: tuple[Any, ...] = ()) -> Plugins:
+    """Load the built-ins, then every entry point of group ``manntk``, and fill a registry.
+
+    Args:
+        entry_points_too: also load installed third-party plugins.
+        strict: re-raise the first plugin failure instead of recording it.
+        extra: plugin objects (modules or instances with hook implementations) to
+            register after the entry points, e.g. in tests.
+
+    Returns:
+        The manager, the registry and the failures.
+    """
+    manager = pluggy.PluginManager("manntk")
+    manager.add_hookspecs(hookspecs)
+    plugins = Plugins(manager=manager, registry=Registry(tuple(HOOKS)))
+    for module_name in BUILTIN_PLUGINS:
+        manager.register(importlib.import_module(module_name), name=module_name)
+    if entry_points_too:
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            _guard(plugins, entry_point.name, strict, lambda ep=entry_point: manager.register(ep.load(), name=ep.name))
+    for plugin in extra:
+        _guard(plugins, _plugin_label(plugin), strict, lambda p=plugin: manager.register(p, name=_plugin_label(p)))
+    for name, hooks in _hook_functions(manager).items():
+        _guard(plugins, name, strict, partial(_collect, plugins, name, hooks))
+    return plugins
+
+
+_default: Plugins | None = None
+
+
+def default_plugins() -> Plugins:
+    """The process-wide plugins, loaded on first use."""
+    global _default
+    if _default is None:
+        _default = load_plugins()
+    return _default
+
+
+def _hook_functions(manager: pluggy.PluginManager) -> dict[str, list[tuple[str, Any]]]:
+    """For each registered plugin, its ``(kind, hook function)`` pairs, in hook order."""
+    functions: dict[str, list[tuple[str, Any]]] = {name: [] for name, _ in manager.list_name_plugin()}
+    for kind, hook_name in HOOKS.items():
+        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+            functions[impl.plugin_name].append((kind, impl.function))
+    return functions
+
+
+def _collect(plugins: Plugins, plugin_name: str, hooks: list[tuple[str, Any]]) -> None:
+    """Call one plugin's registration hooks; keep its entries only if all of them succeed."""
+    staged: list[tuple[str, Entry]] = []
+    for kind, function in hooks:
+
+        def register(name: str, factory: Any, config: type | None = None, *, _kind: str = kind) -> None:
+            staged.append((_kind, Entry(name=name, factory=factory, config=config, plugin=plugin_name)))
+
+        function(register=register)
+    added: list[tuple[str, str]] = []
+    try:
+        for kind, entry in staged:
+            plugins.registry.add(kind, entry)
+            added.append((kind, entry.name))
+    except RegistryError:
+        for kind, name in added:
+            plugins.registry.remove(kind, name)
+        raise
+    plugins.contributions[plugin_name] = added
+
+
+def _guard(plugins: Plugins, name: str, strict: bool, action: Any) -> None:
+    try:
+        action()
+    except Exception as error:  # a broken plugin must not break the others
+        if strict:
+            raise
+        plugins.failures.append(PluginFailure(name=name, error=f"{type(error).__name__}: {error}"))
+        if plugins.manager.get_plugin(name) is not None:
+            plugins.manager.unregister(name=name)
+
+
+def _plugin_label(plugin: Any) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__

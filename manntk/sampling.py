@@ -1,0 +1,118 @@
+"""Hard addressing: straight-through Gumbel-softmax and its temperature schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor
+
+from manntk.config import non_negative, positive
+from manntk.parts import Address, Addressing
+
+
+@attrs.define
+class TemperatureSchedule:
+    """The Gumbel-softmax temperature as a function of the training step.
+
+    Anneals from ``start`` to ``end`` over ``steps`` training steps, then stays at
+    ``end`` (Jang et al.: start high, end small but non-zero).
+
+    Attributes:
+        start: temperature at step 0.
+        end: temperature from step ``steps`` on.
+        steps: length of the anneal (0: always ``end``).
+        kind: ``exponential`` (geometric interpolation) or ``linear``.
+    """
+
+    start: float = attrs.field(default=1.0, validator=positive)
+    end: float = attrs.field(default=1.0, validator=positive)
+    steps: int = attrs.field(default=0, validator=non_negative)
+    kind: Literal["exponential", "linear"] = attrs.field(
+        default="exponential", validator=attrs.validators.in_(("exponential", "linear"))
+    )
+
+    def __call__(self, step: int) -> float:
+        """The temperature at training step ``step``."""
+        if self.steps == 0 or step >= self.steps:
+            return self.end
+        fraction = max(step, 0) / self.steps
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * fraction
+        return math.exp(math.log(self.start) + (math.log(self.end) - math.log(self.start)) * fraction)
+
+
+@attrs.define
+class HardAddressingConfig:
+    """Options shared by the addressing mechanisms that pick one slot.
+
+    Attributes:
+        hard: one-hot reads (straight-through Gumbel-softmax in training, argmax in
+            evaluation); ``false`` reads softly with ``softmax(logits / tau)`` (the
+            paper's soft-read ablation, and the authors' algorithmic-task code).
+        temperature: the schedule of ``tau``, driven by the training step.
+    """
+
+    hard: bool = True
+    temperature: TemperatureSchedule = attrs.field(factory=TemperatureSchedule)
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
+    """Samples of the standard Gumbel distribution, ``-log(-log(u))`` (eq. 2)."""
+    uniform = torch.rand(shape, device=like.device, dtype=like.dtype)
+    tiny = torch.finfo(like.dtype).tiny
+    return -torch.log(-torch.log(uniform.clamp_min(tiny)).clamp_min(tiny))
+
+
+def straight_through(logits: Tensor, tau: float, noise: Tensor | None) -> Address:
+    """Straight-through Gumbel-softmax (eq. 1, 9).
+
+    Forward: the one-hot of ``argmax(logits + g)``. Backward: the gradient of
+    ``softmax((logits + g) / tau)``.
+
+    Args:
+        logits: ``[B, N]``.
+        tau: the temperature.
+        noise: Gumbel samples ``[B, N]``, or ``None`` for none.
+    """
+    perturbed = logits if noise is None else logits + noise
+    soft = torch.softmax(perturbed / tau, dim=-1)
+    index = perturbed.argmax(dim=-1)
+    hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
+    return Address(hard - soft.detach() + soft, index)
+
+
+class HardAddressing(Addressing):
+    """Base of the addressing mechanisms that pick one slot from logits.
+
+    Holds the temperature schedule and a ``schedule_step`` buffer that the trainer
+    advances (saved with the weights, so a resumed run continues the schedule).
+    """
+
+    def __init__(self, config: HardAddressingConfig) -> None:
+        super().__init__()
+        self.hard = config.hard
+        self.temperature = config.temperature
+        self.register_buffer("schedule_step", torch.zeros((), dtype=torch.long))
+
+    def tau(self) -> float:
+        """The temperature at the current training step."""
+        return self.temperature(int(self.schedule_step))
+
+    def chunk_noise(self, logits_shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """Gumbel noise for a whole chunk ``[T, B, N]`` when sampling (hard, training), else ``None``."""
+        return gumbel_noise(logits_shape, like) if self.hard and self.training else None
+
+    def sample(self, logits: Tensor, tau: float, noise: Tensor | None) -> Address:
+        """The address for ``logits`` ``[B, N]``.
+
+        Training and hard: straight-through sample. Evaluation and hard: argmax, as an
+        index only (the discrete path). Soft: ``softmax(logits / tau)``.
+        """
+        if not self.hard:
+            return Address(torch.softmax(logits / tau, dim=-1))
+        if self.training:
+            return straight_through(logits, tau, noise)
+        return Address(None, logits.argmax(dim=-1))

@@ -1,0 +1,1 @@
+"""Built-in write policies: ``overwrite`` (ARMIN, TARDIS), ``erase_add`` (NTM), ``none``."""

@@ -1,0 +1,65 @@
+"""The NTM write: a head with its own addressing, then erase and add.
+
+``M_i <- M_i * (1 - w_i e) + w_i a`` with ``e = sigmoid(W_e h_t)``, ``a = tanh(W_a h_t)``
+and ``w`` the write head's weights. The head is any addressing plugin (``ntm`` by
+default); it sees ``[x_t, h_t]`` and ``M_{t-1}``. Unlike the overwrite policy the weights
+are not detached: the write is fully differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from manntk import memory as mem
+from manntk.config import AddressingSpec
+from manntk.context import BuildContext
+from manntk.hookspecs import hookimpl
+from manntk.parts import Address, Write
+
+
+@attrs.define
+class EraseAddConfig:
+    """Options of the erase/add write.
+
+    Attributes:
+        addressing: the write head's addressing (a plugin node, like ``model.addressing``).
+    """
+
+    addressing: AddressingSpec = attrs.field(factory=lambda: AddressingSpec("ntm"))
+
+
+class _Prepared(NamedTuple):
+    head: Any
+
+
+class EraseAdd(Write):
+    """Erase/add write; ``head`` is the write head's addressing, ``W_ea`` gives ``[e, a]``."""
+
+    def __init__(self, config: EraseAddConfig, context: BuildContext) -> None:
+        super().__init__()
+        if context.slots < 1:
+            raise ValueError("the erase_add policy needs memory.slots >= 1")
+        self.slots, self.width = context.slots, context.width
+        self.head = context.build(config.addressing, path=f"{context.path}.addressing")
+        self.W_ea = nn.Linear(context.hidden_size, 2 * context.width)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        return {"head": self.head.init_state(batch_size, device, dtype)}
+
+    def prepare(self, x: Tensor) -> _Prepared:
+        return _Prepared(self.head.prepare(x))
+
+    def step(self, prepared: _Prepared, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        head_address, head_state = self.head.step(prepared.head, t, hidden, memory, state["head"])
+        erase, add = self.W_ea(hidden).chunk(2, dim=-1)
+        weights = head_address.dense(self.slots, memory.dtype)
+        return mem.erase_add(memory, weights, torch.sigmoid(erase), torch.tanh(add)), {"head": head_state}
+
+
+@hookimpl
+def register_writes(register):
+    register("erase_add", EraseAdd, EraseAddConfig)

@@ -1,0 +1,78 @@
+"""Overwrite the slot just read with the new hidden state (paper, section 3.3).
+
+``M_t = M_{t-1} * (1 - w) + w v^T`` with ``w`` the read weights, detached, and ``v = h_t``
+(through a Linear ``d_h -> d_r`` when the widths differ). For the first N steps of a
+sequence the write goes to empty slot t instead (fill-empty-first); a per-row counter in
+the write state keeps track, so it carries across TBPTT chunks. On the discrete path the
+slot is replaced in place by index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from manntk import memory as mem
+from manntk.context import BuildContext
+from manntk.hookspecs import hookimpl
+from manntk.parts import Address, Write
+
+
+@attrs.define
+class OverwriteConfig:
+    """Options of the overwrite policy.
+
+    Attributes:
+        fill_empty_first: write the first N steps of a sequence into empty slots.
+        projection: pass ``h_t`` through a Linear before writing; ``null`` (default):
+            only when the hidden size differs from the slot width (the paper);
+            ``true``: always (the authors' code).
+    """
+
+    fill_empty_first: bool = True
+    projection: bool | None = None
+
+
+class Overwrite(Write):
+    """Overwrite the read slot; ``W_v`` (when present) maps ``h_t`` to the slot width."""
+
+    def __init__(self, config: OverwriteConfig, context: BuildContext) -> None:
+        super().__init__()
+        if context.slots < 1:
+            raise ValueError("the overwrite policy needs memory.slots >= 1")
+        project = config.projection if config.projection is not None else context.hidden_size != context.width
+        if not project and context.hidden_size != context.width:
+            raise ValueError(
+                f"projection: false needs memory.width == the cell's hidden size, got {context.width} and {context.hidden_size}"
+            )
+        self.fill_empty_first = config.fill_empty_first
+        self.slots = context.slots
+        self.W_v = nn.Linear(context.hidden_size, context.width) if project else nn.Identity()
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        return {"filled": torch.zeros(batch_size, dtype=torch.long, device=device)} if self.fill_empty_first else {}
+
+    def prepare(self, x: Tensor) -> None:
+        return None
+
+    def step(self, prepared: Any, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        value = self.W_v(hidden)
+        if address.weights is None:
+            slot = mem.fill_target(state["filled"], address.index, self.slots) if self.fill_empty_first else address.index
+            memory = mem.overwrite_index_(memory, slot, value)
+        else:
+            weights = address.weights.detach()
+            if self.fill_empty_first:
+                weights = mem.fill_weights(state["filled"], weights)
+            memory = mem.overwrite(memory, weights, value)
+        if self.fill_empty_first:
+            state = {"filled": (state["filled"] + 1).clamp_max(self.slots)}
+        return memory, state
+
+
+@hookimpl
+def register_writes(register):
+    register("overwrite", Overwrite, OverwriteConfig)
