@@ -55,7 +55,7 @@ class Registry:
         if entry.name in table:
             first = table[entry.name].plugin
             raise RegistryError(
-                f"{kind} {entry.name!r} is registered twice: by plugin {first!r} and by plugin {entry.plugin!r}"
+                f"{kind} part {entry.name!r} is registered twice: by plugin {first!r} and by plugin {entry.plugin!r}"
             )
         table[entry.name] = entry
 
@@ -90,7 +90,8 @@ class Registry:
 def unknown_name_message(kind: str, name: object, choices: dict[str, Any] | list[str]) -> str:
     """The error text for an unknown ``name``: the registered choices and a close match."""
     names = sorted(choices)
-    message = f"unknown {kind} {name!r}; registered: {', '.join(names) or '(none)'}"
+    singular = kind[:-1] if kind.endswith("s") else kind
+    message = f"unknown {singular} {name!r}; registered: {', '.join(names) or '(none)'}"
     close = difflib.get_close_matches(str(name), names, n=1)
     if close:
         message += f"; did you mean {close[0]!r}?"

@@ -63,7 +63,8 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
     """Samples of the standard Gumbel distribution, ``-log(-log(u))`` (eq. 2)."""
     uniform = torch.rand(shape, device=like.device, dtype=like.dtype)
     tiny = torch.finfo(like.dtype).tiny
-    return -torch.log(-torch.log(uniform.clamp_min(tiny)).clamp_min(tiny))
+    exponential = (-torch.log(uniform.clamp_min(tiny))).clamp_min(tiny)
+    return -torch.log(exponential)
 
 
 def straight_through(logits: Tensor, tau: float, noise: Tensor | None) -> Address:
