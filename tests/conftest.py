@@ -1,0 +1,51 @@
+"""Shared helpers for the tests: tiny models of every paper composition."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import manntk
+
+#: The paper's models as (cell, addressing, write) nodes, at tiny sizes.
+COMPOSITIONS = {
+    "armin": ({"name": "armin", "hidden_size": 5}, {"name": "auto"}, {"name": "overwrite"}),
+    "awta": ({"name": "armin", "hidden_size": 5}, {"name": "tardis", "key_size": 3}, {"name": "overwrite"}),
+    "tardis": ({"name": "tardis", "hidden_size": 5}, {"name": "tardis", "key_size": 3}, {"name": "overwrite"}),
+    "ntm": ({"name": "lstm", "hidden_size": 5}, {"name": "ntm"}, {"name": "erase_add"}),
+    "lstm": ({"name": "lstm", "hidden_size": 5}, {"name": "none"}, {"name": "none"}),
+}
+
+
+def model_mapping(name: str, input_size: int = 3, output_size: int | None = 2, slots: int = 4, width: int = 4, **extra):
+    """A recipe-shaped mapping for the composition ``name`` with tiny sizes."""
+    cell, addressing, write = copy.deepcopy(COMPOSITIONS[name])
+    memory = extra.pop("memory_override", {"slots": slots, "width": width})
+    mapping = {"input_size": input_size, "cell": cell, "addressing": addressing, "write": write, "memory": memory, **extra}
+    if output_size is not None:
+        mapping["output_size"] = output_size
+    return mapping
+
+
+def soften(mapping: dict) -> dict:
+    """The same mapping with soft reads where the addressing is hard (differentiable everywhere)."""
+    mapping = copy.deepcopy(mapping)
+    if mapping["addressing"]["name"] in ("auto", "tardis"):
+        mapping["addressing"]["hard"] = False
+    return mapping
+
+
+@pytest.fixture(params=sorted(COMPOSITIONS))
+def composition(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def build(mapping, dtype=torch.float32):
+    return manntk.build_model(mapping).to(dtype)

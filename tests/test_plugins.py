@@ -1,0 +1,154 @@
+"""The plugin system: third-party entry points, isolation of broken plugins, the registry."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+import manntk
+from manntk.cli import main
+from manntk.config import ConfigError
+from manntk.plugins import load_plugins
+from manntk.registry import Entry, Registry, RegistryError
+
+GOOD_PLUGIN = '''
+import attrs
+import torch
+from manntk.hookspecs import hookimpl
+from manntk.parts import Address, Addressing
+
+
+@attrs.define
+class FirstSlotConfig:
+    slot: int = 0
+
+
+class FirstSlot(Addressing):
+    """Always reads one fixed slot."""
+
+    def __init__(self, config, context):
+        super().__init__()
+        self.slot, self.slots = config.slot, context.slots
+
+    def step(self, prepared, t, hidden, memory, state):
+        index = torch.full((memory.shape[0],), self.slot, dtype=torch.long, device=memory.device)
+        return Address(torch.nn.functional.one_hot(index, self.slots).to(memory.dtype), index), state
+
+
+@hookimpl
+def register_addressing(register):
+    register("first_slot", FirstSlot, FirstSlotConfig)
+'''
+
+BROKEN_PLUGIN = "raise ImportError('this plugin needs a package that is not installed')\n"
+
+DUPLICATE_PLUGIN = '''
+from manntk.hookspecs import hookimpl
+from manntk.cells.armin import ArminCell, ArminConfig
+
+
+@hookimpl
+def register_cells(register):
+    register("armin", ArminCell, ArminConfig)
+'''
+
+
+def install_fake_distribution(root, name, modules: dict[str, str], entry_points: dict[str, str]):
+    """Write modules and a ``.dist-info`` with ``manntk`` entry points under ``root``, as pip would."""
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "\n".join(f"{ep} = {target}" for ep, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[manntk]\n{lines}\n")
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    install_fake_distribution(
+        tmp_path, "manntk_first_slot", {"first_slot_plugin": GOOD_PLUGIN}, {"first-slot": "first_slot_plugin"}
+    )
+    install_fake_distribution(tmp_path, "manntk_broken", {"broken_plugin": BROKEN_PLUGIN}, {"broken": "broken_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_third_party_addressing_builds_from_a_mapping(third_party):
+    plugins = load_plugins()
+    assert plugins.registry.get("addressing", "first_slot").plugin == "first-slot"
+    model = manntk.build_model(
+        {"input_size": 2, "cell": {"name": "armin", "hidden_size": 3},
+         "addressing": {"name": "first_slot", "slot": 1}, "write": {"name": "overwrite", "fill_empty_first": False},
+         "memory": {"slots": 3}},
+        plugins=plugins,
+    )
+    _, state = model(torch.randn(2, 4, 2))
+    memory = state["layers"][0]["memory"]
+    assert memory[:, 1].abs().sum() > 0 and memory[:, [0, 2]].abs().sum() == 0  # it only ever touched slot 1
+
+
+def test_broken_plugin_is_reported_and_does_not_break_the_rest(third_party):
+    plugins = load_plugins()
+    assert [f.name for f in plugins.failures] == ["broken"]
+    assert "ImportError" in plugins.failures[0].error and "not installed" in plugins.failures[0].error
+    assert {"auto", "tardis", "ntm", "none", "first_slot"} <= set(plugins.registry.names("addressing"))
+    with pytest.raises(ImportError):
+        load_plugins(strict=True)
+
+
+def test_manntk_plugins_lists_builtins_and_failures(third_party, capsys):
+    status = main(["plugins"])
+    out = capsys.readouterr().out
+    assert status == 1  # a failure is listed, and the exit status says so
+    for name in ("armin", "lstm", "tardis", "auto", "ntm", "overwrite", "erase_add", "first_slot"):
+        assert name in out
+    assert "failed plugins:" in out and "broken: ImportError" in out
+
+
+def test_manntk_plugins_clean(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "cells:" in out and "manntk.cells.armin: cells/armin" in out and "failed" not in out
+
+
+def test_a_name_registered_twice_names_both_plugins(tmp_path, monkeypatch):
+    install_fake_distribution(tmp_path, "manntk_dup", {"dup_plugin": DUPLICATE_PLUGIN}, {"dup": "dup_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = load_plugins()
+    (failure,) = plugins.failures
+    assert failure.name == "dup"
+    assert "'armin' is registered twice" in failure.error and "manntk.cells.armin" in failure.error and "'dup'" in failure.error
+    assert plugins.registry.get("cells", "armin").plugin == "manntk.cells.armin"
+
+
+def test_registry_unknown_name_gives_choices_and_close_match():
+    registry = Registry()
+    registry.add("addressing", Entry("tardis", object, None, "p"))
+    registry.add("addressing", Entry("auto", object, None, "p"))
+    with pytest.raises(RegistryError, match=r"unknown addressing 'tardiss'; registered: auto, tardis; did you mean 'tardis'\?"):
+        registry.get("addressing", "tardiss")
+    with pytest.raises(RegistryError, match="registered twice: by plugin 'p' and by plugin 'q'"):
+        registry.add("addressing", Entry("auto", object, None, "q"))
+
+
+def test_config_errors_name_the_key_the_value_and_the_choices():
+    with pytest.raises(ConfigError) as caught:
+        manntk.build_model({
+            "input_size": 4,
+            "cell": {"name": "armin", "hidden_size": "big", "colour": 1},
+            "addressing": {"name": "tardiss"},
+            "memory": {"slots": -3},
+        })
+    errors = caught.value.errors
+    assert "expected an integer, got 'big' @ $.model.cell.hidden_size" in errors
+    assert "unknown key(s): colour @ $.model.cell" in errors
+    assert any("did you mean 'tardis'" in e and e.endswith("@ $.model.addressing") for e in errors)
+    assert "slots must be positive, got -3 @ $.model.memory" in errors
+
+
+def test_plugin_options_cannot_be_given_to_a_part_without_options():
+    with pytest.raises(ConfigError, match="takes no options"):
+        manntk.build_model({"input_size": 2, "cell": {"name": "lstm", "hidden_size": 2}, "write": {"name": "none", "x": 1}})
