@@ -1,0 +1,87 @@
+"""The copy task (Graves et al. 2014, section 4.1; ARMIN paper, section 4.1).
+
+The model is shown a sequence of random bit vectors and must then reproduce it. It tests
+whether a model can store a sequence and read it back in order.
+
+Layout of one example of length ``L`` (``W = width``), ``2L + 2`` steps:
+
+| steps               | inputs                             | targets  | mask  |
+|---------------------|------------------------------------|----------|-------|
+| ``0``               | start marker: channel ``W`` = 1    | 0        | False |
+| ``1 .. L``          | the bits on channels ``0 .. W-1``  | 0        | False |
+| ``L + 1``           | end marker: channel ``W + 1`` = 1  | 0        | False |
+| ``L + 2 .. 2L + 1`` | 0                                  | the bits | True  |
+
+``input_size = W + 2``, ``output_size = W``. The two marker channels match the authors'
+code (``seq_width + 2`` inputs).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import torch
+
+from manntk.tasks.algorithmic.batch import (
+    Example,
+    SequenceBatch,
+    at_least_field,
+    marker,
+    positive_int,
+    random_bits,
+    random_int,
+    sample_batch,
+    two_phase,
+    widen,
+)
+
+
+@attrs.frozen
+class CopyConfig:
+    """The copy task's options; the defaults are the paper's.
+
+    Attributes:
+        width: bits per vector (paper: 6).
+        min_length: the shortest sequence, in vectors (paper: 1).
+        max_length: the longest sequence, in vectors (paper: 50); ``>= min_length``.
+    """
+
+    width: int = attrs.field(default=6, validator=positive_int)
+    min_length: int = attrs.field(default=1, validator=positive_int)
+    max_length: int = attrs.field(
+        default=50, validator=[positive_int, at_least_field("min_length")]
+    )
+
+    @property
+    def input_size(self) -> int:
+        """``width + 2``: the bits, the start marker and the end marker."""
+        return self.width + 2
+
+    @property
+    def output_size(self) -> int:
+        """``width``: the bits."""
+        return self.width
+
+
+def generate(config: CopyConfig, batch_size: int, generator: torch.Generator) -> SequenceBatch:
+    """A batch of copy sequences, each of a length drawn uniformly in the configured range.
+
+    Args:
+        config: the task's options.
+        batch_size: the number of sequences (>= 1).
+        generator: a CPU generator, the only source of randomness.
+
+    Returns:
+        The batch on the CPU, padded to its longest sequence (see the module for the layout).
+    """
+    return sample_batch(functools.partial(_example, config), batch_size, generator)
+
+
+def _example(config: CopyConfig, generator: torch.Generator) -> Example:
+    length = random_int(config.min_length, config.max_length, generator)
+    bits = random_bits(length, config.width, generator)
+    size = config.input_size
+    start, end = marker(size, config.width), marker(size, config.width + 1)
+    presented = torch.cat([start, widen(bits, size), end])
+    return two_phase(presented, bits)

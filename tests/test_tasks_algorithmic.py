@@ -1,0 +1,386 @@
+"""The algorithmic task generators: layouts, known answers, determinism, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from manntk.tasks.algorithmic import (
+    SOLVED_BCE_THRESHOLD,
+    AssociativeRecallConfig,
+    CopyConfig,
+    Example,
+    PrioritySortConfig,
+    RepeatCopyConfig,
+    SequenceBatch,
+    associative_recall,
+    bce_per_bit,
+    copy,
+    make_validation_set,
+    pad_examples,
+    priority_sort,
+    repeat_copy,
+    solved,
+)
+
+TASKS = [
+    pytest.param(copy.generate, CopyConfig(), id="copy"),
+    pytest.param(repeat_copy.generate, RepeatCopyConfig(), id="repeat_copy"),
+    pytest.param(associative_recall.generate, AssociativeRecallConfig(), id="associative"),
+    pytest.param(priority_sort.generate, PrioritySortConfig(), id="priority_sort"),
+]
+
+
+def draw(generate, config, batch_size: int = 8, seed: int = 0) -> SequenceBatch:
+    return generate(config, batch_size, torch.Generator().manual_seed(seed))
+
+
+def differ(a: SequenceBatch, b: SequenceBatch) -> bool:
+    return a.inputs.shape != b.inputs.shape or not torch.equal(a.inputs, b.inputs)
+
+
+def output_phase(batch: SequenceBatch, b: int) -> tuple[int, int]:
+    """``(start, stop)`` of example ``b``'s output phase, from its mask."""
+    steps = torch.nonzero(batch.mask[b]).squeeze(1)
+    return int(steps[0]), int(steps[-1]) + 1
+
+
+# --- properties shared by every task -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_shapes_and_dtypes_match_the_config(generate, config) -> None:
+    batch = draw(generate, config)
+    steps = batch.mask.shape[1]
+    assert batch.inputs.shape == (8, steps, config.input_size)
+    assert batch.targets.shape == (8, steps, config.output_size)
+    assert batch.inputs.dtype == batch.targets.dtype == torch.float32
+    assert batch.mask.dtype == torch.bool and batch.lengths.dtype == torch.long
+    assert int(batch.lengths.max()) == steps
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_mask_is_exactly_the_output_phase(generate, config) -> None:
+    batch = draw(generate, config)
+    for b in range(batch.mask.shape[0]):
+        start, stop = output_phase(batch, b)
+        # one block, ending with the sequence; padding after it is all zero and unmasked
+        assert bool(batch.mask[b, start:stop].all())
+        assert stop == int(batch.lengths[b])
+        assert not bool(batch.mask[b, :start].any()) and not bool(batch.mask[b, stop:].any())
+        # inputs are zero in the output phase, targets zero outside it
+        assert not bool(batch.inputs[b, start:].any())
+        assert not bool(batch.targets[b, :start].any())
+        assert not bool(batch.targets[b, stop:].any())
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_same_seed_same_batch_and_different_seed_different_batch(generate, config) -> None:
+    first, again = draw(generate, config), draw(generate, config)
+    other = draw(generate, config, seed=1)
+    for name in ("inputs", "targets", "mask", "lengths"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+    assert differ(first, other)
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_only_the_given_generator_is_used(generate, config) -> None:
+    torch.manual_seed(123)
+    first = draw(generate, config)
+    torch.manual_seed(456)
+    second = draw(generate, config)
+    assert torch.equal(first.inputs, second.inputs) and torch.equal(first.targets, second.targets)
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_validation_set_is_fixed_by_its_seed(generate, config) -> None:
+    torch.manual_seed(1)
+    first = make_validation_set(generate, config, num_batches=3, batch_size=2, seed=7)
+    torch.manual_seed(2)
+    again = make_validation_set(generate, config, num_batches=3, batch_size=2, seed=7)
+    other = make_validation_set(generate, config, num_batches=3, batch_size=2, seed=8)
+    assert len(first) == 3
+    for a, b in zip(first, again):
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.lengths, b.lengths)
+    # the batches of one set differ from each other, and from another seed's
+    assert differ(first[0], first[1])
+    assert any(differ(a, c) for a, c in zip(first, other))
+
+
+# --- known answers --------------------------------------------------------------------------
+
+
+def test_copy_target_is_the_input_sequence() -> None:
+    config = CopyConfig(width=6, min_length=1, max_length=20)
+    batch = draw(copy.generate, config, batch_size=16)
+    w = config.width
+    for b in range(16):
+        length = int(batch.mask[b].sum())
+        assert int(batch.lengths[b]) == 2 * length + 2
+        x, y = batch.inputs[b], batch.targets[b]
+        assert torch.equal(x[0], torch.eye(w + 2)[w])  # start marker alone
+        assert torch.equal(x[length + 1], torch.eye(w + 2)[w + 1])  # end marker alone
+        assert not bool(x[1 : length + 1, w:].any())  # no markers beside the bits
+        assert torch.equal(y[length + 2 : 2 * length + 2], x[1 : length + 1, :w])
+
+
+def test_repeat_copy_target_is_the_sequence_repeated_then_the_end_marker() -> None:
+    config = RepeatCopyConfig(width=5, min_length=1, max_length=6, min_repeats=1, max_repeats=7)
+    batch = draw(repeat_copy.generate, config, batch_size=16)
+    w = config.width
+    repeats_seen = set()
+    for b in range(16):
+        x, y = batch.inputs[b], batch.targets[b]
+        count_steps = torch.nonzero(x[:, w + 1]).squeeze(1)
+        assert count_steps.numel() == 1
+        length = int(count_steps[0]) - 1
+        repeats = round(float(x[length + 1, w + 1]) * config.max_repeats)
+        repeats_seen.add(repeats)
+        assert 1 <= repeats <= 7
+        bits = x[1 : length + 1, :w]
+        start, stop = output_phase(batch, b)
+        assert (start, stop) == (length + 2, length + 3 + repeats * length)
+        expected = torch.cat([bits] * repeats)
+        assert torch.equal(y[start : stop - 1, :w], expected)
+        assert not bool(y[start : stop - 1, w].any())  # no end marker during the copies
+        assert torch.equal(y[stop - 1], torch.eye(w + 1)[w])  # then the end marker alone
+    assert len(repeats_seen) > 1
+
+
+def test_repeat_copy_count_scale_overrides_the_normaliser() -> None:
+    config = RepeatCopyConfig(min_repeats=15, max_repeats=15, count_scale=10)
+    batch = draw(repeat_copy.generate, config, batch_size=1)
+    assert batch.inputs[0, :, config.width + 1].max().item() == pytest.approx(1.5)
+
+
+def parse_associative_recall(x: torch.Tensor, width: int, item_length: int):
+    """The items, the query and the output-phase start, read from one input sequence."""
+    items, t = [], 0
+    while x[t, width] == 1:
+        items.append(x[t + 1 : t + 1 + item_length, :width])
+        t += item_length + 1
+    assert x[t, width + 1] == 1 and x[t + item_length + 1, width + 1] == 1
+    query = x[t + 1 : t + 1 + item_length, :width]
+    return items, query, t + item_length + 2
+
+
+def test_associative_recall_target_is_the_item_after_the_query() -> None:
+    config = AssociativeRecallConfig(width=6, item_length=3, min_items=2, max_items=6)
+    batch = draw(associative_recall.generate, config, batch_size=32)
+    counts = set()
+    for b in range(32):
+        x, y = batch.inputs[b], batch.targets[b]
+        items, query, start = parse_associative_recall(x, config.width, config.item_length)
+        counts.add(len(items))
+        assert 2 <= len(items) <= 6
+        matches = [k for k, item in enumerate(items) if torch.equal(item, query)]
+        assert len(matches) == 1 and matches[0] < len(items) - 1
+        assert output_phase(batch, b) == (start, start + config.item_length)
+        assert torch.equal(y[start : start + config.item_length], items[matches[0] + 1])
+    assert len(counts) > 1
+
+
+def test_associative_recall_items_are_distinct_even_when_few_exist() -> None:
+    config = AssociativeRecallConfig(width=1, item_length=2, min_items=4, max_items=4)
+    batch = draw(associative_recall.generate, config, batch_size=8)
+    for b in range(8):
+        items, _, _ = parse_associative_recall(batch.inputs[b], 1, 2)
+        assert len({tuple(item.flatten().tolist()) for item in items}) == 4
+
+
+def test_priority_sort_target_is_the_top_rows_by_descending_priority() -> None:
+    config = PrioritySortConfig(width=8, num_inputs=40, num_outputs=30)
+    batch = draw(priority_sort.generate, config, batch_size=4)
+    w, n, m = config.width, config.num_inputs, config.num_outputs
+    for b in range(4):
+        x, y = batch.inputs[b], batch.targets[b]
+        rows = [(float(x[i, w]), x[i, :w].tolist()) for i in range(n)]
+        assert all(-1.0 <= priority <= 1.0 for priority, _ in rows)
+        assert torch.equal(x[n], torch.eye(w + 2)[w + 1])
+        expected = [bits for _, bits in sorted(rows, key=lambda row: row[0], reverse=True)[:m]]
+        assert y[n + 1 : n + 1 + m].tolist() == expected
+        assert output_phase(batch, b) == (n + 1, n + 1 + m)
+
+
+# --- lengths within the configured bounds, random configs ----------------------------------
+
+small = st.integers(min_value=1, max_value=6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(width=small, low=small, extra=st.integers(0, 8), seed=st.integers(0, 2**31))
+def test_copy_lengths_within_bounds(width: int, low: int, extra: int, seed: int) -> None:
+    config = CopyConfig(width=width, min_length=low, max_length=low + extra)
+    batch = draw(copy.generate, config, batch_size=4, seed=seed)
+    lengths = batch.mask.sum(dim=1)
+    assert bool(((lengths >= low) & (lengths <= low + extra)).all())
+    assert torch.equal(batch.lengths, 2 * lengths + 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=small,
+    low=small,
+    extra=st.integers(0, 4),
+    r_low=small,
+    r_extra=st.integers(0, 4),
+    seed=st.integers(0, 2**31),
+)
+def test_repeat_copy_lengths_within_bounds(
+    width: int, low: int, extra: int, r_low: int, r_extra: int, seed: int
+) -> None:
+    config = RepeatCopyConfig(
+        width=width,
+        min_length=low,
+        max_length=low + extra,
+        min_repeats=r_low,
+        max_repeats=r_low + r_extra,
+    )
+    batch = draw(repeat_copy.generate, config, batch_size=4, seed=seed)
+    for b in range(4):
+        start, stop = output_phase(batch, b)
+        length = start - 2
+        repeats = (stop - start - 1) // length
+        assert low <= length <= low + extra and r_low <= repeats <= r_low + r_extra
+        assert stop - start == repeats * length + 1
+        count = float(batch.inputs[b, length + 1, width + 1])
+        assert count == pytest.approx(repeats / config.max_repeats)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=small,
+    item_length=st.integers(1, 4),
+    low=st.integers(2, 4),
+    extra=st.integers(0, 3),
+    seed=st.integers(0, 2**31),
+)
+def test_associative_recall_lengths_within_bounds(
+    width: int, item_length: int, low: int, extra: int, seed: int
+) -> None:
+    fields = dict(width=width, item_length=item_length, min_items=low, max_items=low + extra)
+    if low + extra > 2 ** (width * item_length):
+        with pytest.raises(ValueError, match="max_items"):
+            AssociativeRecallConfig(**fields)
+        return
+    config = AssociativeRecallConfig(**fields)
+    batch = draw(associative_recall.generate, config, batch_size=4, seed=seed)
+    for b in range(4):
+        items, _, start = parse_associative_recall(batch.inputs[b], width, item_length)
+        assert low <= len(items) <= low + extra
+        assert int(batch.lengths[b]) == len(items) * (item_length + 1) + 2 * item_length + 2
+        assert int(batch.mask[b].sum()) == item_length
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=small, num_inputs=st.integers(1, 12), fraction=st.floats(0, 1), seed=st.integers(0, 2**31)
+)
+def test_priority_sort_lengths_are_fixed(
+    width: int, num_inputs: int, fraction: float, seed: int
+) -> None:
+    num_outputs = max(1, math.floor(fraction * num_inputs))
+    config = PrioritySortConfig(width=width, num_inputs=num_inputs, num_outputs=num_outputs)
+    batch = draw(priority_sort.generate, config, batch_size=3, seed=seed)
+    assert bool((batch.lengths == num_inputs + 1 + num_outputs).all())
+    assert bool((batch.mask.sum(dim=1) == num_outputs).all())
+
+
+# --- config validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: CopyConfig(width=0), "width"),
+        (lambda: CopyConfig(min_length=0), "min_length"),
+        (lambda: CopyConfig(min_length=5, max_length=3), "max_length"),
+        (lambda: CopyConfig(width=True), "width"),
+        (lambda: CopyConfig(width=2.5), "width"),
+        (lambda: RepeatCopyConfig(width=0), "width"),
+        (lambda: RepeatCopyConfig(min_length=4, max_length=2), "max_length"),
+        (lambda: RepeatCopyConfig(min_repeats=3, max_repeats=2), "max_repeats"),
+        (lambda: RepeatCopyConfig(count_scale=0), "count_scale"),
+        (lambda: AssociativeRecallConfig(width=0), "width"),
+        (lambda: AssociativeRecallConfig(item_length=0), "item_length"),
+        (lambda: AssociativeRecallConfig(min_items=1), "min_items"),
+        (lambda: AssociativeRecallConfig(min_items=5, max_items=4), "max_items"),
+        (lambda: AssociativeRecallConfig(width=1, item_length=1, max_items=3), "max_items"),
+        (lambda: PrioritySortConfig(width=0), "width"),
+        (lambda: PrioritySortConfig(num_inputs=0), "num_inputs"),
+        (lambda: PrioritySortConfig(num_inputs=40, num_outputs=41), "num_outputs"),
+    ],
+)
+def test_invalid_configs_name_the_field(make, field: str) -> None:
+    with pytest.raises(ValueError, match=rf"\.{field} must"):
+        make()
+
+
+@pytest.mark.parametrize(("generate", "config"), TASKS)
+def test_invalid_batch_size_is_rejected(generate, config) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        generate(config, 0, torch.Generator())
+
+
+def test_paper_defaults() -> None:
+    assert attrs.astuple(CopyConfig()) == (6, 1, 50)
+    assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None)
+    assert attrs.astuple(AssociativeRecallConfig()) == (6, 3, 2, 6)
+    assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30)
+    assert (CopyConfig().input_size, CopyConfig().output_size) == (8, 6)
+    assert (RepeatCopyConfig().input_size, RepeatCopyConfig().output_size) == (8, 7)
+    assert (PrioritySortConfig().input_size, PrioritySortConfig().output_size) == (10, 8)
+
+
+# --- batches, loss and criterion ------------------------------------------------------------
+
+
+def test_pad_examples_pads_at_the_end_with_zeros_and_no_mask() -> None:
+    short = Example(torch.ones(2, 3), torch.ones(2, 1), torch.tensor([False, True]))
+    long = (torch.ones(4, 3), torch.ones(4, 1), torch.tensor([False, False, True, True]))
+    batch = pad_examples([short, long])
+    assert batch.lengths.tolist() == [2, 4]
+    assert not bool(batch.inputs[0, 2:].any()) and not bool(batch.targets[0, 2:].any())
+    assert batch.mask.tolist() == [[False, True, False, False], [False, False, True, True]]
+    with pytest.raises(ValueError, match="at least one"):
+        pad_examples([])
+
+
+def test_sequence_batch_to_moves_every_tensor() -> None:
+    batch = draw(copy.generate, CopyConfig(max_length=5), batch_size=2).to("meta")
+    tensors = (batch.inputs, batch.targets, batch.mask, batch.lengths)
+    assert {tensor.device.type for tensor in tensors} == {"meta"}
+
+
+def test_sequence_batch_rejects_inconsistent_shapes() -> None:
+    with pytest.raises(ValueError, match="targets"):
+        SequenceBatch(
+            inputs=torch.zeros(2, 3, 4),
+            targets=torch.zeros(2, 2, 1),
+            mask=torch.zeros(2, 3, dtype=torch.bool),
+            lengths=torch.tensor([3, 3]),
+        )
+
+
+def test_bce_per_bit_counts_only_the_output_phase() -> None:
+    batch = draw(copy.generate, CopyConfig(max_length=8), batch_size=4)
+    perfect = 30.0 * (2 * batch.targets - 1)
+    assert bce_per_bit(perfect, batch).item() < 1e-6
+    # whatever the model says outside the output phase does not count
+    noisy = torch.where(batch.mask.unsqueeze(-1), perfect, torch.randn_like(perfect) * 10)
+    assert bce_per_bit(noisy, batch).item() == pytest.approx(bce_per_bit(perfect, batch).item())
+    # chance level: logits 0 give log(2) per bit
+    assert bce_per_bit(torch.zeros_like(perfect), batch).item() == pytest.approx(math.log(2))
+    assert batch.num_target_bits == int(batch.mask.sum()) * 6
+
+
+def test_solved_criterion() -> None:
+    assert SOLVED_BCE_THRESHOLD == 0.01
+    assert solved(0.0099) and not solved(0.01) and not solved(0.7) and not solved(float("nan"))
+    assert solved(0.04, threshold=0.05)
