@@ -65,6 +65,13 @@ class WriteSpec(PartSpec):
     kind: ClassVar[str] = "writes"
 
 
+@attrs.frozen
+class TaskSpec(PartSpec):
+    """A ``task:`` node."""
+
+    kind: ClassVar[str] = "tasks"
+
+
 def make_converter(registry: Registry) -> cattrs.Converter:
     """A strict converter: extra keys forbidden, no silent coercion, plugin nodes by name."""
     converter = cattrs.Converter(forbid_extra_keys=True)
@@ -72,7 +79,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
-    for spec_type in (CellSpec, AddressingSpec, WriteSpec):
+    for spec_type in (CellSpec, AddressingSpec, WriteSpec, TaskSpec):
         converter.register_structure_hook(spec_type, _part_hook(converter, registry, spec_type))
     return converter
 

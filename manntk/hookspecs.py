@@ -71,3 +71,17 @@ def register_writes(register: Register) -> None:
     Args:
         register: ``register(name, factory, config=None)``.
     """
+
+
+@hookspec
+def register_tasks(register: Register) -> None:
+    """Register tasks: data and the way to score a model on it.
+
+    A task is a [`Task`][manntk.tasks.base.Task]: it serves training batches by index
+    (so runs resume exactly), evaluation batches per split, and scores model outputs. Its
+    factory gets a [`TaskContext`][manntk.tasks.base.TaskContext] (data folder, whether it
+    may download, the run's seed).
+
+    Args:
+        register: ``register(name, factory, config=None)``.
+    """

@@ -33,9 +33,15 @@ BUILTIN_PLUGINS = (
     "manntk.writes.overwrite",
     "manntk.writes.erase_add",
     "manntk.writes.none",
+    "manntk.tasks.algorithmic.plugin",
 )
 
-HOOKS = {"cells": "register_cells", "addressing": "register_addressing", "writes": "register_writes"}
+HOOKS = {
+    "cells": "register_cells",
+    "addressing": "register_addressing",
+    "writes": "register_writes",
+    "tasks": "register_tasks",
+}
 
 
 @attrs.frozen

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import attrs
 
-KINDS = ("cells", "addressing", "writes")
+KINDS = ("cells", "addressing", "writes", "tasks")
 
 
 class RegistryError(LookupError):

@@ -1,0 +1,1 @@
+"""Tasks: the paper's algorithmic tasks, permuted-pixel MNIST and character-level language modelling."""

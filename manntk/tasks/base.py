@@ -1,0 +1,109 @@
+"""The task contract: batches by index, evaluation splits, and scoring.
+
+A task serves training batch ``i`` on demand (``train_batch(i, batch_size)``), so a run
+that resumes at step ``i`` sees exactly the data it would have seen, and each rank of a
+distributed run can take its own rows of the same global batch. Scores are *sums* (a
+loss summed over the units that count, and the count) so that batches, chunks and ranks
+combine exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import attrs
+import torch
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    """One batch of a task.
+
+    Attributes:
+        inputs: ``[B, T, input_size]`` floats, or ``[B, T]`` token ids.
+        targets: what the task's ``score`` compares outputs with (task-specific shape,
+            batch first).
+        mask: ``[B, T]`` bool, True at the steps whose outputs are scored.
+        fresh: the batch starts new sequences: the recurrent state (memory included)
+            starts afresh. False for the next chunk of a carried stream (TBPTT).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+    fresh: bool = True
+
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` of the batch (a rank's share in distributed training)."""
+        return Batch(self.inputs[start:stop], self.targets[start:stop], self.mask[start:stop], self.fresh)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch on ``device``."""
+        return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device), self.fresh)
+
+
+@attrs.frozen
+class TaskContext:
+    """What a task factory knows about the run.
+
+    Attributes:
+        root: a data folder given by the recipe or the command line, looked in first.
+        download: whether missing data files may be downloaded.
+        seed: the run's seed.
+    """
+
+    root: Path | None = None
+    download: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_environment(cls, root: str | os.PathLike[str] | None = None, seed: int = 0) -> "TaskContext":
+        """A context with ``root`` (when given) and downloads allowed unless ``MANNTK_OFFLINE`` is set."""
+        return cls(root=Path(root) if root else None, download=not os.environ.get("MANNTK_OFFLINE"), seed=seed)
+
+
+class Task:
+    """Base class of tasks.
+
+    Attributes:
+        input_size: width of an input step, or the vocabulary size when ``tokens``.
+        output_size: width of the model's output (logits).
+        tokens: inputs are token ids (the model needs an ``embedding``).
+        metric: the headline metric that ``summarize`` returns (``bce``, ``bpc``,
+            ``accuracy``, ...).
+        higher_is_better: whether a larger ``metric`` is better.
+        unit: what a scored unit is, for throughput (``chars``, ``sequences``, ...).
+    """
+
+    input_size: int
+    output_size: int
+    tokens: bool = False
+    metric: str = "loss"
+    higher_is_better: bool = False
+    unit: str = "steps"
+
+    def steps_per_epoch(self, batch_size: int) -> int | None:
+        """Training batches in one pass over the data; ``None`` for generated data."""
+        return None
+
+    def train_batch(self, index: int, batch_size: int) -> Batch:
+        """Training batch number ``index`` (a pure function of the index and the task's seed)."""
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """The batches of ``split`` (``valid`` or ``test``), the same every time."""
+        raise NotImplementedError
+
+    def score(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Sums over the scored units of ``batch``: at least ``loss`` (summed) and ``count``."""
+        raise NotImplementedError
+
+    def units(self, batch: Batch) -> int:
+        """How many units (characters, sequences, ...) the batch holds, for throughput."""
+        return int(batch.mask.sum())
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Metrics from accumulated sums; includes ``loss`` (mean) and ``metric``."""
+        return {"loss": sums["loss"] / max(sums["count"], 1.0)}
