@@ -7,10 +7,11 @@ from typing import Any, Literal
 import attrs
 from torch import nn
 
-from manntk.config import AddressingSpec, CellSpec, WriteSpec, non_negative, positive, probability, structure
+from manntk.config import AddressingSpec, CellSpec, ConfigError, TaskSpec, WriteSpec, non_negative, positive, probability, structure
 from manntk.context import BuildContext
 from manntk.engine import MemoryLayer, MemoryRNN
 from manntk.plugins import Plugins, default_plugins
+from manntk.tasks.base import Task, TaskContext
 
 
 @attrs.define
@@ -38,8 +39,9 @@ class ModelConfig:
     """A model: layers of cell + addressing + write over a slot memory.
 
     Attributes:
-        input_size: width of ``x_t``, or the vocabulary size with ``embedding``.
         cell: the cell plugin node (``{name: armin, hidden_size: 100}``).
+        input_size: width of ``x_t``, or the vocabulary size with ``embedding`` (in a
+            recipe: the task's, unless given).
         addressing: the addressing plugin node (``none``: no memory, e.g. an LSTM).
         write: the write plugin node.
         memory: slots and width of each layer's memory.
@@ -51,8 +53,8 @@ class ModelConfig:
         discrete_eval: in evaluation, read and write hard addresses by slot index.
     """
 
-    input_size: int = attrs.field(validator=positive)
     cell: CellSpec
+    input_size: int | None = attrs.field(default=None, validator=positive)
     addressing: AddressingSpec = attrs.field(factory=lambda: AddressingSpec("none"))
     write: WriteSpec = attrs.field(factory=lambda: WriteSpec("none"))
     memory: MemoryConfig = attrs.field(factory=MemoryConfig)
@@ -84,6 +86,8 @@ def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None =
     plugins = plugins or default_plugins()
     registry = plugins.registry
     config = mapping if isinstance(mapping, ModelConfig) else structure(mapping, ModelConfig, registry)
+    if config.input_size is None:
+        raise ConfigError(["required key missing @ $.model.input_size"])
     input_size = config.embedding or config.input_size
     layers = []
     for index in range(config.layers):
@@ -114,4 +118,26 @@ def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, in
     return MemoryLayer(
         cell, addressing, write, slots, width,
         memory_init=config.memory.init, memory_value=config.memory.value, discrete_eval=config.discrete_eval,
+    )
+
+
+def build_task(spec: TaskSpec, context: TaskContext | None = None, plugins: Plugins | None = None) -> Task:
+    """Build the task that a ``task:`` node names."""
+    registry = (plugins or default_plugins()).registry
+    entry = registry.get("tasks", spec.name)
+    config = spec.config if spec.config is not None or entry.config is None else entry.config()
+    try:
+        return entry.factory(config, context or TaskContext())
+    except ValueError as error:
+        raise ValueError(f"task ({spec.name!r}): {error}") from error
+
+
+def model_config_for(config: ModelConfig, task: Task) -> ModelConfig:
+    """``config`` with the task's input and output sizes filled in where the recipe left them out."""
+    if task.tokens and config.embedding is None:
+        raise ConfigError([f"the task gives token ids (vocabulary {task.input_size}): set model.embedding @ $.model.embedding"])
+    return attrs.evolve(
+        config,
+        input_size=config.input_size or task.input_size,
+        output_size=config.output_size or task.output_size,
     )

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from manntk.config import ConfigError
+from manntk.data.files import DataError
 from manntk.plugins import Plugins, load_plugins
+from manntk.training.checkpoint import CheckpointError
+from manntk.training.trainer import TrainingDiverged
+
+
+class UsageError(ValueError):
+    """A command line that cannot work as given."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list plugins, what each registers, and failures")
     plugins.add_argument("--strict", action="store_true", help="raise the first plugin failure instead of listing it")
     plugins.set_defaults(handler=_plugins)
+    train = commands.add_parser("train", help="train a recipe (or resume a run)")
+    train.add_argument("recipe", nargs="?", help="recipe YAML file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides: key.path=value (YAML) or ~key.path")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
+    train.add_argument("--run-dir", help="the run directory (default: runs/<name>-<timestamp>)")
+    train.add_argument("--runs-root", default="runs", help="where new run directories go (default: runs)")
+    train.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    train.add_argument("--dry-run", action="store_true", help="validate, build, print the parameter count, exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+    evaluate = commands.add_parser("eval", help="score a run's latest checkpoint on a split")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--split", default="test", help="split to score (default: test)")
+    evaluate.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.set_defaults(handler=_eval)
+    recipes = commands.add_parser("recipes", help="list or validate recipes")
+    recipe_commands = recipes.add_subparsers(dest="recipes_command", metavar="ACTION", required=True)
+    listing = recipe_commands.add_parser("list", help="the recipes shipped in a folder")
+    listing.add_argument("folder", nargs="?", default="recipes", help="folder to list (default: recipes)")
+    listing.set_defaults(handler=_recipes_list)
+    validate = recipe_commands.add_parser("validate", help="validate recipe files; every problem is reported")
+    validate.add_argument("paths", nargs="+", help="recipe files")
+    validate.set_defaults(handler=_recipes_validate)
     demo = commands.add_parser("demo", help="build ARMIN, AwTA, TARDIS, NTM-style and LSTM models and run each forward and backward")
     demo.add_argument("--batch-size", type=int, default=4)
     demo.add_argument("--steps", type=int, default=20, help="sequence length")
@@ -36,7 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ConfigError, UsageError) as error:
+        print(f"manntk {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (CheckpointError, DataError, TrainingDiverged) as error:
+        print(f"manntk {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
 
 
 def format_plugins(plugins: Plugins) -> str:
@@ -61,6 +101,73 @@ def _plugins(args: argparse.Namespace) -> int:
     plugins = load_plugins(strict=args.strict)
     print(format_plugins(plugins))
     return 1 if plugins.failures else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from manntk.build import build_model, build_task, model_config_for
+    from manntk.recipe import load_recipe
+    from manntk.tasks.base import TaskContext
+    from manntk.training import train
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise UsageError("--resume continues a run with its saved recipe: give no recipe or overrides")
+        recipe = load_recipe(Path(args.resume) / "recipe.yaml")
+        result = train(recipe, args.resume, resume=True, progress=not args.no_progress, data_root=args.data)
+    else:
+        if not args.recipe:
+            raise UsageError("give a recipe file, or --resume RUN")
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.dry_run:
+            task = build_task(recipe.task, TaskContext.from_environment(args.data, recipe.train.seed))
+            model = build_model(model_config_for(recipe.model, task))
+            count = sum(p.numel() for p in model.parameters())
+            print(f"{args.recipe}: valid; task {recipe.task.name}; model {count:,} parameters")
+            return 0
+        result = train(recipe, args.run_dir, runs_root=args.runs_root, progress=not args.no_progress, data_root=args.data)
+    print(f"run: {result.run_dir}")
+    print(f"steps: {result.step} ({result.stop_reason}); training time {result.seconds:.1f} s")
+    if result.solved_step is not None:
+        print(f"solved at step {result.solved_step}")
+    for split, metrics in result.metrics.items():
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from manntk.training.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run, args.split, device=args.device, data_root=args.data)
+    print(f"{args.run} [{args.split}]: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _recipes_list(args: argparse.Namespace) -> int:
+    from manntk.recipe import read_yaml
+
+    folder = Path(args.folder)
+    paths = sorted(folder.rglob("*.yaml"))
+    if not paths:
+        raise UsageError(f"no recipes (*.yaml) in {folder}")
+    for path in paths:
+        data = read_yaml(path)
+        print(f"{str(path):<48} {data.get('description', '')}")
+    return 0
+
+
+def _recipes_validate(args: argparse.Namespace) -> int:
+    from manntk.recipe import load_recipe
+
+    failed = 0
+    for path in args.paths:
+        try:
+            load_recipe(path)
+        except ConfigError as error:
+            failed += 1
+            print(error, file=sys.stderr)
+        else:
+            print(f"{path}: valid")
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

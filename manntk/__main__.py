@@ -1,0 +1,5 @@
+"""``python -m manntk``: the manntk command."""
+
+from manntk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""Recipes: the whole experiment as YAML, structured into attrs classes.
+
+A recipe file may ``extends: base.yaml`` (a path relative to it) to merge a parent;
+command-line overrides ``key.path=value`` (value parsed as YAML) and ``~key.path``
+(delete) apply last. A plugin node (``task``, ``model.cell``, ``model.addressing``,
+``model.write``, ...) is tagged by ``name:``: giving it another name, by ``extends`` or
+by an override, swaps the part together with its options (the parent's options of the
+old part are dropped). Every problem is reported at once, with its path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import yaml
+
+from manntk.build import ModelConfig
+from manntk.config import ConfigError, TaskSpec, non_negative, positive, probability, structure
+from manntk.plugins import Plugins, default_plugins
+
+_in = attrs.validators.in_
+
+
+@attrs.define
+class OptimizerConfig:
+    """The optimizer.
+
+    Attributes:
+        name: ``adam``, ``adamw``, ``rmsprop`` or ``sgd``.
+        lr: the (peak) learning rate.
+        weight_decay: L2 penalty (decoupled for ``adamw``).
+        momentum: momentum of ``sgd`` and ``rmsprop``.
+        betas: Adam's ``(beta1, beta2)``.
+        eps: the optimizer's epsilon.
+    """
+
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] = attrs.field(default="adam", validator=_in(("adam", "adamw", "rmsprop", "sgd")))
+    lr: float = attrs.field(default=1e-3, validator=positive)
+    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
+    momentum: float = attrs.field(default=0.0, validator=non_negative)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = attrs.field(default=1e-8, validator=positive)
+
+
+@attrs.define
+class ScheduleConfig:
+    """The learning-rate schedule, by training step.
+
+    Attributes:
+        name: ``constant``, ``step`` (multiply by ``gamma`` at each of ``milestones``)
+            or ``cosine`` (to ``min_lr`` at the last step).
+        warmup_steps: linear warm-up from 0 over this many steps (any schedule).
+        milestones: steps at which ``step`` multiplies the rate by ``gamma``.
+        gamma: the factor of ``step``.
+        min_lr: the final rate of ``cosine``.
+    """
+
+    name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    milestones: list[int] = attrs.field(factory=list)
+    gamma: float = attrs.field(default=0.1, validator=positive)
+    min_lr: float = attrs.field(default=0.0, validator=non_negative)
+
+
+@attrs.define
+class TrainConfig:
+    """Training.
+
+    Attributes:
+        batch_size: sequences (or streams) per step, over all processes together.
+        tbptt: truncated-BPTT length for streamed tasks (language modelling).
+        steps: optimizer steps to run (or give ``epochs``).
+        epochs: passes over the training data, for tasks with a fixed training set.
+        max_minutes: stop (after a checkpoint) once this much wall-clock time is spent.
+        optimizer: the optimizer.
+        schedule: the learning-rate schedule.
+        clip_norm: clip the gradient's global norm to this value.
+        clip_value: clip every gradient entry to ``[-clip_value, clip_value]``.
+        precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        seed: seeds weights, sampling noise and dropout.
+        log_every: steps between training-metric rows.
+        eval_every: steps between validation runs (0: only at the end).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        stop_when_solved: stop once the task reports ``solved`` on validation.
+    """
+
+    batch_size: int = attrs.field(default=32, validator=positive)
+    tbptt: int = attrs.field(default=100, validator=positive)
+    steps: int | None = attrs.field(default=None, validator=positive)
+    epochs: float | None = attrs.field(default=None, validator=positive)
+    max_minutes: float | None = attrs.field(default=None, validator=positive)
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
+    schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
+    clip_norm: float | None = attrs.field(default=None, validator=positive)
+    clip_value: float | None = attrs.field(default=None, validator=positive)
+    precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
+    device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
+    seed: int = 0
+    log_every: int = attrs.field(default=50, validator=positive)
+    eval_every: int = attrs.field(default=0, validator=non_negative)
+    checkpoint_every: int = attrs.field(default=0, validator=non_negative)
+    stop_when_solved: bool = False
+
+
+@attrs.define
+class EvalConfig:
+    """Evaluation.
+
+    Attributes:
+        batch_size: streams per evaluation batch (language modelling).
+        splits: the splits scored at the end of training.
+    """
+
+    batch_size: int = attrs.field(default=32, validator=positive)
+    splits: list[str] = attrs.field(factory=lambda: ["valid", "test"])
+
+
+@attrs.define
+class Recipe:
+    """A whole experiment.
+
+    Attributes:
+        task: the task plugin node (``{name: copy, max_length: 20}``).
+        model: the model; ``input_size``, ``output_size`` default to the task's.
+        train: training settings.
+        eval: evaluation settings.
+        name: a short name, used in run directories and plot legends.
+        description: free text.
+    """
+
+    task: TaskSpec
+    model: ModelConfig
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    eval: EvalConfig = attrs.field(factory=EvalConfig)
+    name: str = ""
+    description: str = ""
+
+
+#: Paths of the plugin nodes, whose ``name`` swaps the part and its options together.
+PLUGIN_NODES = ("task", "model.cell", "model.addressing", "model.write", "model.write.addressing")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping, with a clear error for a missing file or bad YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"recipe file not found: {path}"]) from None
+    except OSError as error:
+        raise ConfigError([f"cannot read recipe file {path}: {error}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError([f"invalid YAML in {path}{line}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"a recipe must be a mapping of keys, got {type(data).__name__} in {path}"])
+    return data
+
+
+def load_mapping(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file with its ``extends:`` chain merged (not yet validated)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError([f"recipe extends itself: {chain}"])
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError([f"extends must be a path, got {parent!r} in {path}"])
+    return merge(load_mapping(path.parent / parent, (*_seen, path)), data)
+
+
+def merge(base: dict[str, Any], child: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """``child`` merged into ``base``: mappings recursively, everything else replaced.
+
+    A plugin node whose ``name`` changes is replaced whole (its old options go with it).
+    """
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        where = f"{path}.{key}" if path else key
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and not _renamed(where, old, value):
+            merged[key] = merge(old, value, where)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _renamed(path: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return path in PLUGIN_NODES and "name" in new and new["name"] != old.get("name")
+
+
+def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` (value parsed as YAML) and ``~key.path`` (delete) overrides."""
+    result = copy.deepcopy(mapping)
+    errors = []
+    for override in overrides:
+        try:
+            _apply_one(result, override)
+        except ValueError as error:
+            errors.append(str(error))
+    if errors:
+        raise ConfigError(errors)
+    return result
+
+
+def _apply_one(mapping: dict[str, Any], override: str) -> None:
+    if override.startswith("~"):
+        *parents, leaf = _keys(override[1:], override)
+        node = _walk(mapping, parents, override, create=False)
+        if not isinstance(node, dict) or leaf not in node:
+            raise ValueError(f"override {override!r}: there is no key {override[1:]!r} to delete")
+        del node[leaf]
+        return
+    if "=" not in override:
+        raise ValueError(f"override {override!r}: expected key.path=value or ~key.path")
+    key, text = override.split("=", 1)
+    *parents, leaf = _keys(key, override)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {override!r}: the value is not valid YAML ({getattr(error, 'problem', error)})") from None
+    node = _walk(mapping, parents, override, create=True)
+    if leaf == "name" and ".".join(parents) in PLUGIN_NODES and node.get("name") != value:
+        node.clear()
+    node[leaf] = value
+
+
+def _keys(path: str, override: str) -> list[str]:
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ValueError(f"override {override!r}: {path!r} is not a dotted key path")
+    return keys
+
+
+def _walk(mapping: dict[str, Any], keys: list[str], override: str, create: bool) -> Any:
+    node: Any = mapping
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {'.'.join(keys[:depth])!r} is not a mapping")
+        if key not in node and create:
+            node[key] = {}
+        node = node.get(key)
+    if create and not isinstance(node, dict):
+        raise ValueError(f"override {override!r}: {'.'.join(keys)!r} is not a mapping")
+    return node
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), plugins: Plugins | None = None) -> Recipe:
+    """Load, merge, override and validate a recipe file.
+
+    Raises:
+        manntk.config.ConfigError: every problem at once, each with its path.
+    """
+    mapping = apply_overrides(load_mapping(path), list(overrides))
+    return recipe_from_mapping(mapping, plugins, source=str(path))
+
+
+def recipe_from_mapping(mapping: Any, plugins: Plugins | None = None, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; errors name ``source``."""
+    if not isinstance(mapping, dict):
+        raise ConfigError([f"{source}: a recipe must be a mapping of keys, got {type(mapping).__name__}"])
+    registry = (plugins or default_plugins()).registry
+    try:
+        return structure(mapping, Recipe, registry, path="")
+    except ConfigError as error:
+        raise ConfigError([f"{source}: {e}" for e in error.errors]) from None
+
+
+def recipe_to_mapping(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (what a run saves), loadable by ``recipe_from_mapping``."""
+    return _plain(recipe)
+
+
+def _plain(value: Any) -> Any:
+    from manntk.config import PartSpec
+
+    if isinstance(value, PartSpec):
+        options = _plain(value.config) if value.config is not None else {}
+        return {"name": value.name, **options}
+    if attrs.has(type(value)):
+        return {field.name: _plain(getattr(value, field.name)) for field in attrs.fields(type(value))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value

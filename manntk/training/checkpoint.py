@@ -1,0 +1,131 @@
+"""Checkpoints: weights in safetensors, the rest beside them, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-00001234/`` holding ``weights.safetensors``
+(the model), ``state-rank<r>.safetensors`` (each process's recurrent state) and
+``trainer.pt`` (optimizer, schedules, RNG states, step, elapsed time). It is written under
+a temporary name and renamed when complete; ``checkpoints/latest`` names the newest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from manntk.state import State, flatten_state, unflatten_state
+
+WEIGHTS = "weights.safetensors"
+TRAINER = "trainer.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or unreadable."""
+
+
+def state_file(rank: int) -> str:
+    """The recurrent-state file of process ``rank``."""
+    return f"state-rank{rank}.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after ``step`` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def staging_dir(root: Path, step: int) -> Path:
+    """The temporary folder a checkpoint is written into before it is renamed."""
+    return root / f".{checkpoint_name(step)}.tmp"
+
+
+def save_weights(directory: Path, model: torch.nn.Module) -> None:
+    """The model's state dict as safetensors."""
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    save_file(tensors, str(directory / WEIGHTS))
+
+
+def save_recurrent_state(directory: Path, rank: int, state: State | None) -> None:
+    """One process's recurrent state (nothing when there is none)."""
+    if state is not None:
+        tensors = {name: t.detach().contiguous().cpu() for name, t in flatten_state(state).items()}
+        save_file(tensors, str(directory / state_file(rank)))
+
+
+def save_rng(directory: Path, rank: int, device: torch.device) -> None:
+    """Process ``rank``'s random number generator states."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, directory / f"rng-rank{rank}.pt")
+
+
+def load_rng(path: Path, rank: int, device: torch.device) -> None:
+    """Restore process ``rank``'s random number generator states from checkpoint ``path``."""
+    rng = _read(path / f"rng-rank{rank}.pt", lambda file: torch.load(file, weights_only=False))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
+    """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it."""
+    staging = staging_dir(root, step)
+    torch.save(trainer_state, staging / TRAINER)
+    final = root / checkpoint_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    write_text_atomic(root / "latest", final.name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run."""
+    root = run_dir / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.exists():
+        raise CheckpointError(f"run {run_dir} has no checkpoint (looked for {pointer})")
+    path = root / pointer.read_text(encoding="utf-8").strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint ``path``."""
+    return _read(path / WEIGHTS, lambda file: load_file(str(file), device=str(device)))
+
+
+def load_recurrent_state(path: Path, rank: int, device: torch.device | str = "cpu") -> State | None:
+    """Process ``rank``'s recurrent state of checkpoint ``path`` (``None`` when it had none)."""
+    file = path / state_file(rank)
+    if not file.exists():
+        return None
+    return unflatten_state(_read(file, lambda f: load_file(str(f), device=str(device))))
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """Optimizer, schedule and RNG states of checkpoint ``path``."""
+    return _read(path / TRAINER, lambda file: torch.load(file, map_location="cpu", weights_only=False))
+
+
+def _read(file: Path, reader: Any) -> Any:
+    if not file.exists():
+        raise CheckpointError(f"checkpoint file {file} is missing: the checkpoint is incomplete")
+    try:
+        return reader(file)
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint file {file} is unreadable ({type(error).__name__}: {error}); it may be truncated or "
+            f"corrupt. Resume from an earlier checkpoint by pointing {file.parent.parent / 'latest'} at it."
+        ) from error

@@ -1,0 +1,62 @@
+"""Scoring a model on a task's split."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from manntk.state import State, detach_state
+from manntk.tasks.base import Task
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (``fp32``: none)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``split``, in evaluation mode.
+
+    Streams (language modelling) carry the recurrent state from batch to batch; every
+    batch marked ``fresh`` starts a new state. Random number generators are left as they
+    were, so evaluating in the middle of training does not change the training run.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    state: State | None = None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch in task.eval_batches(split, batch_size):
+            batch = batch.to(device)
+            with autocast(device, precision):
+                outputs, state = model(batch.inputs, None if batch.fresh else state)
+            state = detach_state(state)
+            for key, value in task.score(outputs.float(), batch).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    model.train(was_training)
+    return task.summarize(sums)
+
+
+def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> dict[str, float]:
+    """Score the latest checkpoint of a run on ``split`` with the run's saved recipe."""
+    from manntk.build import build_model, build_task, model_config_for
+    from manntk.recipe import load_recipe
+    from manntk.tasks.base import TaskContext
+    from manntk.training.checkpoint import latest_checkpoint, load_weights
+    from manntk.training.trainer import pick_device
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    target = pick_device(device)
+    task = build_task(recipe.task, TaskContext.from_environment(data_root, recipe.train.seed))
+    model = build_model(model_config_for(recipe.model, task)).to(target)
+    model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))
+    return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)

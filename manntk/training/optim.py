@@ -1,0 +1,54 @@
+"""Optimizers and learning-rate schedules from their recipe sections."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from manntk.recipe import OptimizerConfig, ScheduleConfig
+
+
+def make_optimizer(config: OptimizerConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer that ``config`` names."""
+    parameters = list(parameters)
+    if config.name == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+    if config.name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum, eps=config.eps, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: ScheduleConfig, base_lr: float, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of the base learning rate at each step (for ``LambdaLR``)."""
+
+    def factor(step: int) -> float:
+        warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.name == "step":
+            return warmup * config.gamma ** sum(step >= milestone for milestone in config.milestones)
+        if config.name == "cosine":
+            progress = min(step / max(total_steps, 1), 1.0)
+            floor = config.min_lr / base_lr
+            return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup
+
+    return factor
+
+
+def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` following ``config`` over ``total_steps``."""
+    base_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, base_lr, total_steps))
+
+
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:
+    """Clip by value and/or global norm; returns the norm before clipping when clipping by norm."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, value)
+    if norm is not None:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, norm))
+    return None

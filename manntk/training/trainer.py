@@ -1,0 +1,333 @@
+"""The training loop: truncated BPTT with the whole recurrent state carried, resumable exactly.
+
+Per step: training batch ``step`` of the task (this process's rows of it), forward from
+the carried state (or a fresh one when the batch starts new sequences), the task's loss
+averaged over every scored unit of the global batch, backward, clipping, optimizer and
+schedule steps. The recurrent state (hidden state, memory, fill counter, addressing
+state) is detached between steps. A checkpoint holds everything needed to continue
+exactly where the run stopped: weights, optimizer, schedules, RNG states, the step
+(which is the data position) and the recurrent state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import yaml
+from tqdm import tqdm
+
+from manntk import __version__
+from manntk.build import build_model, build_task, model_config_for
+from manntk.config import ConfigError
+from manntk.plugins import Plugins, default_plugins
+from manntk.recipe import Recipe, recipe_to_mapping
+from manntk.state import State, detach_state
+from manntk.tasks.base import Task, TaskContext
+from manntk.training import checkpoint as ckpt
+from manntk.training.distributed import Distributed
+from manntk.training.evaluate import autocast, evaluate
+from manntk.training.metrics import MetricsLog
+from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@attrs.frozen
+class TrainResult:
+    """What a finished run reports.
+
+    Attributes:
+        run_dir: the run directory.
+        step: optimizer steps done.
+        metrics: final metrics per evaluated split.
+        solved_step: the step at which the task first reported ``solved``, if it did.
+        seconds: training wall-clock time, over all resumes.
+        stop_reason: ``steps``, ``solved`` or ``time``.
+    """
+
+    run_dir: Path
+    step: int
+    metrics: dict[str, dict[str, float]]
+    solved_step: int | None
+    seconds: float
+    stop_reason: str
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is cuda but no CUDA device is available (use device: auto or cpu)")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def total_steps(recipe: Recipe, task: Task) -> int:
+    """Optimizer steps of the run, from ``train.steps`` or ``train.epochs``."""
+    if recipe.train.steps is not None:
+        return recipe.train.steps
+    if recipe.train.epochs is not None:
+        per_epoch = task.steps_per_epoch(recipe.train.batch_size)
+        if per_epoch is None:
+            raise ConfigError(["this task generates its data, so it has no epochs: set train.steps @ $.train.epochs"])
+        return max(1, math.ceil(recipe.train.epochs * per_epoch))
+    raise ConfigError(["set train.steps or train.epochs @ $.train"])
+
+
+def new_run_dir(recipe: Recipe, runs_root: Path) -> Path:
+    """``runs/<name>-<timestamp>``, unique."""
+    name = recipe.name or f"{recipe.task.name}-{recipe.model.cell.name}"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = runs_root / f"{name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = runs_root / f"{name}-{stamp}-{suffix}"
+    return path
+
+
+class Trainer:
+    """One training run (one process of it under ``torchrun``)."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        *,
+        dist: Distributed,
+        plugins: Plugins | None = None,
+        data_root: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.recipe, self.run_dir, self.progress, self.dist = recipe, run_dir, progress, dist
+        self.plugins = plugins or default_plugins()
+        train = recipe.train
+        self.device = pick_device(train.device, self.dist.local_rank)
+        if train.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
+        self.task = build_task(recipe.task, TaskContext.from_environment(data_root, seed=train.seed), self.plugins)
+        torch.manual_seed(train.seed)
+        self.model = build_model(model_config_for(recipe.model, self.task), self.plugins).to(self.device)
+        if self.dist.rank:
+            torch.manual_seed(train.seed + self.dist.rank)  # each process its own sampling noise
+        self.trained = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.total_steps = total_steps(recipe, self.task)
+        self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
+        self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        self.rows = self.dist.rows(train.batch_size)
+        self.checkpoints = run_dir / "checkpoints"
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl") if self.dist.is_main else None
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> TrainResult:
+        """Train to the end of the budget (or until solved), evaluate, and save."""
+        train = self.recipe.train
+        step, elapsed, state, solved_step = 0, 0.0, None, None
+        if resume:
+            step, elapsed, state, solved_step = self.restore()
+        stop_reason = "steps"
+        bar = tqdm(total=self.total_steps, initial=step, disable=not (self.progress and self.dist.is_main),
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        window: dict[str, float] = {}
+        window_units, window_start = 0, time.perf_counter()
+        started = time.perf_counter() - elapsed
+        while step < self.total_steps and stop_reason == "steps":
+            batch = self.task.train_batch(step, train.batch_size).rows(*self.rows).to(self.device)
+            state, sums = self.train_step(step, batch, None if batch.fresh else state)
+            step += 1
+            elapsed = time.perf_counter() - started
+            for key, value in sums.items():
+                window[key] = window.get(key, 0.0) + value
+            window_units += self.task.units(batch) * self.dist.world_size
+            if not math.isfinite(sums["loss"]):
+                self.diverged(step, sums["loss"])
+            bar.update(1)
+            if step % train.log_every == 0 or step == self.total_steps:
+                seconds = time.perf_counter() - window_start
+                row = self.log_train(step, elapsed, window, window_units / max(seconds, 1e-9))
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", self.task.metric, f"{self.task.unit}_per_s")})
+                window, window_units, window_start = {}, 0, time.perf_counter()
+            if train.eval_every and step % train.eval_every == 0:
+                valid = self.validate(step, elapsed)
+                if valid.get("solved") and solved_step is None:
+                    solved_step = step
+                    if train.stop_when_solved:
+                        stop_reason = "solved"
+            if train.checkpoint_every and step % train.checkpoint_every == 0:
+                self.save(step, elapsed, state, solved_step)
+            if train.max_minutes is not None and elapsed >= 60 * train.max_minutes and step < self.total_steps:
+                stop_reason = "time"
+        bar.close()
+        self.save(step, elapsed, state, solved_step)
+        results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
+        return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def train_step(self, step: int, batch: Any, state: State | None) -> tuple[State, dict[str, float]]:
+        """One optimizer step on ``batch``; returns the detached state and the global score sums."""
+        train = self.recipe.train
+        self.trained.train()
+        self.model.set_schedule_step(step)
+        with autocast(self.device, train.precision):
+            outputs, state = self.trained(batch.inputs, state)
+        scores = self.task.score(outputs.float(), batch)
+        names = sorted(scores)
+        totals = self.dist.sum(torch.stack([scores[name].detach().float().to(self.device) for name in names]))
+        count = totals[names.index("count")].clamp_min(1.0)
+        loss = scores["loss"] * self.dist.world_size / count  # DDP averages gradients over processes
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return detach_state(state), dict(zip(names, totals.tolist()))
+
+    def diverged(self, step: int, loss: float) -> None:
+        last = self.checkpoints / "latest"
+        kept = f"the last good checkpoint is {self.checkpoints / last.read_text().strip()}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"the training loss became {loss} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, "
+            f"or use precision fp32."
+        )
+
+    # -- logging and evaluation --------------------------------------------------------
+
+    def log_train(self, step: int, elapsed: float, window: dict[str, float], units_per_s: float) -> dict[str, Any]:
+        row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
+               f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
+        taus = [m.tau() for m in self.model.modules() if hasattr(m, "tau") and callable(m.tau)]
+        if taus:
+            row["temperature"] = taus[0]
+        if self.metrics is not None:
+            self.metrics.write(row)
+        return row
+
+    def validate(self, step: int, elapsed: float) -> dict[str, float]:
+        """Score the validation split (on rank 0; the verdict is shared with every rank)."""
+        result: dict[str, float] = {}
+        if self.dist.is_main:
+            result = evaluate(self.model, self.task, "valid", self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
+            self.metrics.write({"step": step, "split": "valid", "time": round(elapsed, 3), **result})
+        solved = self.dist.sum(torch.tensor([float(result.get("solved", 0.0))], device=self.device))
+        result["solved"] = float(solved.item() > 0)
+        return result
+
+    def final_evaluation(self, step: int, elapsed: float, solved_step: int | None, stop_reason: str) -> dict[str, dict[str, float]]:
+        results: dict[str, dict[str, float]] = {}
+        if self.dist.is_main:
+            for split in self.recipe.eval.splits:
+                results[split] = evaluate(self.model, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
+                self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), "final": True, **results[split]})
+            summary = {"step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason, "metrics": results}
+            ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+            self.metrics.close()
+        self.dist.barrier()
+        return results
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def save(self, step: int, elapsed: float, state: State | None, solved_step: int | None) -> None:
+        staging = ckpt.staging_dir(self.checkpoints, step)
+        if self.dist.is_main:
+            staging.mkdir(parents=True, exist_ok=True)
+            ckpt.save_weights(staging, self.model)
+        self.dist.barrier()
+        ckpt.save_recurrent_state(staging, self.dist.rank, state)
+        ckpt.save_rng(staging, self.dist.rank, self.device)
+        self.dist.barrier()
+        if self.dist.is_main:
+            ckpt.finish(self.checkpoints, step, {
+                "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            }, keep=2)
+        self.dist.barrier()
+
+    def restore(self) -> tuple[int, float, State | None, int | None]:
+        """Load the latest checkpoint: weights, optimizer, schedules, RNG, recurrent state."""
+        path = ckpt.latest_checkpoint(self.run_dir)
+        trainer_state = ckpt.load_trainer_state(path)
+        if trainer_state["world_size"] != self.dist.world_size:
+            raise ckpt.CheckpointError(
+                f"{path} was written by {trainer_state['world_size']} process(es); resume it with the same number (now {self.dist.world_size})"
+            )
+        self.model.load_state_dict(ckpt.load_weights(path, self.device))
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.scheduler.load_state_dict(trainer_state["scheduler"])
+        self.scaler.load_state_dict(trainer_state["scaler"])
+        ckpt.load_rng(path, self.dist.rank, self.device)
+        state = ckpt.load_recurrent_state(path, self.dist.rank, self.device)
+        step = trainer_state["step"]
+        if self.metrics is not None:
+            self.metrics.truncate_after(step)
+        return step, trainer_state["elapsed"], state, trainer_state["solved_step"]
+
+
+def write_run_files(run_dir: Path, recipe: Recipe, plugins: Plugins) -> None:
+    """The resolved recipe, the manntk version, the plugin list and the machine."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_mapping(recipe), sort_keys=False))
+    meta = {
+        "manntk": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.platform(), "command": sys.argv, "started": datetime.now().isoformat(timespec="seconds"),
+        "plugins": {name: [f"{kind}/{part}" for kind, part in parts] for name, parts in plugins.contributions.items()},
+        "plugin_failures": [f"{f.name}: {f.error}" for f in plugins.failures],
+    }
+    ckpt.write_text_atomic(run_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+
+
+def train(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    runs_root: str | Path = "runs",
+    resume: bool = False,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    data_root: str | None = None,
+) -> TrainResult:
+    """Train ``recipe``; with ``resume``, continue the run in ``run_dir`` from its latest checkpoint.
+
+    Args:
+        recipe: the experiment.
+        run_dir: the run directory (default: a new ``runs_root/<name>-<timestamp>``).
+        runs_root: where new run directories go.
+        resume: continue ``run_dir`` exactly where its latest checkpoint stopped.
+        progress: show a progress bar.
+        plugins: the plugins (default: all installed).
+        data_root: a data folder to look in first.
+    """
+    plugins = plugins or default_plugins()
+    if resume and run_dir is None:
+        raise ValueError("resume needs the run directory")
+    device = recipe.train.device
+    dist = Distributed.from_environment("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    path = Path(run_dir) if run_dir is not None else new_run_dir(recipe, Path(runs_root))
+    if dist.enabled:  # every process uses rank 0's directory
+        shared = [str(path)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        path = Path(shared[0])
+    try:
+        if dist.is_main and not resume:
+            write_run_files(path, recipe, plugins)
+        dist.barrier()
+        trainer = Trainer(recipe, path, dist=dist, plugins=plugins, data_root=data_root, progress=progress)
+        return trainer.run(resume=resume)
+    finally:
+        dist.shutdown()
