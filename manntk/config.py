@@ -7,7 +7,7 @@ swapping ``name`` swaps the part and its options together.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
@@ -79,6 +79,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook_func(lambda type_: get_origin(type_) is Literal, _strict_literal)
     for spec_type in (CellSpec, AddressingSpec, WriteSpec, TaskSpec):
         converter.register_structure_hook(spec_type, _part_hook(converter, registry, spec_type))
     return converter
@@ -123,6 +124,13 @@ def _part_hook(converter: cattrs.Converter, registry: Registry, spec_type: type[
         return spec_type(entry.name, converter.structure(options, entry.config))
 
     return hook
+
+
+def _strict_literal(value: Any, type_: Any) -> Any:
+    choices = get_args(type_)
+    if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+        raise ValueError(f"expected one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
 
 
 def _strict_int(value: Any, _: type) -> int:

@@ -1,0 +1,153 @@
+"""The trainer: a run end to end, exact resume, divergence, corrupt checkpoints, DDP, schedules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from manntk.cli import main
+from manntk.recipe import OptimizerConfig, ScheduleConfig, recipe_from_mapping
+from manntk.training import CheckpointError, TrainingDiverged, train
+from manntk.training.metrics import read_metrics
+from manntk.training.optim import lr_factor, make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_copy(**train):
+    """ARMIN on a short copy task, small enough for a few seconds of CPU."""
+    return {
+        "name": "tiny-copy",
+        "task": {"name": "copy", "width": 3, "max_length": 4, "validation_batches": 2, "validation_batch_size": 4},
+        "model": {"cell": {"name": "armin", "hidden_size": 8}, "addressing": {"name": "auto"},
+                  "write": {"name": "overwrite"}, "memory": {"slots": 4, "width": 8}},
+        "train": {"batch_size": 2, "steps": 6, "log_every": 1, "device": "cpu", "optimizer": {"lr": 0.01}, **train},
+    }
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    return [row for row in read_metrics(run_dir / "metrics.jsonl") if row["split"] == "train"]
+
+
+def test_a_run_writes_its_directory_and_evaluates(tmp_path, capsys):
+    result = train(recipe_from_mapping(tiny_copy(eval_every=3)), tmp_path / "run", progress=False)
+    run = result.run_dir
+    assert result.step == 6 and result.stop_reason == "steps"
+    assert {"recipe.yaml", "meta.json", "metrics.jsonl", "results.json", "checkpoints"} <= {p.name for p in run.iterdir()}
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["manntk"] and "manntk.cells.armin" in meta["plugins"]
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if r["split"] == "valid" and not r.get("final")] == [3, 6]
+    assert {"valid", "test"} <= set(result.metrics) and 0 < result.metrics["test"]["bce"] < 2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    assert main(["eval", str(run), "--split", "test", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"bce {result.metrics['test']['bce']:.4f}" in printed
+
+
+def test_resume_continues_exactly(tmp_path):
+    """N steps straight equals N/2 steps, a stop, a resume and N/2 more (Gumbel noise included)."""
+    straight = train(recipe_from_mapping(tiny_copy(checkpoint_every=3)), tmp_path / "straight", progress=False).run_dir
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000006")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000003\n")
+    assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    expected = [(r["step"], r["loss"]) for r in train_rows(straight)]
+    resumed = [(r["step"], r["loss"]) for r in train_rows(interrupted)]
+    assert [s for s, _ in resumed] == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were rewritten, not duplicated
+    for (_, a), (_, b) in zip(expected, resumed):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path, capsys):
+    run = train(recipe_from_mapping(tiny_copy(steps=2)), tmp_path / "run", progress=False).run_dir
+    weights = run / "checkpoints" / "step-00000002" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="weights.safetensors is unreadable .* truncated or corrupt"):
+        train(recipe_from_mapping(tiny_copy(steps=2)), run, resume=True, progress=False)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 1
+    assert "CheckpointError" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2  # no recipe there: a clean error, not a traceback
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+
+    original = AlgorithmicTask.score
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, batch):
+        calls["n"] += 1
+        scores = original(self, outputs, batch)
+        if calls["n"] == 4:
+            scores["loss"] = scores["loss"] * float("nan")
+        return scores
+
+    monkeypatch.setattr(AlgorithmicTask, "score", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 4; the last good checkpoint is .*step-00000002"):
+        train(recipe_from_mapping(tiny_copy(checkpoint_every=2)), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+
+
+def test_stop_when_solved_and_time_budget(tmp_path, monkeypatch):
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+
+    monkeypatch.setattr(AlgorithmicTask, "summarize", lambda self, sums: {"loss": 0.001, "bce": 0.001, "solved": 1.0})
+    result = train(recipe_from_mapping(tiny_copy(eval_every=2, stop_when_solved=True)), tmp_path / "a", progress=False)
+    assert result.stop_reason == "solved" and result.solved_step == 2 and result.step == 2
+    result = train(recipe_from_mapping(tiny_copy(max_minutes=1e-9)), tmp_path / "b", progress=False)
+    assert result.stop_reason == "time" and result.step == 1
+
+
+def test_lr_schedules_by_hand():
+    warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
+    assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    step = lr_factor(ScheduleConfig(name="step", milestones=[10, 20], gamma=0.5), 1.0, 100)
+    assert [step(s) for s in (0, 9, 10, 19, 20, 99)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    cosine = lr_factor(ScheduleConfig(name="cosine", min_lr=0.1), 1.0, 100)
+    assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.55) and cosine(100) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+def test_optimizers(name, cls):
+    optimizer = make_optimizer(OptimizerConfig(name=name, lr=0.5, momentum=0.9), [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, cls) and optimizer.param_groups[0]["lr"] == 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    """Same global batch: 2 gloo processes with 2 rows each == 1 process with 4 rows."""
+    recipe = tmp_path / "ddp.yaml"
+    mapping = tiny_copy(batch_size=4, steps=4)
+    mapping["model"]["cell"] = {"name": "lstm", "hidden_size": 8}
+    mapping["model"]["addressing"] = {"name": "ntm"}
+    mapping["model"]["write"] = {"name": "erase_add"}
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(mapping))
+    single = train(recipe_from_mapping(mapping), tmp_path / "single", progress=False).run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single_losses = [r["loss"] for r in train_rows(single)]
+    ddp_losses = [r["loss"] for r in train_rows(tmp_path / "ddp")]
+    assert len(ddp_losses) == 4
+    assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
