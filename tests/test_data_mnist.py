@@ -111,7 +111,8 @@ def test_real_mnist() -> None:
 def test_real_mnist_accepted_decompressed(tmp_path: Path) -> None:
     folder = tmp_path / "mnist"
     folder.mkdir()
-    (folder / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    packed = (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(packed))
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         (folder / name).symlink_to(MNIST_DIR / name)
     assert torch.bincount(load_mnist(root=tmp_path, download=False).test_labels)[1].item() == 1135

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -43,7 +44,7 @@ def test_known_layout_with_padding() -> None:
 def test_rows_are_contiguous_across_chunks() -> None:
     stream = LMStream(torch.arange(41), batch_size=4, tbptt=3)
     chunks = list(stream)
-    for previous, current in zip(chunks, chunks[1:]):
+    for previous, current in itertools.pairwise(chunks):
         real = current.mask[:, 0]
         # each row's next input is the target it was just asked to predict
         assert torch.equal(current.inputs[real, 0], previous.targets[real, -1])
@@ -67,9 +68,9 @@ def test_resume_from_chunk_k_matches_the_tail_of_a_full_pass() -> None:
     for k in (0, 3, len(stream) - 1, len(stream)):
         resumed = list(stream.iter_from(k))
         assert len(resumed) == len(full) - k
-        for a, b in zip(resumed, full[k:]):
-            assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert all(torch.equal(x, y) for x, y in zip(stream[-1], full[-1]))
+        for a, b in zip(resumed, full[k:], strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(stream[-1], full[-1], strict=True))
 
 
 def test_chunks_are_long_and_independent_of_the_stream() -> None:

@@ -32,7 +32,6 @@ def unverified(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     table = dict(files.KNOWN_FILES)
     for name in names:
         table[name] = DataFile(name=name, dataset=table[name].dataset)
-    monkeypatch.setattr(files, "KNOWN_FILES", table)
     monkeypatch.setattr("manntk.data.text.KNOWN_FILES", table)
 
 
@@ -116,7 +115,7 @@ def test_ptb_missing_files_error_names_both_alternatives(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def ptb(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    """The real PTB, loaded once per module, with its own cache folder."""
+    """Load the real PTB once per module, with its own cache folder."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MANNTK_CACHE", str(tmp_path_factory.mktemp("ptb_cache")))
         patch.delenv("MANNTK_DATA", raising=False)
@@ -175,6 +174,20 @@ def test_enwik8_reads_the_zip_member(tmp_path: Path) -> None:
     assert torch.cat([corpus.train, corpus.valid, corpus.test]).tolist() == list("héllo wörld".encode())
 
 
+def test_enwik8_is_found_raw_first_then_zipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unverified(monkeypatch, "enwik8", "enwik8.zip")
+    folder = tmp_path / "enwik8"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "enwik8.zip", "w") as archive:
+        archive.writestr("enwik8", b"z" * 20)
+    zipped = load_enwik8(root=tmp_path, download=False, split=(0.8, 0.1, 0.1))
+    assert zipped.name == "enwik8"
+    assert zipped.decode(zipped.train) == "z" * 16
+    (folder / "enwik8").write_bytes(b"r" * 20)
+    raw = load_enwik8(root=tmp_path, download=False, split=(16, 2, 2))
+    assert raw.decode(raw.test) == "rr"
+
+
 def test_enwik8_zip_without_member_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
@@ -193,7 +206,8 @@ def test_enwik8_standard_split_rejects_a_prefix(tmp_path: Path) -> None:
 def test_enwik8_too_short_for_a_ratio_split(tmp_path: Path) -> None:
     path = tmp_path / "tiny"
     path.write_bytes(b"0123456789")
-    with pytest.raises(DataError, match=r"too short for split \(0.9, 0.05, 0.05\): its 10 tokens leave 1 for valid, which needs at least 2"):
+    expected = r"too short for split \(0.9, 0.05, 0.05\): its 10 tokens leave 1 for valid, which needs at least 2"
+    with pytest.raises(DataError, match=expected):
         load_enwik8(path=path, split=(0.9, 0.05, 0.05))
 
 

@@ -28,12 +28,14 @@ import http.client
 import json
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO
@@ -148,12 +150,7 @@ def search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 def _candidates(file: DataFile, dirs: Iterable[Path]) -> list[Path]:
-    paths = (
-        folder / name
-        for base in dirs
-        for folder in (base, base / file.dataset)
-        for name in file.names
-    )
+    paths = (folder / name for base in dirs for folder in (base, base / file.dataset) for name in file.names)
     return list(dict.fromkeys(paths))
 
 
@@ -176,10 +173,7 @@ def find(file: DataFile, root: str | os.PathLike[str] | None = None) -> Path | N
         if path.is_file():
             problem = _problem(file, path, gunzip=file.gzipped and path.name == file.name)
             if problem is not None:
-                raise DataError(
-                    f"Data file {path} is corrupt: {problem}.\n"
-                    f"Delete or replace it.\n{_how_to_get(file)}"
-                )
+                raise DataError(f"Data file {path} is corrupt: {problem}.\nDelete or replace it.\n{_how_to_get(file)}")
             return path
     return None
 
@@ -305,29 +299,16 @@ def _write_memo(memo: dict[str, dict]) -> None:
 
 
 def _download(file: DataFile, url: str, target: Path, progress: bool) -> str | None:
-    """Download ``url`` to ``target`` via a verified temporary file.
+    """Download ``url`` to ``target`` if it is the right file.
 
     Returns:
         None on success, else what went wrong (network error or verification failure).
     """
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{file.name}.", suffix=".part")
-    except OSError as error:
-        return f"cannot write into {target.parent} ({error})"
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            _fetch(url, out, file.name, progress)
-        problem = _problem(file, temp, gunzip=file.gzipped)
-        if problem is not None:
-            return f"the downloaded file is wrong: {problem}"
-        os.replace(temp, target)
-        return None
+        problem = _install(file, target, partial(_fetch, url, label=file.name, progress=progress), file.gzipped)
     except (OSError, http.client.HTTPException) as error:
         return f"download failed: {str(error) or repr(error)}"
-    finally:
-        temp.unlink(missing_ok=True)
+    return None if problem is None else f"the downloaded file is wrong: {problem}"
 
 
 def _fetch(url: str, out: IO[bytes], label: str, progress: bool) -> None:
@@ -335,21 +316,17 @@ def _fetch(url: str, out: IO[bytes], label: str, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         total = int(length) if length is not None else None
         received = 0
-        with tqdm(
-            total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
-        ) as bar:
+        with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress) as bar:
             while block := response.read(_BLOCK):
                 out.write(block)
                 received += len(block)
                 bar.update(len(block))
     if total is not None and received != total:
-        raise urllib.error.ContentTooShortError(
-            f"connection closed after {received:,} of {total:,} bytes", None
-        )
+        raise urllib.error.ContentTooShortError(f"connection closed after {received:,} of {total:,} bytes", None)
 
 
 def _extract(file: DataFile, archive: Path, member: str, target: Path) -> Path:
-    """Extract ``member`` of the tar ``archive`` to ``target`` via a verified temporary file."""
+    """Extract ``member`` of the tar ``archive`` to ``target`` if it is the right file."""
     wanted = member.removeprefix("./")
     try:
         with tarfile.open(archive) as tar:
@@ -360,33 +337,44 @@ def _extract(file: DataFile, archive: Path, member: str, target: Path) -> Path:
                     f"Archive {archive} has no regular file {member!r}, where {file.name} was expected.\n"
                     f"{_how_to_get(file)}"
                 )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{file.name}.", suffix=".part")
-            temp = Path(temp_name)
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    while block := source.read(_BLOCK):
-                        out.write(block)
-                problem = _problem(file, temp, gunzip=False)
-                if problem is not None:
-                    raise DataError(
-                        f"Member {member!r} of archive {archive} is not the expected {file.name}: "
-                        f"{problem}.\n{_how_to_get(file)}"
-                    )
-                os.replace(temp, target)
-            finally:
-                temp.unlink(missing_ok=True)
+            problem = _install(file, target, partial(shutil.copyfileobj, source, length=_BLOCK), gunzip=False)
     except (OSError, tarfile.TarError, EOFError, zlib.error) as error:
         raise DataError(
             f"Could not extract {file.name} from archive {archive} ({error!r}).\n"
             f"Delete the archive to download it again.\n{_how_to_get(file)}"
         ) from error
+    if problem is not None:
+        raise DataError(
+            f"Member {member!r} of archive {archive} is not the expected {file.name}: {problem}.\n{_how_to_get(file)}"
+        )
     return target
 
 
-def _missing_message(
-    file: DataFile, root: str | os.PathLike[str] | None, failures: list[str], download: bool
-) -> str:
+def _install(file: DataFile, target: Path, write: Callable[[IO[bytes]], object], gunzip: bool) -> str | None:
+    """Write a file with ``write`` under a temporary name next to ``target``, verify, rename.
+
+    The temporary file is removed whatever happens, so ``target`` either does not
+    change or becomes a complete, verified copy.
+
+    Returns:
+        None if the file was verified and renamed to ``target``, else the problem found.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{file.name}.", suffix=".part")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+        problem = _problem(file, temp, gunzip)
+        if problem is None:
+            temp.chmod(0o644)  # mkstemp makes it private (0600); data files are for everyone to read
+            os.replace(temp, target)
+        return problem
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _missing_message(file: DataFile, root: str | os.PathLike[str] | None, failures: list[str], download: bool) -> str:
     lines = [f"Data file {file.name} (dataset {file.dataset!r}) was not found. Looked for:"]
     lines += [f"  {path}" for path in _candidates(file, search_dirs(root))]
     if failures:
@@ -461,8 +449,7 @@ def _mnist(name: str, size: int, sha256: str) -> DataFile:
             f"https://ossci-datasets.s3.amazonaws.com/mnist/{name}",
             f"http://yann.lecun.com/exdb/mnist/{name}",
         ),
-        note="the MNIST IDX file, gzipped or not; size and sha256 are those of the "
-        "decompressed bytes.",
+        note="the MNIST IDX file, gzipped or not; size and sha256 are those of the decompressed bytes.",
         gzipped=True,
     )
 
@@ -492,10 +479,26 @@ _KNOWN = [
         "1ef5607ac3c463b16e38bfe7900dd3bfc91de5a96e0f21e7eab5188b465b8ebe",
         derived_from="ptb.test.txt",
     ),
-    _mnist("train-images-idx3-ubyte.gz", 47_040_016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    _mnist("train-labels-idx1-ubyte.gz", 60_008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    _mnist("t10k-images-idx3-ubyte.gz", 7_840_016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    _mnist("t10k-labels-idx1-ubyte.gz", 10_008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    _mnist(
+        "train-images-idx3-ubyte.gz",
+        47_040_016,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    _mnist(
+        "train-labels-idx1-ubyte.gz",
+        60_008,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    _mnist(
+        "t10k-images-idx3-ubyte.gz",
+        7_840_016,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    _mnist(
+        "t10k-labels-idx1-ubyte.gz",
+        10_008,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
     DataFile(
         name="enwik8",
         dataset="enwik8",

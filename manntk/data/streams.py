@@ -113,7 +113,7 @@ class LMStream:
         self._row_starts = torch.arange(batch_size, device=stream.device).unsqueeze(1) * self.row_length
 
     def __len__(self) -> int:
-        """Number of chunks in one pass."""
+        """Return the number of chunks in one pass."""
         return math.ceil(self.row_length / self.tbptt)
 
     def __getitem__(self, index: int) -> Chunk:

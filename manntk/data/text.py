@@ -22,7 +22,7 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -40,10 +40,10 @@ __all__ = [
     "load_text_file",
 ]
 
-Symbol = Union[str, int]
+Symbol = str | int
 """A vocabulary entry: a one-character string, or a byte value 0-255."""
 
-Split = Sequence[Union[int, float]]
+Split = Sequence[int | float]
 """Three token counts (ints summing to the stream length) or three fractions summing to 1."""
 
 BYTE_VOCAB: tuple[int, ...] = tuple(range(256))
@@ -90,8 +90,7 @@ class Corpus:
                 )
             if int(stream.min()) < 0 or int(stream.max()) >= len(self.vocab):
                 raise ValueError(
-                    f"Corpus {self.name!r}: {split} has ids outside [0, {len(self.vocab)}), "
-                    "the vocabulary size"
+                    f"Corpus {self.name!r}: {split} has ids outside [0, {len(self.vocab)}), the vocabulary size"
                 )
 
     @property
@@ -112,14 +111,14 @@ class Corpus:
 
 
 def load_ptb_char(root: str | os.PathLike[str] | None = None, download: bool = True) -> Corpus:
-    """Load character level Penn Treebank in Mikolov's format (vocabulary of 50).
+    r"""Load character level Penn Treebank in Mikolov's format (vocabulary of 50).
 
     Mikolov's ``ptb.char.{train,valid,test}.txt`` hold one sentence per line, every
     symbol followed by one space, ``_`` for the space between words. Each line ends
     with a newline, and the **newline is itself a symbol**: it is written as a
-    token (``"\\n "``), so it is predicted like any other character and counts in
+    token (``"\n "``), so it is predicted like any other character and counts in
     bits per character. The vocabulary is therefore the 49 printable symbols of
-    train plus ``"\\n"``: 50 in all. Streams are the files' symbols in order:
+    train plus ``"\n"``: 50 in all. Streams are the files' symbols in order:
     train, valid and test have 5,017,482, 393,042 and 442,423 tokens, of which
     42,068, 3,370 and 3,761 are newlines.
 
@@ -134,7 +133,7 @@ def load_ptb_char(root: str | os.PathLike[str] | None = None, download: bool = T
         download: Whether missing files may be downloaded.
 
     Returns:
-        The corpus, its vocabulary the sorted symbols of train (``"\\n"`` is id 0).
+        The corpus, its vocabulary the sorted symbols of train (``"\n"`` is id 0).
 
     Raises:
         DataError: A file is missing, corrupt or not in the expected format, or
@@ -142,10 +141,7 @@ def load_ptb_char(root: str | os.PathLike[str] | None = None, download: bool = T
     """
     tokens = {split: _ptb_tokens(split, root, download) for split in _SPLIT_NAMES}
     vocab = tuple(sorted(set(tokens["train"][0])))
-    streams = {
-        split: _encode(text, vocab, f"PTB {split} split ({source})")
-        for split, (text, source) in tokens.items()
-    }
+    streams = {split: _encode(text, vocab, f"PTB {split} split ({source})") for split, (text, source) in tokens.items()}
     return Corpus(**streams, vocab=vocab, name="ptb_char")
 
 
@@ -329,13 +325,11 @@ def _split(stream: torch.Tensor, split: Split, source: str) -> tuple[torch.Tenso
         lengths = [int(x) for x in split]
     else:
         if any(not isinstance(x, numbers.Real) or x < 0 for x in split) or abs(sum(split) - 1) > 1e-9:
-            raise ValueError(
-                f"split must be 3 non-negative fractions summing to 1 or 3 token counts, got {split!r}"
-            )
+            raise ValueError(f"split must be 3 non-negative fractions summing to 1 or 3 token counts, got {split!r}")
         train_end = round(n * split[0])
         valid_end = round(n * (split[0] + split[1]))
         lengths = [train_end, valid_end - train_end, n - valid_end]
-    for name, length in zip(_SPLIT_NAMES, lengths):
+    for name, length in zip(_SPLIT_NAMES, lengths, strict=True):
         if length < 2:
             raise DataError(
                 f"{source} is too short for split {tuple(split)}: its {n:,} tokens leave "
