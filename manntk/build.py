@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from torch import nn
@@ -12,6 +12,9 @@ from manntk.context import BuildContext
 from manntk.engine import MemoryLayer, MemoryRNN
 from manntk.plugins import Plugins, default_plugins
 from manntk.tasks.base import Task, TaskContext
+
+if TYPE_CHECKING:
+    from manntk.recipe import Recipe
 
 
 @attrs.define
@@ -141,3 +144,10 @@ def model_config_for(config: ModelConfig, task: Task) -> ModelConfig:
         input_size=config.input_size or task.input_size,
         output_size=config.output_size or task.output_size,
     )
+
+
+def build_experiment(recipe: "Recipe", data_root: str | None = None, plugins: Plugins | None = None) -> tuple[Task, MemoryRNN]:
+    """The task and the model of a recipe (the model sized by the task)."""
+    context = TaskContext.from_environment(data_root, recipe.train.seed, recipe.train.tbptt)
+    task = build_task(recipe.task, context, plugins)
+    return task, build_model(model_config_for(recipe.model, task), plugins)

@@ -85,7 +85,7 @@ def format_plugins(plugins: Plugins) -> str:
     for kind in plugins.registry.kinds:
         lines.append(f"{kind}:")
         for entry in plugins.registry.entries(kind):
-            lines.append(f"  {entry.name:<12} from {entry.plugin}")
+            lines.append(f"  {entry.name:<20} from {entry.plugin}")
     lines.append("plugins:")
     for name, contributed in plugins.contributions.items():
         parts = ", ".join(f"{kind}/{part}" for kind, part in contributed) or "(registers nothing)"
@@ -104,9 +104,8 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from manntk.build import build_model, build_task, model_config_for
+    from manntk.build import build_experiment
     from manntk.recipe import load_recipe
-    from manntk.tasks.base import TaskContext
     from manntk.training import train
 
     if args.resume:
@@ -119,8 +118,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("give a recipe file, or --resume RUN")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.dry_run:
-            task = build_task(recipe.task, TaskContext.from_environment(args.data, recipe.train.seed))
-            model = build_model(model_config_for(recipe.model, task))
+            _, model = build_experiment(recipe, args.data)
             count = sum(p.numel() for p in model.parameters())
             print(f"{args.recipe}: valid; task {recipe.task.name}; model {count:,} parameters")
             return 0

@@ -34,6 +34,8 @@ BUILTIN_PLUGINS = (
     "manntk.writes.erase_add",
     "manntk.writes.none",
     "manntk.tasks.algorithmic.plugin",
+    "manntk.tasks.char_lm",
+    "manntk.tasks.pmnist",
 )
 
 HOOKS = {

@@ -52,16 +52,18 @@ class TaskContext:
         root: a data folder given by the recipe or the command line, looked in first.
         download: whether missing data files may be downloaded.
         seed: the run's seed.
+        tbptt: the truncated-BPTT length (``train.tbptt``), for streamed tasks.
     """
 
     root: Path | None = None
     download: bool = True
     seed: int = 0
+    tbptt: int = 100
 
     @classmethod
-    def from_environment(cls, root: str | os.PathLike[str] | None = None, seed: int = 0) -> "TaskContext":
+    def from_environment(cls, root: str | os.PathLike[str] | None = None, seed: int = 0, tbptt: int = 100) -> "TaskContext":
         """A context with ``root`` (when given) and downloads allowed unless ``MANNTK_OFFLINE`` is set."""
-        return cls(root=Path(root) if root else None, download=not os.environ.get("MANNTK_OFFLINE"), seed=seed)
+        return cls(root=Path(root) if root else None, download=not os.environ.get("MANNTK_OFFLINE"), seed=seed, tbptt=tbptt)
 
 
 class Task:

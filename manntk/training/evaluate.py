@@ -47,16 +47,15 @@ def evaluate(
 
 def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> dict[str, float]:
     """Score the latest checkpoint of a run on ``split`` with the run's saved recipe."""
-    from manntk.build import build_model, build_task, model_config_for
+    from manntk.build import build_experiment
     from manntk.recipe import load_recipe
-    from manntk.tasks.base import TaskContext
     from manntk.training.checkpoint import latest_checkpoint, load_weights
     from manntk.training.trainer import pick_device
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     target = pick_device(device)
-    task = build_task(recipe.task, TaskContext.from_environment(data_root, recipe.train.seed))
-    model = build_model(model_config_for(recipe.model, task)).to(target)
+    task, model = build_experiment(recipe, data_root)
+    model.to(target)
     model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))
     return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)

@@ -26,12 +26,12 @@ import yaml
 from tqdm import tqdm
 
 from manntk import __version__
-from manntk.build import build_model, build_task, model_config_for
+from manntk.build import build_experiment
 from manntk.config import ConfigError
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
 from manntk.state import State, detach_state
-from manntk.tasks.base import Task, TaskContext
+from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
 from manntk.training.distributed import Distributed
 from manntk.training.evaluate import autocast, evaluate
@@ -116,9 +116,9 @@ class Trainer:
         self.device = pick_device(train.device, self.dist.local_rank)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
-        self.task = build_task(recipe.task, TaskContext.from_environment(data_root, seed=train.seed), self.plugins)
         torch.manual_seed(train.seed)
-        self.model = build_model(model_config_for(recipe.model, self.task), self.plugins).to(self.device)
+        self.task, self.model = build_experiment(recipe, data_root, self.plugins)
+        self.model.to(self.device)
         if self.dist.rank:
             torch.manual_seed(train.seed + self.dist.rank)  # each process its own sampling noise
         self.trained = self.model
