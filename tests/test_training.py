@@ -151,3 +151,29 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     ddp_losses = [r["loss"] for r in train_rows(tmp_path / "ddp")]
     assert len(ddp_losses) == 4
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
+
+
+def test_resume_carries_the_language_model_state_exactly(tmp_path):
+    """Streams carry hidden state and memory across steps: a resumed run must restore them."""
+    text = tmp_path / "tiny.txt"
+    text.write_text("the cat sat on the mat and the bat ate the hat. " * 20)
+    mapping = {
+        "name": "tiny-lm",
+        "task": {"name": "char_lm", "dataset": "text", "path": str(text), "split": [0.8, 0.1, 0.1]},
+        "model": {"embedding": 6, "cell": {"name": "armin", "hidden_size": 8}, "addressing": {"name": "auto"},
+                  "write": {"name": "overwrite"}, "memory": {"slots": 3}},
+        "train": {"batch_size": 2, "tbptt": 5, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"},
+        "eval": {"batch_size": 2},
+    }
+    straight = train(recipe_from_mapping(mapping), tmp_path / "straight", progress=False).run_dir
+    state_file = straight / "checkpoints" / "step-00000004" / "state-rank0.safetensors"
+    assert state_file.exists()  # the carried recurrent state is part of the checkpoint
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000008")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000004\n")
+    train(recipe_from_mapping(mapping), interrupted, resume=True, progress=False)
+    expected = [r["loss"] for r in train_rows(straight)]
+    assert [r["loss"] for r in train_rows(interrupted)] == pytest.approx(expected, rel=1e-5)
+    rows = read_metrics(interrupted / "metrics.jsonl")
+    assert any(r["split"] == "test" and "bpc" in r for r in rows)
