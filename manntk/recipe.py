@@ -82,6 +82,9 @@ class TrainConfig:
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
+        threads: CPU threads for PyTorch's intra-op parallelism (default: PyTorch's
+            choice). Batch-1 runs (the algorithmic tasks) are fastest with 1, and then
+            several runs can share a machine.
         log_every: steps between training-metric rows.
         eval_every: steps between validation runs (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
@@ -100,6 +103,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0
+    threads: int | None = attrs.field(default=None, validator=positive)
     log_every: int = attrs.field(default=50, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)
     checkpoint_every: int = attrs.field(default=0, validator=non_negative)

@@ -116,6 +116,8 @@ class Trainer:
         self.device = pick_device(train.device, self.dist.local_rank)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
+        if train.threads is not None:
+            torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
