@@ -43,8 +43,12 @@ class Part(nn.Module):
         return {}
 
     def prepare(self, x: Tensor) -> Any:
-        """Per-chunk work on ``x`` ``[B, T, D]`` (default: ``x`` time-major, ``[T, B, D]``)."""
-        return x.transpose(0, 1)
+        """Per-chunk work on ``x`` ``[B, T, D]`` (default: the T steps ``x_t``, each ``[B, D]``).
+
+        Return per-step tensors as a sequence (``unbind``), not one tensor indexed at every
+        step: each index would cost a whole-chunk gradient in backward.
+        """
+        return x.unbind(1)
 
 
 class Cell(Part):

@@ -30,7 +30,7 @@ class AutoConfig(HardAddressingConfig):
 
 
 class _Prepared(NamedTuple):
-    logits_x: Tensor  # [T, B, N]: W_s's x columns applied to every step, plus b_s
+    logits_x: tuple[Tensor, ...]  # per step [B, N]: W_s's x columns applied to x_t, plus b_s
     logits_h: Tensor  # W_s's h columns
     noise: Tensor | None  # [T, B, N] Gumbel noise in training
     tau: float
@@ -49,7 +49,8 @@ class AutoAddressing(HardAddressing):
     def prepare(self, x: Tensor) -> _Prepared:
         w_x, w_h = split_input_weight(self.W_s, self.input_size)
         logits_x = project_inputs(x, w_x, self.W_s.bias)
-        return _Prepared(logits_x, w_h, self.chunk_noise(logits_x.shape, logits_x), self.tau())
+        noise = self.chunk_noise((x.shape[1], x.shape[0], self.W_s.out_features), x)
+        return _Prepared(logits_x, w_h, noise, self.tau())
 
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]

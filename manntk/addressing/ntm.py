@@ -64,7 +64,7 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
 
 
 class _Prepared(NamedTuple):
-    head_x: Tensor  # [T, B, P]: the head projection's x columns, plus bias
+    head_x: tuple[Tensor, ...]  # per step [B, P]: the head projection's x columns, plus bias
     head_h: Tensor  # the head projection's h columns
 
 

@@ -50,7 +50,7 @@ class TardisAddressingConfig(HardAddressingConfig):
 
 
 class _Prepared(NamedTuple):
-    query_x: Tensor  # [T, B, S]: W_x x_t + b for every step
+    query_x: tuple[Tensor, ...]  # per step [B, S]: W_x x_t + b
     slot_keys: Tensor  # [N, S]: W_m's A part applied to the slot address vectors
     content_weight: Tensor  # W_m's C columns
     noise: Tensor | None
@@ -81,7 +81,7 @@ class TardisAddressing(HardAddressing):
     def prepare(self, x: Tensor) -> _Prepared:
         query_x = project_inputs(x, self.W_x.weight, self.W_x.bias)
         slot_keys = nn.functional.linear(self.A, self.W_m.weight[:, : self.key_size])
-        noise = self.chunk_noise(query_x.shape[:2] + (self.slots,), query_x)
+        noise = self.chunk_noise((x.shape[1], x.shape[0], self.slots), x)
         return _Prepared(query_x, slot_keys, self.W_m.weight[:, self.key_size :], noise, self.tau())
 
     def step(

@@ -50,8 +50,8 @@ class ArminConfig:
 
 
 class _Prepared(NamedTuple):
-    ig_x: Tensor  # [T, B, d_h + d_r]: W_ig's x columns applied to every step, plus b_ig
-    go_x: Tensor  # [T, B, 4 d_h (+ d_r)]
+    ig_x: tuple[Tensor, ...]  # per step [B, d_h + d_r]: W_ig's x columns applied to x_t, plus b_ig
+    go_x: tuple[Tensor, ...]  # per step [B, 4 d_h (+ d_r)]
     ig_hr: Tensor  # W_ig's [h, r] columns
     go_hr: Tensor  # W_go's [h^g, r^g] columns
 

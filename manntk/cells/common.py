@@ -45,6 +45,10 @@ def split_input_weight(linear: nn.Linear, input_size: int) -> tuple[Tensor, Tens
     return linear.weight[:, :input_size], linear.weight[:, input_size:]
 
 
-def project_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x W^T + b`` for all steps at once, time-major: ``[B, T, D] -> [T, B, F]``."""
-    return nn.functional.linear(x.transpose(0, 1), weight, bias)
+def project_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, ...]:
+    """``x W^T + b`` for all steps as one matrix product, split into T tensors ``[B, F]``.
+
+    The split is one ``unbind``: indexing the projection at every step instead would make
+    every step's backward allocate a gradient of the whole chunk.
+    """
+    return nn.functional.linear(x.transpose(0, 1), weight, bias).unbind(0)

@@ -44,7 +44,7 @@ class LstmConfig:
 
 
 class _Prepared(NamedTuple):
-    gates_x: Tensor  # [T, B, 4 d_h]
+    gates_x: tuple[Tensor, ...]  # per step [B, 4 d_h]
     gates_hr: Tensor  # W's [h, r] columns
 
 

@@ -42,8 +42,8 @@ class TardisCellConfig:
 
 
 class _Prepared(NamedTuple):
-    gates_x: Tensor  # [T, B, 3 d_h + 2]
-    candidate_x: Tensor  # [T, B, d_h]: W_x x_t + b
+    gates_x: tuple[Tensor, ...]  # per step [B, 3 d_h + 2]
+    candidate_x: tuple[Tensor, ...]  # per step [B, d_h]: W_x x_t + b
     gates_hr: Tensor
     noise: Tensor | None  # [T, B, 2] logistic noise in training
 
@@ -71,7 +71,7 @@ class TardisCell(Cell):
         gates_x = project_inputs(x, w_x, self.W_gates.bias)
         noise = None
         if self.training:
-            uniform = torch.rand(gates_x.shape[:2] + (2,), device=x.device, dtype=x.dtype).clamp(1e-6, 1 - 1e-6)
+            uniform = torch.rand(x.shape[1], x.shape[0], 2, device=x.device, dtype=x.dtype).clamp(1e-6, 1 - 1e-6)
             noise = torch.log(uniform) - torch.log1p(-uniform)
         return _Prepared(gates_x, project_inputs(x, self.W_x.weight, self.W_x.bias), w_hr, noise)
 
