@@ -27,6 +27,12 @@ def overwrite(memory: Tensor, weights: Tensor, value: Tensor) -> Tensor:
     return memory * (1 - w) + w * value.unsqueeze(1)
 
 
+def overwrite_index(memory: Tensor, index: Tensor, value: Tensor) -> Tensor:
+    """``M[b, index_b] = v_b`` out of place and differentiable: the one-hot ``overwrite``
+    without its three passes over the whole memory."""
+    return memory.index_put((torch.arange(memory.shape[0], device=memory.device), index), value)
+
+
 def overwrite_index_(memory: Tensor, index: Tensor, value: Tensor) -> Tensor:
     """``M[b, index_b] = v_b`` in place; returns ``memory``."""
     memory[torch.arange(memory.shape[0], device=memory.device), index] = value

@@ -97,3 +97,21 @@ def test_erase_add_uses_its_own_head():
     expected = mem.erase_add(memory, head_address.weights, torch.sigmoid(erase), torch.tanh(add))
     torch.testing.assert_close(new_memory, expected)
     torch.testing.assert_close(new_state["head"]["weights"], head_address.weights)
+
+
+def test_index_write_equals_the_weighted_write_in_value_and_gradient():
+    """The one-hot fast path (index_put) against the blend it replaces."""
+    write = Overwrite(OverwriteConfig(), context())
+    state = {"filled": torch.tensor([1, N])}  # row 0 still filling, row 1 full
+    index = torch.tensor([2, 0])
+    memory = torch.randn(B, N, W, requires_grad=True)
+    hidden = torch.randn(B, W, requires_grad=True)
+    fast, _ = write.step(None, 0, memory, hidden, Address(F.one_hot(index, N).float(), index), state)
+    weights = mem.fill_weights(state["filled"], F.one_hot(index, N).float())
+    slow = mem.overwrite(memory, weights, hidden)
+    torch.testing.assert_close(fast, slow)
+    upstream = torch.randn(B, N, W)
+    grads_fast = torch.autograd.grad((fast * upstream).sum(), (memory, hidden))
+    grads_slow = torch.autograd.grad((slow * upstream).sum(), (memory, hidden))
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b)

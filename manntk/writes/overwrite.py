@@ -3,8 +3,9 @@
 ``M_t = M_{t-1} * (1 - w) + w v^T`` with ``w`` the read weights, detached, and ``v = h_t``
 (through a Linear ``d_h -> d_r`` when the widths differ). For the first N steps of a
 sequence the write goes to empty slot t instead (fill-empty-first); a per-row counter in
-the write state keeps track, so it carries across TBPTT chunks. On the discrete path the
-slot is replaced in place by index.
+the write state keeps track, so it carries across TBPTT chunks. With hard (one-hot)
+addresses the slot is replaced by index, which touches one slot per row instead of the
+whole memory: out of place in training, in place on the discrete evaluation path.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ class Overwrite(Write):
 
     def step(self, prepared: Any, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         value = self.W_v(hidden)
-        if address.weights is None:
+        if address.index is not None:  # one-hot: replace one slot by index
             slot = mem.fill_target(state["filled"], address.index, self.slots) if self.fill_empty_first else address.index
-            memory = mem.overwrite_index_(memory, slot, value)
+            write = mem.overwrite_index_ if address.weights is None else mem.overwrite_index
+            memory = write(memory, slot, value)
         else:
             weights = address.weights.detach()
             if self.fill_empty_first:
