@@ -21,6 +21,7 @@ from manntk import memory as mem
 from manntk.parts import Address, Addressing, Cell, Write
 from manntk.sampling import HardAddressing
 from manntk.state import State
+from manntk.trace import record, scope
 
 
 class MemoryLayer(nn.Module):
@@ -89,6 +90,7 @@ class MemoryLayer(nn.Module):
             if address.weights is None and not discrete:
                 address = Address(address.dense(self.slots, memory.dtype), address.index)
             read = mem.read(memory, address.weights) if address.weights is not None else mem.read_index(memory, address.index)
+            record("read", address.dense(self.slots, memory.dtype))
             output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
             memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
             outputs.append(output)
@@ -136,8 +138,9 @@ class MemoryRNN(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         layer_states = []
-        for layer, layer_state in zip(self.layers, state["layers"], strict=True):
-            x, layer_state = layer(x, layer_state)
+        for index, (layer, layer_state) in enumerate(zip(self.layers, state["layers"], strict=True)):
+            with scope(f"layer{index}"):
+                x, layer_state = layer(x, layer_state)
             x = nn.functional.dropout(x, self.dropout, self.training)
             layer_states.append(layer_state)
         if self.head is not None:

@@ -179,3 +179,17 @@ def test_learned_memory_init_gets_gradient():
 
 def test_every_paper_composition_builds():
     assert set(COMPOSITIONS) == {"armin", "awta", "tardis", "ntm", "lstm"}
+
+
+def test_tracing_records_reads_writes_and_gates_per_step():
+    from manntk.trace import record, tracing
+
+    model = build(model_mapping("armin", slots=3, layers=2)).eval()
+    record("outside", torch.zeros(1))  # no trace active: nothing is kept, nothing fails
+    with tracing() as trace:
+        model(torch.randn(B, T, 3))
+    assert trace["layer0.read"].shape == (T, B, 3) and trace["layer1.read"].shape == (T, B, 3)
+    assert trace["layer0.g_h"].shape == (T, B, 5) and trace["layer0.o_r"].shape == (T, B, 4)
+    writes = trace["layer0.write"].argmax(-1)
+    assert writes[:3].tolist() == [[0] * B, [1] * B, [2] * B]  # fill-empty-first, as recorded
+    torch.testing.assert_close(trace["layer0.read"].sum(-1), torch.ones(T, B))

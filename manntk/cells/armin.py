@@ -24,6 +24,7 @@ from manntk.config import positive, probability
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
+from manntk.trace import record
 
 
 @attrs.define
@@ -95,8 +96,12 @@ class ArminCell(Cell):
         if self.config.squash_state:
             h_new = torch.tanh(h_new)
         output = torch.sigmoid(o_h) * torch.tanh(h_new)
+        record("g_h", g_h)
+        record("g_r", g_r)
         if o_r:
-            output = torch.cat([output, torch.sigmoid(o_r[0]) * torch.tanh(read)], dim=1)
+            gate_r = torch.sigmoid(o_r[0])
+            record("o_r", gate_r)
+            output = torch.cat([output, gate_r * torch.tanh(read)], dim=1)
         return output, {"h": zoneout(h, h_new, self.config.zoneout, self.training)}
 
 

@@ -19,6 +19,7 @@ from manntk.config import AddressingSpec
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
+from manntk.trace import record
 
 
 @attrs.define
@@ -57,6 +58,7 @@ class EraseAdd(Write):
         head_address, head_state = self.head.step(prepared.head, t, hidden, memory, state["head"])
         erase, add = self.W_ea(hidden).chunk(2, dim=-1)
         weights = head_address.dense(self.slots, memory.dtype)
+        record("write", weights)
         return mem.erase_add(memory, weights, torch.sigmoid(erase), torch.tanh(add)), {"head": head_state}
 
 

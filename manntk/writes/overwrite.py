@@ -20,6 +20,7 @@ from manntk import memory as mem
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
+from manntk.trace import record
 
 
 @attrs.define
@@ -65,11 +66,13 @@ class Overwrite(Write):
             slot = mem.fill_target(state["filled"], address.index, self.slots) if self.fill_empty_first else address.index
             write = mem.overwrite_index_ if address.weights is None else mem.overwrite_index
             memory = write(memory, slot, value)
+            record("write", nn.functional.one_hot(slot, self.slots))
         else:
             weights = address.weights.detach()
             if self.fill_empty_first:
                 weights = mem.fill_weights(state["filled"], weights)
             memory = mem.overwrite(memory, weights, value)
+            record("write", weights)
         if self.fill_empty_first:
             state = {"filled": (state["filled"] + 1).clamp_max(self.slots)}
         return memory, state
