@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=4)
     demo.add_argument("--steps", type=int, default=20, help="sequence length")
     demo.set_defaults(handler=_demo)
+    from manntk.bench import add_bench_command
+
+    add_bench_command(commands)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""``manntk bench`` as a smoke test at toy sizes: it runs, prints its table and writes its JSON.
+
+No timing assertions: the figures of a benchmark are reports, not test results.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from manntk.bench import MODELS, PRESETS, Case, format_table
+from manntk.cli import main
+
+RESULT_KEYS = {
+    "label", "model", "name", "mode", "unit", "hidden", "slots", "batch", "tbptt", "parameters", "rates",
+    "median", "q1", "q3", "min", "max", "iqr_relative", "peak_memory_bytes", "reference", "ratio", "memory_ratio",
+}
+
+
+def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp_path):
+    path = tmp_path / "results" / "tiny.json"
+    assert main(["bench", "--preset", "tiny", "--quiet", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    for kind in MODELS.values():
+        assert kind.name in out
+    for heading in ("median", "x LSTM", "peak MiB", "mem x LSTM", "targets"):
+        assert heading in out
+    report = json.loads(path.read_text())
+    assert {"machine", "settings", "results", "targets", "sweeps", "preset", "memory_method"} <= set(report)
+    assert {"cpu", "cores", "torch", "device", "device_name"} <= set(report["machine"])
+    assert report["preset"] == "tiny"
+    results = report["results"]
+    assert {(r["model"], r["mode"]) for r in results} == {(m, mode) for m in MODELS for mode in ("train", "eval", "algo")}
+    for entry in results:
+        assert RESULT_KEYS <= set(entry)
+        assert entry["error"] is None
+        assert len(entry["rates"]) == report["settings"]["repeats"]
+        assert entry["median"] > 0 and entry["peak_memory_bytes"] > 0
+        if entry["model"] == "torch-lstm":
+            assert entry["reference"] is None
+        else:
+            assert entry["reference"].startswith(f"{entry['mode']}/torch-lstm/") and entry["ratio"] > 0
+    assert [t["status"] for t in report["targets"]] == ["INFO"]
+    # the table can be rebuilt from the JSON alone
+    assert "ARMIN" in format_table(report)
+
+
+def test_json_to_stdout_with_sizes_from_the_command_line(capsys):
+    argv = ["bench", "--models", "armin,ntm", "--modes", "train,eval", "--hidden", "armin=8,ntm=6,torch-lstm=10",
+            "--slots", "4,8", "--batch", "2", "--tbptt", "3", "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", "-", "--quiet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout is the JSON alone; the table goes to stderr
+    assert "NTM-style" in captured.err
+    labels = {entry["label"] for entry in report["results"]}
+    assert {"train/armin/h8/n4/b2/t3", "train/armin/h8/n8/b2/t3", "eval/ntm/h6/n8/b2/t3", "train/torch-lstm/h10/b2/t3"} <= labels
+    sweeps = {(s["model"], s["mode"], s["axis"]) for s in report["sweeps"]}
+    assert ("armin", "eval", "slots") in sweeps and ("ntm", "train", "slots") in sweeps
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--preset", "tiny", "--batch", "4"],
+        ["--models", "armin,nope"],
+        ["--hidden", "armn=5"],
+        ["--slots", "0"],
+        ["--repeats", "0", "--preset", "tiny"],
+    ],
+)
+def test_bad_command_lines_are_usage_errors(argv, capsys):
+    assert main(["bench", *argv]) == 2
+    assert "manntk bench: error:" in capsys.readouterr().err
+
+
+def test_presets_define_their_cases_and_targets():
+    for name, make in PRESETS.items():
+        preset = make()
+        assert preset.name == name and preset.cases
+        labels = [case.label for case in preset.cases]
+        assert len(labels) == len(set(labels))
+        for target in preset.targets:
+            assert target.numerator in preset.cases
+            assert target.denominator is None or target.denominator in preset.cases
+    cpu = PRESETS["cpu-targets"]()
+    assert Case("armin", "train", 500, 5, batch=128, tbptt=50) in cpu.cases
+    assert {case.model for case in cpu.cases if case.mode == "algo"} == set(MODELS)
