@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 _active: ContextVar[dict[str, list[Tensor]] | None] = ContextVar("manntk_trace", default=None)
+_depth = 0  # open tracing blocks anywhere; a plain global, so compiled code sees a constant
 _scope: ContextVar[str] = ContextVar("manntk_trace_scope", default="")
 
 
@@ -30,12 +31,15 @@ class Trace(dict):
 @contextmanager
 def tracing() -> Iterator[Trace]:
     """Record every [`record`][manntk.trace.record] call made inside the block."""
+    global _depth
     recordings: dict[str, list[Tensor]] = {}
     result = Trace()
     token = _active.set(recordings)
+    _depth += 1
     try:
         yield result
     finally:
+        _depth -= 1
         _active.reset(token)
         result.update({name: torch.stack(values) for name, values in recordings.items()})
 
@@ -52,6 +56,8 @@ def scope(name: str) -> Iterator[None]:
 
 def record(name: str, value: Tensor) -> None:
     """Keep ``value`` under ``name`` (within the current scope) when tracing; otherwise nothing."""
+    if not _depth:
+        return
     recordings = _active.get()
     if recordings is not None:
         prefix = _scope.get()
