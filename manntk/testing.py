@@ -14,6 +14,8 @@ engine does (``factory(config, BuildContext(...))``), drives ``init_state`` ->
   the same outputs, ``prepare``/``step`` set no attributes, replaying a step from the
   state recorded before it gives the same result) and that it does not ignore the
   state it is given;
+- that a step does not depend on later inputs of the chunk (``prepare`` may only do
+  per-step work: statistics over the chunk would make the output depend on chunking);
 - that the state survives [`save_state`][manntk.state.save_state] /
   [`load_state`][manntk.state.load_state] with identical next-step outputs;
 - CPU/CUDA parity when CUDA is available (otherwise the check is skipped and the
@@ -75,6 +77,9 @@ PartFactory = Callable[[Any, BuildContext], nn.Module]
 
 #: Tolerance of "the weights sum to one" and "the weights are non-negative".
 WEIGHT_TOLERANCE = 1e-5
+
+#: The device of the parity check (a constant, so the kit's own tests can aim it elsewhere).
+_PARITY_DEVICE = "cuda"
 
 
 @dataclass(frozen=True)
@@ -477,14 +482,12 @@ class _PartChecker:
     def _run(self, part: nn.Module, inputs: dict[str, Tensor], carry: dict[str, Any], steps: int | None = None, check: str | None = None, training: bool = False) -> _Run:
         prepared = part.prepare(inputs["x"])
         outputs, carries = [], [carry]
-        reference = None
+        reference = flatten_state(carry["state"]) if check is not None else None  # init_state's structure
         mode = "train" if training else "eval"
         for t in range(self.harness.sizes.steps if steps is None else steps):
             out, carry = self.harness.step(part, prepared, t, inputs, carry)
             if check is not None:
-                where = f"{mode} step {t}"
-                flat = _state_check(carry["state"], where, self.dtype, reference)
-                reference = reference or flat
+                _state_check(carry["state"], f"{mode} step {t}", self.dtype, reference)
             outputs.append(out)
             carries.append(carry)
         return _Run(outputs, carries)
@@ -534,6 +537,7 @@ class _PartChecker:
             part.eval()
             self._stateless()
             self._replay()
+            self._causal()
             self._uses_state()
             self._round_trip()
             if isinstance(self.harness, _WriteHarness):
@@ -566,7 +570,7 @@ class _PartChecker:
                 raise _Skip("the part has no parameters and no output that requires grad")
             torch.stack(terms).sum().backward()
             for name, parameter in parameters.items():
-                if not parameter.requires_grad:
+                if not parameter.requires_grad or parameter.numel() == 0:
                     continue
                 _require(parameter.grad is not None, f"no gradient reaches parameter {name!r} (its .grad is None after backward)")
                 _require(bool(torch.isfinite(parameter.grad).all()), f"the gradient of parameter {name!r} is not finite")
@@ -616,6 +620,19 @@ class _PartChecker:
                 new, old = flatten_state(carry["state"]), flatten_state(run.carries[t + 1]["state"])
                 differs = _first_difference(new, old)
                 _require(differs is None, f"step {t} replayed from the state recorded before it gives a different new state {differs!r}")
+
+    def _causal(self) -> None:
+        part, run = self.part, self.eval_run
+        with self.checks.check("causal"):
+            inputs = self._inputs()
+            generator = torch.Generator().manual_seed(self.seed + 3)
+            later = torch.randn(inputs["x"][:, 1:].shape, generator=generator).to(inputs["x"])
+            changed = {**inputs, "x": torch.cat([inputs["x"][:, :1], later], dim=1)}
+            out, carry = self.harness.step(part, part.prepare(changed["x"]), 0, changed, self._fresh(part, changed))
+            differs = _first_difference(out, run.outputs[0])
+            if differs is None:
+                differs = _first_difference(flatten_state(carry["state"]), flatten_state(run.carries[1]["state"]))
+            _require(differs is None, f"step 0 gives a different {differs!r} when only x at later steps changes: prepare leaks later inputs into earlier steps (e.g. statistics over the chunk)")
 
     def _uses_state(self) -> None:
         part, run = self.part, self.eval_run
@@ -687,16 +704,22 @@ class _PartChecker:
             self.checks.skip(name, "the checks already run on CUDA")
             return
         with self.checks.check(name):
-            cuda = torch.device("cuda")
-            part = copy.deepcopy(self.part).to(cuda).eval()
-            inputs = self._inputs(cuda)
-            run = self._run(part, inputs, self._fresh(part, inputs, cuda))
-            for t, (a, b) in enumerate(zip(self.eval_run.outputs, run.outputs)):
+            other = torch.device(_PARITY_DEVICE)
+            part = copy.deepcopy(self.part).to(other).eval()
+            inputs = self._inputs(other)
+            run = self._run(part, inputs, self._fresh(part, inputs, other))
+            runs = [(t, a, b) for t, (a, b) in enumerate(zip(self.eval_run.outputs, run.outputs))]
+            runs.append((self.harness.sizes.steps, flatten_state(self.eval_run.carries[-1]["state"]), flatten_state(run.carries[-1]["state"])))
+            for t, a, b in runs:
+                where = f"step {t}" if t < self.harness.sizes.steps else "the final state"
                 for key, value in a.items():
-                    other = b[key]
-                    _require((value is None) == (other is None), f"step {t}: {key!r} is None on one device only")
+                    other_value = b.get(key)
+                    _require((value is None) == (other_value is None), f"{where}: {key!r} is None on one device only")
                     if value is not None:
-                        torch.testing.assert_close(other.cpu(), value.cpu(), rtol=1e-4, atol=1e-5, msg=lambda m, t=t, key=key: f"step {t}: {key!r} differs between CPU and CUDA: {m}")
+                        torch.testing.assert_close(
+                            other_value.cpu(), value.cpu(), rtol=1e-4, atol=1e-5,
+                            msg=lambda m, where=where, key=key: f"{where}: {key!r} differs between CPU and CUDA: {m}",
+                        )
 
 
 def _sizes(input_size: int, hidden_size: int, slots: int, width: int, batch: int, steps: int) -> _Sizes:
@@ -934,6 +957,8 @@ def check_model(
                 _state_check(state, "the returned state", y.dtype, None)
                 (y * torch.randn(y.shape, generator=generator)).sum().backward()
                 for pname, parameter in model.named_parameters():
+                    if not parameter.requires_grad or parameter.numel() == 0:
+                        continue
                     if parameter.grad is None:
                         _require(not training, f"no gradient reaches parameter {pname!r} in training")
                         continue
@@ -964,8 +989,8 @@ def check_model(
                 checks.skip("cuda_parity", "CUDA is not available")
             else:
                 with checks.check("cuda_parity"):
-                    cuda_model = copy.deepcopy(model).cuda().eval()
-                    y_cuda, _ = cuda_model(x.cuda())
+                    cuda_model = copy.deepcopy(model).to(_PARITY_DEVICE).eval()
+                    y_cuda, _ = cuda_model(x.to(_PARITY_DEVICE))
                     torch.testing.assert_close(y_cuda.cpu(), y_full, rtol=1e-4, atol=1e-5, msg=lambda m: f"outputs differ between CPU and CUDA: {m}")
     return checks.report()
 

@@ -70,6 +70,24 @@ def test_factory_and_config_instance_and_options():
     testing.check_model({**model_mapping("lstm"), "embedding": 4, "layers": 2})
 
 
+def test_the_parity_check_runs_when_cuda_is_there(monkeypatch):
+    """Without a GPU here, aim the parity check at the CPU to run its code path."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(testing, "_PARITY_DEVICE", "cpu")
+    assert "cuda_parity" in testing.check_addressing("ntm").checks
+    assert "cuda_parity" in testing.check_write("overwrite").checks
+    assert "cuda_parity" in testing.check_model(model_mapping("armin")).checks
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_parity_on_cuda():
+    for name, options in CELLS.items():
+        assert "cuda_parity" in testing.check_cell(name, options).checks
+    assert "cuda_parity" in testing.check_model(model_mapping("ntm")).checks
+    assert testing.check_cell("lstm", {"hidden_size": 5}, device="cuda").skipped["cuda_parity"] == "the checks already run on CUDA"
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="registered name"):
         testing.check_cell(LstmCell, {"hidden_size": 3})
@@ -195,6 +213,14 @@ class NotTensorStateCell(StatelessCell):
         return h, {"h": h, "t": t}
 
 
+class GrowingStateCell(StatelessCell):
+    """Broken: its steps return a state with an entry that init_state does not have."""
+
+    def step(self, prepared, t, state, read):
+        h = torch.tanh(self.W(torch.cat([prepared[t], read], 1)) + state["h"])
+        return h, {"h": h, "c": h}
+
+
 class DetachedScaleWrite(Write):
     """Broken: its ``scale`` parameter is used through ``detach``, so no gradient reaches it."""
 
@@ -248,6 +274,7 @@ def failure(check, *args, **kwargs) -> str:
         (testing.check_cell, WrongShapeCell, {}, r"^cell 'WrongShapeCell': check 'output_shape' failed: train step 0: o_t has shape \(2, 3\), expected \(2, 4\)"),
         (testing.check_cell, Float32Cell, {"dtype": torch.float64}, r"^cell 'Float32Cell': check 'init_state' failed: init_state: state 'h' has dtype torch.float32, expected torch.float64"),
         (testing.check_cell, NotTensorStateCell, {}, r"^cell 'NotTensorStateCell': check 'steps_train' failed: train step 0: the state is not a dict .* of tensors"),
+        (testing.check_cell, GrowingStateCell, {}, r"^cell 'GrowingStateCell': check 'steps_train' failed: train step 0: the state's entries changed from \['h'\] to \['c', 'h'\]"),
         (testing.check_write, DetachedScaleWrite, {}, r"^write 'DetachedScaleWrite': check 'gradients' failed: no gradient reaches parameter 'scale'"),
         (testing.check_write, NanGradientWrite, {}, r"^write 'NanGradientWrite': check 'gradients' failed: the gradient of parameter 'W.weight' is not finite"),
         (testing.check_write, WeightsOnlyWrite, {}, r"^write 'WeightsOnlyWrite': check 'discrete_write' failed: raised AttributeError"),
@@ -317,8 +344,9 @@ class ChunkNormalisedPlugin:
         register("chunk_normalised", ChunkNormalisedAddressing)
 
 
-def test_check_model_catches_a_part_that_depends_on_the_chunking():
-    testing.check_addressing(ChunkNormalisedAddressing, None)  # each step alone keeps the contract
+def test_a_part_that_depends_on_the_chunking_fails_the_part_and_the_model_checks():
+    message = failure(testing.check_addressing, ChunkNormalisedAddressing, None)
+    assert message.startswith("addressing 'ChunkNormalisedAddressing': check 'causal' failed: step 0 gives a different 'weights' when only x at later steps changes"), message
     plugins = manntk.load_plugins(entry_points_too=False, extra=(ChunkNormalisedPlugin(),))
     mapping = {**model_mapping("armin"), "addressing": {"name": "chunk_normalised"}}
     message = failure(testing.check_model, mapping, plugins)
