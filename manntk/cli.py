@@ -54,6 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=4)
     demo.add_argument("--steps", type=int, default=20, help="sequence length")
     demo.set_defaults(handler=_demo)
+    plot = commands.add_parser("plot", help="learning curves of one or several runs as a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    plot.add_argument("--out", help="PNG file (default: RUN/curves.png for one run, ./curves.png for several)")
+    plot.add_argument("--metric", help="metric to draw (default: the task's: bce, bpc or accuracy)")
+    plot.add_argument("--x", default="both", choices=["step", "time", "both"], help="x axis: steps, wall time, or both panels (default)")
+    plot.add_argument("--title", help="figure title")
+    plot.set_defaults(handler=_plot)
+    inspect = commands.add_parser("inspect", help="draw what a trained model's memory did on one example (PNG + JSON)")
+    inspect.add_argument("run", help="run directory")
+    inspect.add_argument("--split", default="valid", help="split to take the example from (default: valid)")
+    inspect.add_argument("--index", type=int, default=0, help="which example of the split (default: 0)")
+    inspect.add_argument("--steps", type=int, help="show at most this many steps (language models: 100 by default)")
+    inspect.add_argument("--out", help="folder for inspect.png and inspect.json (default: the run directory)")
+    inspect.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    inspect.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    inspect.set_defaults(handler=_inspect)
+    reproduce = commands.add_parser("reproduce", help="run a named set of recipes with a budget, resumably, and tabulate the results")
+    reproduce.add_argument("set", help="set name (reproduce/<name>.yaml: table1-copy, table1-armin, pmnist, ptb-cpu) or a set file")
+    reproduce.add_argument("--budget-steps", type=int, metavar="N", help="steps per run (replaces the set's budget)")
+    reproduce.add_argument("--budget-minutes", type=float, metavar="M", help="training minutes per run (replaces the set's budget)")
+    reproduce.add_argument("--parallel", type=int, metavar="K", help="runs at once (default: the set's, else the CPU count)")
+    reproduce.add_argument("--threads", type=int, metavar="T", help="train.threads per run (default: 1 when runs are parallel)")
+    reproduce.add_argument("--runs-root", default="runs/reproduce", help="runs go in RUNS_ROOT/<set>/<label> (default: runs/reproduce)")
+    reproduce.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    reproduce.add_argument("--only", nargs="+", metavar="LABEL", help="run only these labels of the set")
+    reproduce.add_argument("--fresh", action="store_true", help="delete the set's run directories and start every run again")
+    reproduce.add_argument("--dry-run", action="store_true", help="print what would run (and the commands), run nothing")
+    reproduce.set_defaults(handler=_reproduce)
     from manntk.bench import add_bench_command
 
     add_bench_command(commands)
@@ -175,6 +203,49 @@ def _demo(args: argparse.Namespace) -> int:
     from manntk.demo import run_demo
 
     run_demo(batch_size=args.batch_size, steps=args.steps, out=sys.stdout)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from manntk.plot import PlotError, default_output, plot_runs
+
+    try:
+        path = plot_runs(args.runs, args.out or default_output(args.runs), metric=args.metric, x=args.x, title=args.title)
+    except PlotError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from manntk.inspect import InspectError, inspect_run
+
+    if not (Path(args.run) / "recipe.yaml").exists():
+        raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
+    try:
+        result = inspect_run(args.run, split=args.split, index=args.index, out=args.out, steps=args.steps,
+                             device=args.device, data_root=args.data)
+    except InspectError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {result.png} and {result.json}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from manntk.reproduce import ReproduceError, reproduce
+
+    try:
+        report = reproduce(args.set, budget_steps=args.budget_steps, budget_minutes=args.budget_minutes,
+                           parallel=args.parallel, runs_root=args.runs_root, threads=args.threads, data_root=args.data,
+                           fresh=args.fresh, only=args.only or (), dry_run=args.dry_run)
+    except ReproduceError as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if report.get("failed"):
+        print(f"failed runs: {', '.join(report['failed'])} (see their train.log)", file=sys.stderr)
+        return 1
     return 0
 
 
