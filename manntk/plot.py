@@ -64,6 +64,14 @@ class RunCurves:
             values.append(value)
         return steps, times, values
 
+    def validations(self, metric: str) -> tuple[list[int], list[float], list[float]]:
+        """The validation series of ``metric``, ending with the end-of-training validation when it is at a new step."""
+        steps, times, values = self.series("valid", metric)
+        final = self.series("valid", metric, final=True)
+        if final[0] and final[0][-1] not in steps:
+            steps, times, values = steps + final[0][-1:], times + final[1][-1:], values + final[2][-1:]
+        return steps, times, values
+
     def metrics(self) -> set[str]:
         """Names of the numeric columns of the rows."""
         return {key for row in self.rows for key, value in row.items() if _number(value) is not None}
@@ -193,7 +201,7 @@ def plot_runs(
     axes_kinds = ["step", "time"] if x == "both" else [x]
     figure, axes = plt.subplots(1, len(axes_kinds), figsize=(6.4 * len(axes_kinds) + 0.6, 4.6), squeeze=False)
     axes = list(axes[0])
-    longest = max((max(run.series("train", metric)[1] + run.series("valid", metric)[1] + [0.0]) for run in curves), default=0.0)
+    longest = max((max(run.series("train", metric)[1] + run.validations(metric)[1] + [0.0]) for run in curves), default=0.0)
     unit, divisor = time_unit(longest)
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     positive = True
@@ -201,7 +209,7 @@ def plot_runs(
     for number, run in enumerate(curves):
         color = colors[number % len(colors)]
         train_steps, train_times, train_values = run.series("train", metric)
-        valid_steps, valid_times, valid_values = run.series("valid", metric)
+        valid_steps, valid_times, valid_values = run.validations(metric)
         positive = positive and all(v > 0 for v in train_values + valid_values)
         span += train_values + valid_values
         solved = (run.results or {}).get("solved_step")
@@ -211,7 +219,7 @@ def plot_runs(
             if train_values:
                 if len(train_values) > 20:
                     axis.plot(train_x, train_values, color=color, alpha=0.18, linewidth=0.8)
-                axis.plot(train_x, smooth(train_values), color=color, linewidth=1.6)
+                axis.plot(train_x, smooth(train_values), color=color, linewidth=1.6, marker="." if len(train_values) == 1 else None)
             if valid_values:
                 axis.plot(valid_x, valid_values, color=color, linestyle="--", linewidth=0.9, marker="o", markersize=3.5)
             if solved is not None and solved in valid_steps:

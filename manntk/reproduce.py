@@ -372,7 +372,7 @@ def measure(run_dir: Path, metric: str | None = None) -> dict[str, Any]:
     run = load_run(run_dir)
     metric = metric or headline_metric([run])
     results = run.results or {}
-    valid_steps, valid_times, valid_values = run.series("valid", metric)
+    valid_steps, valid_times, valid_values = run.validations(metric)  # with the end-of-training one
     speed_keys = sorted({key for row in run.rows if row.get("split") == "train" for key in row if key.endswith("_per_s")})
     speeds = [_number(row.get(speed_keys[0])) for row in run.rows if row.get("split") == "train"] if speed_keys else []
     speeds = [value for value in speeds if value is not None]
@@ -491,7 +491,7 @@ def write_results(repro: ReproSet, plans: Sequence[Plan], root: Path, budget: li
     if started:
         labels = [plan.entry.label for plan in plans if (plan.run_dir / "metrics.jsonl").exists()]
         try:
-            curves = plot_runs(started, root / "curves.png", metric=metric, labels=labels, title=f"{repro.name}: {repro.source or repro.description}"[:110])
+            curves = plot_runs(started, root / "curves.png", metric=metric, labels=labels, title=(f"{repro.name}: {repro.source}" if repro.source else repro.name)[:110])
         except PlotError as error:
             print(f"no curves: {error}", file=sys.stderr)
     (root / "results.md").write_text(results_markdown(report, curves), encoding="utf-8")
