@@ -31,7 +31,7 @@ class AutoConfig(HardAddressingConfig):
 
 class _Prepared(NamedTuple):
     logits_x: tuple[Tensor, ...]  # per step [B, N]: W_s's x columns applied to x_t, plus b_s
-    logits_h: Tensor  # W_s's h columns
+    logits_h: Tensor  # W_s's h columns, transposed
     noise: Tensor | None  # [T, B, N] Gumbel noise in training
     tau: float
 
@@ -55,7 +55,7 @@ class AutoAddressing(HardAddressing):
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
-        logits = prepared.logits_x[t].addmm(hidden, prepared.logits_h.t())
+        logits = prepared.logits_x[t].addmm(hidden, prepared.logits_h)
         noise = None if prepared.noise is None else prepared.noise[t]
         return self.sample(logits, prepared.tau, noise), state
 

@@ -65,7 +65,7 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
 
 class _Prepared(NamedTuple):
     head_x: tuple[Tensor, ...]  # per step [B, P]: the head projection's x columns, plus bias
-    head_h: Tensor  # the head projection's h columns
+    head_h: Tensor  # the head projection's h columns, transposed
 
 
 class NtmAddressing(Addressing):
@@ -90,7 +90,7 @@ class NtmAddressing(Addressing):
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
-        head = prepared.head_x[t].addmm(hidden, prepared.head_h.t())
+        head = prepared.head_x[t].addmm(hidden, prepared.head_h)
         key, beta, gate, shift, gamma = head.split(self.sizes, dim=-1)
         eps = self.config.eps
         weights = torch.softmax(nn.functional.softplus(beta) * cosine_similarity(key, memory, eps), dim=-1)

@@ -53,8 +53,8 @@ class ArminConfig:
 class _Prepared(NamedTuple):
     ig_x: tuple[Tensor, ...]  # per step [B, d_h + d_r]: W_ig's x columns applied to x_t, plus b_ig
     go_x: tuple[Tensor, ...]  # per step [B, 4 d_h (+ d_r)]
-    ig_hr: Tensor  # W_ig's [h, r] columns
-    go_hr: Tensor  # W_go's [h^g, r^g] columns
+    ig_hr: Tensor  # W_ig's [h, r] columns, transposed: [d_h + d_r, d_h + d_r]
+    go_hr: Tensor  # W_go's [h^g, r^g] columns, transposed
 
 
 class ArminCell(Cell):
@@ -87,10 +87,10 @@ class ArminCell(Cell):
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = state["h"]
-        gates_ig = self.norm_ig(torch.addmm(prepared.ig_x[t], torch.cat([h, read], dim=1), prepared.ig_hr.t()))
+        gates_ig = self.norm_ig(torch.addmm(prepared.ig_x[t], torch.cat([h, read], dim=1), prepared.ig_hr))
         g_h, g_r = torch.sigmoid(gates_ig).split([self.hidden_size, self.read_size], dim=1)
         gated = torch.cat([g_h * h, g_r * read], dim=1)
-        gates_go = self.norm_go(torch.addmm(prepared.go_x[t], gated, prepared.go_hr.t()))
+        gates_go = self.norm_go(torch.addmm(prepared.go_x[t], gated, prepared.go_hr))
         i, f, g, o_h, *o_r = gates_go.split(self.gate_sizes, dim=1)
         h_new = torch.sigmoid(f + self.config.forget_bias) * h + torch.sigmoid(i) * torch.tanh(g)
         if self.config.squash_state:

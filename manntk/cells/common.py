@@ -37,12 +37,15 @@ def zoneout(previous: Tensor, new: Tensor, rate: float, training: bool) -> Tenso
 
 
 def split_input_weight(linear: nn.Linear, input_size: int) -> tuple[Tensor, Tensor]:
-    """Split a Linear over ``[x, rest]`` into its ``x`` columns and its ``rest`` columns.
+    """Split a Linear over ``[x, rest]`` into its ``x`` columns and its ``rest`` columns, transposed.
 
-    Done once per chunk, so the per-step matmul uses a ready slice rather than slicing
-    (and scattering gradients into) the whole weight at every step.
+    Done once per chunk: the ``x`` columns ``[out, input_size]`` serve one matrix product
+    over all steps (``project_inputs``); the recurrent columns come back as a contiguous
+    ``[rest, out]`` matrix for ``torch.addmm(bias, rest, w)`` at every step. Slicing (and
+    transposing) the weight at every step instead would make every step's backward
+    scatter a full-size, strided gradient into the weight.
     """
-    return linear.weight[:, :input_size], linear.weight[:, input_size:]
+    return linear.weight[:, :input_size], linear.weight[:, input_size:].t().contiguous()
 
 
 def project_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, ...]:

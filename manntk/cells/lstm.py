@@ -45,7 +45,7 @@ class LstmConfig:
 
 class _Prepared(NamedTuple):
     gates_x: tuple[Tensor, ...]  # per step [B, 4 d_h]
-    gates_hr: Tensor  # W's [h, r] columns
+    gates_hr: Tensor  # W's [h, r] columns, transposed
 
 
 class LstmCell(Cell):
@@ -71,7 +71,7 @@ class LstmCell(Cell):
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h, c = state["h"], state["c"]
-        gates = self.norm_gates(torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr.t()))
+        gates = self.norm_gates(torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr))
         i, f, g, o = gates.chunk(4, dim=1)
         c_new = torch.sigmoid(f + self.config.forget_bias) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(self.norm_cell(c_new))

@@ -44,7 +44,7 @@ class TardisCellConfig:
 class _Prepared(NamedTuple):
     gates_x: tuple[Tensor, ...]  # per step [B, 3 d_h + 2]
     candidate_x: tuple[Tensor, ...]  # per step [B, d_h]: W_x x_t + b
-    gates_hr: Tensor
+    gates_hr: Tensor  # W_gates' [h, r] columns, transposed
     noise: Tensor | None  # [T, B, 2] logistic noise in training
 
 
@@ -77,7 +77,7 @@ class TardisCell(Cell):
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h, c = state["h"], state["c"]
-        gates = torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr.t())
+        gates = torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr)
         i, f, o, scalar_logits = gates.split([self.hidden_size] * 3 + [2], dim=1)
         if prepared.noise is not None:
             scalar_logits = scalar_logits + prepared.noise[t]
