@@ -84,8 +84,9 @@ class MemoryLayer(nn.Module):
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
         outputs = []
         for t in range(x.shape[1]):
+            extra = {"write_state": write_state} if self.addressing.reads_write_state else {}
             address, addressing_state = self.addressing.step(
-                prepared_addressing, t, cell_state["h"], memory, addressing_state
+                prepared_addressing, t, cell_state["h"], memory, addressing_state, **extra
             )
             if address.weights is None and not discrete:
                 address = Address(address.dense(self.slots, memory.dtype), address.index)

@@ -83,9 +83,14 @@ class Addressing(Part):
     Attributes:
         uses_memory: ``False`` for a part that never reads (the LSTM baseline): the
             layer then gets no memory at all.
+        reads_write_state: ``True`` for a part that needs the write policy's state (as it
+            was after the previous step's write), e.g. DNC reads that follow the write
+            head's temporal links: the engine then passes it as ``step(...,
+            write_state=...)``.
     """
 
     uses_memory: ClassVar[bool] = True
+    reads_write_state: ClassVar[bool] = False
 
     def step(
         self, prepared: Any, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
