@@ -18,7 +18,7 @@ import attrs
 import yaml
 
 from manntk.build import ModelConfig
-from manntk.config import ConfigError, TaskSpec, non_negative, positive, probability, structure
+from manntk.config import ConfigError, PartSpec, TaskSpec, non_negative, positive, structure
 from manntk.plugins import Plugins, default_plugins
 
 _in = attrs.validators.in_
@@ -288,8 +288,6 @@ def recipe_to_mapping(recipe: Recipe) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    from manntk.config import PartSpec
-
     if isinstance(value, PartSpec):
         options = _plain(value.config) if value.config is not None else {}
         return {"name": value.name, **options}
