@@ -37,8 +37,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -293,9 +295,23 @@ def execute(plans: Sequence[Plan], parallel: int, data_root: str | None = None, 
             report_every: float = 60.0) -> dict[str, int]:
     """Run the plans that are not done, ``parallel`` at a time; returns each label's exit status.
 
-    An interruption (Ctrl-C) stops the running trainings (their last checkpoint stays) and
-    is raised again after them.
+    An interruption (Ctrl-C, or SIGTERM) stops the running trainings (their last checkpoint
+    stays) and is raised again as ``KeyboardInterrupt`` after them.
     """
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return _execute(plans, parallel, data_root, out, report_every)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return _execute(plans, parallel, data_root, out, report_every)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _execute(plans: Sequence[Plan], parallel: int, data_root: str | None, out: TextIO | None, report_every: float) -> dict[str, int]:
     out = out or sys.stdout
     pending = [plan for plan in plans if plan.action != "done"]
     running: list[tuple[Plan, subprocess.Popen, TextIO, float]] = []
