@@ -18,20 +18,22 @@ class TemperatureSchedule:
     """The Gumbel-softmax temperature as a function of the training step.
 
     Anneals from ``start`` to ``end`` over ``steps`` training steps, then stays at
-    ``end`` (Jang et al.: start high, end small but non-zero).
+    ``end`` (Jang et al.: start high, end small but non-zero). ``exponential`` interpolates
+    ``log tau``, ``linear`` interpolates ``tau`` and ``inverse`` interpolates ``1 / tau``
+    (the authors' code raised the inverse temperature by 1 every 400 iterations).
 
     Attributes:
         start: temperature at step 0.
         end: temperature from step ``steps`` on.
         steps: length of the anneal (0: always ``end``).
-        kind: ``exponential`` (geometric interpolation) or ``linear``.
+        kind: ``exponential``, ``linear`` or ``inverse``.
     """
 
     start: float = attrs.field(default=1.0, validator=positive)
     end: float = attrs.field(default=1.0, validator=positive)
     steps: int = attrs.field(default=0, validator=non_negative)
-    kind: Literal["exponential", "linear"] = attrs.field(
-        default="exponential", validator=attrs.validators.in_(("exponential", "linear"))
+    kind: Literal["exponential", "linear", "inverse"] = attrs.field(
+        default="exponential", validator=attrs.validators.in_(("exponential", "linear", "inverse"))
     )
 
     def __call__(self, step: int) -> float:
@@ -41,6 +43,8 @@ class TemperatureSchedule:
         fraction = max(step, 0) / self.steps
         if self.kind == "linear":
             return self.start + (self.end - self.start) * fraction
+        if self.kind == "inverse":
+            return 1.0 / (1.0 / self.start + (1.0 / self.end - 1.0 / self.start) * fraction)
         return math.exp(math.log(self.start) + (math.log(self.end) - math.log(self.start)) * fraction)
 
 

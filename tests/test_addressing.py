@@ -73,11 +73,11 @@ def test_gumbel_noise_has_the_gumbel_mean():
     assert abs(samples.mean().item() - 0.5772) < 0.02  # Euler-Mascheroni constant
 
 
-@pytest.mark.parametrize("kind", ["exponential", "linear"])
+@pytest.mark.parametrize("kind", ["exponential", "linear", "inverse"])
 def test_temperature_schedule(kind):
     schedule = TemperatureSchedule(start=4.0, end=1.0, steps=100, kind=kind)
     assert schedule(0) == 4.0 and schedule(100) == 1.0 and schedule(10_000) == 1.0
-    expected = 2.0 if kind == "exponential" else 2.5
+    expected = {"exponential": 2.0, "linear": 2.5, "inverse": 1 / 0.625}[kind]  # 1/tau: 0.25 -> 1, halfway 0.625
     assert math.isclose(schedule(50), expected)
 
 
