@@ -34,7 +34,7 @@ def register_cells(register: Register) -> None:
     A cell is a [`Cell`][manntk.parts.Cell]: from the input ``x_t`` ``[B, input_size]``,
     its state (a dict holding at least ``"h"`` ``[B, hidden_size]``) and the memory read
     ``r_t`` ``[B, read_size]`` it computes the output ``o_t`` ``[B, output_size]`` and
-    the new state. Its factory gets ``context.input_size`` and ``context.read_size``.
+    the new state. Its factory gets ``context.input_size`` and ``context.width`` (the read size).
 
     Args:
         register: ``register(name, factory, config=None)``.
