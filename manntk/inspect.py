@@ -349,8 +349,10 @@ def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> P
             if f"{name}_weights" in entry:
                 weights = torch.tensor(entry[f"{name}_weights"])
                 hard = bool(((weights == 0) | (weights == 1)).all())
-                heatmap(weights, f"{name} weights, layer {number}: slot {verb} at each step" + ("" if hard else " (soft)"),
-                        "slot", "Blues" if name == "read" else "Reds")
+                top = max(float(weights.max()), 1e-6)  # soft weights spread thin: the colours span 0 .. their largest
+                heatmap(weights, f"{name} weights, layer {number}: slot {verb} at each step"
+                        + ("" if hard else f" (soft weights; colour scale 0 to {top:.3g})"),
+                        "slot", "Blues" if name == "read" else "Reds", vmax=1.0 if hard else top)
         if "gates" in entry:
             lines(entry["gates"], f"ARMIN gates, layer {number}: mean over units (band: 10-90% of units)", "gate", (0.0, 1.0))
 
