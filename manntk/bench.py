@@ -662,28 +662,35 @@ PRESETS: dict[str, Callable[[], Preset]] = {
 }
 
 
+DEFAULT_HIDDEN = 128
+DEFAULT_SLOTS = 16
+DEFAULT_BATCH = 32
+DEFAULT_TBPTT = 50
+
+
 def custom_preset(
     models: Sequence[str] = ALL_MODELS,
-    modes: Sequence[str] = ("train", "eval", "algo"),
-    hidden: dict[str, int] | int = 256,
-    slots: Sequence[int] = (16,),
+    modes: Sequence[str] = MODES,
+    hidden: dict[str, int] | int = DEFAULT_HIDDEN,
+    slots: Sequence[int] | None = None,
     width: int | None = None,
-    batch: int = 64,
-    tbptt: int = 50,
+    batch: int = DEFAULT_BATCH,
+    tbptt: int = DEFAULT_TBPTT,
 ) -> Preset:
-    """Cases from sizes: every model x mode x slot count, each with its ``torch.nn.LSTM`` reference.
+    """Cases from sizes: every model x mode x slot count (a ``torch.nn.LSTM`` reference is added by the run).
 
-    ``hidden`` is one size for every model, or a size per model key (missing keys: 256).
-    ``algo`` cases follow the paper's protocol (batch 1, memory 50 x ``width or 32``) at
-    the given hidden size.
+    ``hidden`` is one size for every model, or a size per model key (``default`` for the
+    others). ``slots`` default: 16 for the LM modes, the paper's 50 for ``algo``; ``width``
+    default: the hidden size for the LM modes, 32 for ``algo``. ``algo`` cases follow the
+    paper's protocol (batch 1, copy sequences) at the given hidden size.
     """
     sizes = hidden if isinstance(hidden, dict) else {}
-    default = hidden if isinstance(hidden, int) else sizes.get("default", 256)
+    default = hidden if isinstance(hidden, int) else sizes.get("default", DEFAULT_HIDDEN)
     cases: list[Case] = []
     for mode in modes:
         for model in models:
             size = sizes.get(model, default)
-            counts = slots if MODELS[model].uses_memory else (0,)
+            counts = (slots or ((50,) if mode == "algo" else (DEFAULT_SLOTS,))) if MODELS[model].uses_memory else (0,)
             for n in counts:
                 if mode == "algo":
                     case = _algo(model, size, n, width or 32)
@@ -898,8 +905,15 @@ def format_table(report: dict[str, Any]) -> str:
         f"repeats {settings['repeats']} (interleaved), warm-up {settings['warmup']}; "
         "rate: median over repeats, ±IQR/2 relative to it; x LSTM: median of per-repeat ratios to torch.nn.LSTM "
         "(min..max); peak: live tensor bytes of one iteration",
-        "",
     ]
+    load = machine.get("load_average")
+    if load and machine.get("cores") and load[0] > machine["cores"]:
+        lines.append(
+            f"warning: load average {load[0]:.1f} on {machine['cores']} cores: other processes compete for the CPU; "
+            "absolute rates are unreliable, and with several torch threads each parallel op can stall on a "
+            "descheduled thread (compare --threads 1; see benchmarks/README.md)"
+        )
+    lines.append("")
     header = ["mode", "model", "hidden", "N", "batch", "tbptt", "params", "median", "unit", "±IQR/2",
               "min..max", "x LSTM", "(min..max)", "peak MiB", "mem x LSTM"]
     rows = []
@@ -944,7 +958,10 @@ def format_table(report: dict[str, Any]) -> str:
     if report["sweeps"]:
         lines += ["", "growth (relative to the smallest point; time = 1 / rate):"]
         for sweep in report["sweeps"]:
-            fixed = f"hidden {sweep['hidden']}" if sweep["axis"] == "slots" else f"N={sweep['slots'] or '-'}"
+            if sweep["axis"] == "slots":
+                fixed = f"hidden {sweep['hidden']}"
+            else:
+                fixed = f"N={sweep['slots']}" if sweep["slots"] else "no memory"
             key = "N" if sweep["axis"] == "slots" else "h"
             points = "  ".join(
                 f"{key}={p[sweep['axis']]}: t x{p['time_relative']:.2f} m x{p.get('memory_relative', math.nan):.2f}"
@@ -1051,11 +1068,11 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--preset", choices=sorted(PRESETS), help="a predefined set of cases (and targets)")
     bench.add_argument("--models", help=f"comma-separated models (default: all): {', '.join(MODELS)}")
     bench.add_argument("--modes", help="comma-separated: train, eval, algo (default: all three; not with --preset)")
-    bench.add_argument("--hidden", help="hidden size: 256, or per model: armin=500,torch-lstm=1000 (default 256)")
-    bench.add_argument("--slots", help="memory slots N, comma-separated for a sweep (default 16)")
+    bench.add_argument("--hidden", help=f"hidden size: {DEFAULT_HIDDEN}, or per model: armin=500,torch-lstm=1000 (default {DEFAULT_HIDDEN})")
+    bench.add_argument("--slots", help=f"memory slots N, comma-separated for a sweep (default {DEFAULT_SLOTS}; algo: 50)")
     bench.add_argument("--width", type=int, help="slot width (default: hidden size; algo: 32)")
-    bench.add_argument("--batch", type=int, help="batch size of the LM modes (default 64)")
-    bench.add_argument("--tbptt", type=int, help="TBPTT chunk length of the LM modes (default 50)")
+    bench.add_argument("--batch", type=int, help=f"batch size of the LM modes (default {DEFAULT_BATCH})")
+    bench.add_argument("--tbptt", type=int, help=f"TBPTT chunk length of the LM modes (default {DEFAULT_TBPTT})")
     bench.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     bench.add_argument("--repeats", type=int, help="timed repeats per case (default: the preset's, else 5)")
@@ -1066,6 +1083,7 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory iteration")
     bench.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH ('-': JSON on stdout, table on stderr)")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    bench.add_argument("--show", metavar="JSON", help="print the table of a saved JSON report and exit (runs nothing)")
     bench.set_defaults(handler=bench_command)
 
 
@@ -1073,6 +1091,13 @@ def bench_command(args: Any) -> int:
     """The ``manntk bench`` handler."""
     from manntk.cli import UsageError
 
+    if args.show:
+        try:
+            with open(args.show, encoding="utf-8") as file:
+                print(format_table(json.load(file)))
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"--show {args.show}: not a readable manntk bench report ({error})") from None
+        return 0
     try:
         models = _names(args.models, list(MODELS), "model") if args.models else None
         if args.preset:
@@ -1089,11 +1114,11 @@ def bench_command(args: Any) -> int:
             preset = custom_preset(
                 models=[*models, REFERENCE] if models and REFERENCE not in models else models or ALL_MODELS,
                 modes=_names(args.modes, MODES, "mode") if args.modes else MODES,
-                hidden=_hidden(args.hidden) if args.hidden else 256,
-                slots=_int_list(args.slots) if args.slots else (16,),
+                hidden=_hidden(args.hidden) if args.hidden else DEFAULT_HIDDEN,
+                slots=_int_list(args.slots) if args.slots else None,
                 width=args.width,
-                batch=args.batch or 64,
-                tbptt=args.tbptt or 50,
+                batch=args.batch or DEFAULT_BATCH,
+                tbptt=args.tbptt or DEFAULT_TBPTT,
             )
         device = args.device
         if device == "auto":

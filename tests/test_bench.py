@@ -44,6 +44,8 @@ def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp
     assert [t["status"] for t in report["targets"]] == ["INFO"]
     # the table can be rebuilt from the JSON alone
     assert "ARMIN" in format_table(report)
+    assert main(["bench", "--show", str(path)]) == 0
+    assert "NTM-style" in capsys.readouterr().out
 
 
 def test_json_to_stdout_with_sizes_from_the_command_line(capsys):
