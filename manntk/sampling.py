@@ -74,19 +74,33 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
 def straight_through(logits: Tensor, tau: float, noise: Tensor | None) -> Address:
     """Straight-through Gumbel-softmax (eq. 1, 9).
 
-    Forward: the one-hot of ``argmax(logits + g)``. Backward: the gradient of
-    ``softmax((logits + g) / tau)``.
+    Forward: the one-hot of ``argmax(logits + g)`` (exactly 0 and 1). Backward: the gradient
+    of ``softmax((logits + g) / tau)``, computed in one autograd node.
 
     Args:
         logits: ``[B, N]``.
         tau: the temperature.
         noise: Gumbel samples ``[B, N]``, or ``None`` for none.
     """
-    perturbed = logits if noise is None else logits + noise
-    soft = torch.softmax(perturbed / tau, dim=-1)
-    index = perturbed.argmax(dim=-1)
-    hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
-    return Address(hard - soft.detach() + soft, index)
+    weights, index = _StraightThrough.apply(logits if noise is None else logits + noise, tau)
+    return Address(weights, index)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, perturbed: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+        soft = torch.softmax(perturbed / tau, dim=-1)
+        index = perturbed.argmax(dim=-1)
+        hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+        ctx.save_for_backward(soft)
+        ctx.tau = tau
+        ctx.mark_non_differentiable(index)
+        return hard, index
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _: Tensor) -> tuple[Tensor, None]:
+        (soft,) = ctx.saved_tensors
+        return soft * (grad - (grad * soft).sum(dim=-1, keepdim=True)) / ctx.tau, None
 
 
 class HardAddressing(Addressing):

@@ -92,7 +92,9 @@ class ArminCell(Cell):
         gated = torch.cat([g_h * h, g_r * read], dim=1)
         gates_go = self.norm_go(torch.addmm(prepared.go_x[t], gated, prepared.go_hr))
         i, f, g, o_h, *o_r = gates_go.split(self.gate_sizes, dim=1)
-        h_new = torch.sigmoid(f + self.config.forget_bias) * h + torch.sigmoid(i) * torch.tanh(g)
+        if self.config.forget_bias:
+            f = f + self.config.forget_bias
+        h_new = torch.sigmoid(f) * h + torch.sigmoid(i) * torch.tanh(g)
         if self.config.squash_state:
             h_new = torch.tanh(h_new)
         output = torch.sigmoid(o_h) * torch.tanh(h_new)
