@@ -359,9 +359,9 @@ def _execute(plans: Sequence[Plan], parallel: int, data_root: str | None, out: T
                 say("running: " + "; ".join(states))
     except KeyboardInterrupt:
         say("interrupted: stopping the running trainings (run the set again to resume them)")
-        for plan, process, log, _ in running:
+        for _, process, _, _ in running:
             process.terminate()
-        for plan, process, log, _ in running:
+        for _, process, _, _ in running:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

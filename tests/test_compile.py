@@ -31,4 +31,4 @@ def test_compiled_layers_match_eager(mode):
         y_eager.square().sum().backward()
         y_compiled.square().sum().backward()
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)  # fused kernels reassociate sums
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

@@ -6,7 +6,6 @@ import importlib.metadata
 
 import pytest
 import torch
-from torch.func import functional_call
 
 import manntk
 from manntk import testing
