@@ -54,9 +54,6 @@ class ModelConfig:
         embedding: with it, inputs are token ids ``[B, T]`` embedded to this width.
         dropout: dropout on every layer's output, in training only.
         discrete_eval: in evaluation, read and write hard addresses by slot index.
-        compile: compile every layer's chunk loop with ``torch.compile`` (CPU and CUDA).
-            The first chunk of each length and mode (train, eval) pays the compilation:
-            minutes on a CPU; worth it for long runs only.
     """
 
     cell: CellSpec
@@ -69,7 +66,6 @@ class ModelConfig:
     embedding: int | None = attrs.field(default=None, validator=positive)
     dropout: float = attrs.field(default=0.0, validator=[non_negative, probability])
     discrete_eval: bool = True
-    compile: bool = False
 
 
 def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None = None) -> MemoryRNN:
@@ -99,8 +95,6 @@ def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None =
     layers = []
     for index in range(config.layers):
         layer = _build_layer(config, input_size, BuildContext(input_size, 0, 0, 0, registry, path="model"), index)
-        if config.compile:
-            layer.compile()
         layers.append(layer)
         input_size = layer.output_size
     embedding = nn.Embedding(config.input_size, config.embedding) if config.embedding else None

@@ -192,8 +192,6 @@ def inspect_run(
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
-    if getattr(recipe.model, "compile", False):  # one short forward: eager, and every part records its trace
-        recipe = attrs.evolve(recipe, model=attrs.evolve(recipe.model, compile=False))
     target = pick_device(device)
     task, model = build_experiment(recipe, data_root)
     checkpoint = latest_checkpoint(run_dir)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 _active: ContextVar[dict[str, list[Tensor]] | None] = ContextVar("manntk_trace", default=None)
-_depth = 0  # open tracing blocks anywhere; a plain global, so compiled code sees a constant
+_depth = 0  # open tracing blocks anywhere: a plain global, cheaper to test than the context variable
 _scope: ContextVar[str] = ContextVar("manntk_trace_scope", default="")
 
 
