@@ -22,3 +22,22 @@ def test_version_and_help(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("manntk ")
     assert main([]) == 2
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`manntk recipes list | head` must not end in a traceback when the reader goes away."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write fails with a broken pipe
+    try:
+        writer = subprocess.run([sys.executable, "-m", "manntk", "plugins"], cwd=repo, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in writer.stderr
+    assert writer.returncode == 0
