@@ -30,6 +30,7 @@ from manntk.build import build_experiment
 from manntk.config import ConfigError
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
+from manntk.sampling import HardAddressing
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
@@ -214,7 +215,7 @@ class Trainer:
     def log_train(self, step: int, elapsed: float, window: dict[str, float], units_per_s: float) -> dict[str, Any]:
         row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
-        taus = [m.tau() for m in self.model.modules() if hasattr(m, "tau") and callable(m.tau)]
+        taus = [m.tau() for m in self.model.modules() if isinstance(m, HardAddressing)]
         if taus:
             row["temperature"] = taus[0]
         if self.metrics is not None:
@@ -319,7 +320,7 @@ def train(
     if resume and run_dir is None:
         raise ValueError("resume needs the run directory")
     device = recipe.train.device
-    dist = Distributed.from_environment("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    dist = Distributed.from_environment(pick_device(device).type)
     path = Path(run_dir) if run_dir is not None else new_run_dir(recipe, Path(runs_root))
     if dist.enabled:  # every process uses rank 0's directory
         shared = [str(path)]
