@@ -91,7 +91,7 @@ class MemoryLayer(nn.Module):
             if address.weights is None and not discrete:
                 address = Address(address.dense(self.slots, memory.dtype), address.index)
             read = mem.read(memory, address.weights) if address.weights is not None else mem.read_index(memory, address.index)
-            record("read", address.dense(self.slots, memory.dtype))
+            record("read", lambda address=address: address.dense(self.slots, memory.dtype))
             output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
             memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
             outputs.append(output)

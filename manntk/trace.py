@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -54,12 +54,18 @@ def scope(name: str) -> Iterator[None]:
         _scope.reset(token)
 
 
-def record(name: str, value: Tensor) -> None:
-    """Keep ``value`` under ``name`` (within the current scope) when tracing; otherwise nothing."""
+def record(name: str, value: Tensor | Callable[[], Tensor]) -> None:
+    """Keep ``value`` under ``name`` (within the current scope) when tracing; otherwise nothing.
+
+    ``value`` may be a function of no arguments that makes the tensor: it is called only
+    when tracing, so the hot loop does not build tensors that nobody keeps.
+    """
     if not _depth:
         return
     recordings = _active.get()
     if recordings is not None:
+        if callable(value):
+            value = value()
         prefix = _scope.get()
         key = f"{prefix}.{name}" if prefix else name
         recordings.setdefault(key, []).append(value.detach().float().cpu())

@@ -80,7 +80,8 @@ def test_overwrite_without_fill_writes_where_it_read_and_detaches_the_weights():
 def test_overwrite_projects_when_widths_differ():
     write = Overwrite(OverwriteConfig(fill_empty_first=False), context(hidden_size=7))
     hidden = torch.randn(B, 7)
-    memory, _ = write.step(None, 0, torch.zeros(B, N, W), hidden, Address(None, torch.tensor([0, 1])), {})
+    prepared = write.prepare(torch.zeros(B, 1, 2))
+    memory, _ = write.step(prepared, 0, torch.zeros(B, N, W), hidden, Address(None, torch.tensor([0, 1])), {})
     torch.testing.assert_close(memory[0, 0], write.W_v(hidden)[0])
     with pytest.raises(ValueError, match="projection: false"):
         Overwrite(OverwriteConfig(projection=False), context(hidden_size=7))

@@ -21,6 +21,7 @@ from manntk.cells.common import project_inputs, split_input_weight
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
+from manntk.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 
@@ -31,7 +32,7 @@ class AutoConfig(HardAddressingConfig):
 
 class _Prepared(NamedTuple):
     logits_x: tuple[Tensor, ...]  # per step [B, N]: W_s's x columns applied to x_t, plus b_s
-    logits_h: Tensor  # W_s's h columns, transposed
+    logits_h: RecurrentWeight  # W_s's h columns
     noise: Tensor | None  # [T, B, N] Gumbel noise in training
     tau: float
 
@@ -47,7 +48,7 @@ class AutoAddressing(HardAddressing):
         self.W_s = nn.Linear(context.input_size + context.hidden_size, context.slots)
 
     def prepare(self, x: Tensor) -> _Prepared:
-        w_x, w_h = split_input_weight(self.W_s, self.input_size)
+        w_x, w_h = split_input_weight(self.W_s, self.input_size, [self.W_s.in_features - self.input_size])
         logits_x = project_inputs(x, w_x, self.W_s.bias)
         noise = self.chunk_noise((x.shape[1], x.shape[0], self.W_s.out_features), x)
         return _Prepared(logits_x, w_h, noise, self.tau())
@@ -55,7 +56,7 @@ class AutoAddressing(HardAddressing):
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
-        logits = prepared.logits_x[t].addmm(hidden, prepared.logits_h)
+        logits = prepared.logits_h(prepared.logits_x[t], hidden)
         noise = None if prepared.noise is None else prepared.noise[t]
         return self.sample(logits, prepared.tau, noise), state
 

@@ -26,6 +26,7 @@ from manntk.config import non_negative, positive
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Addressing
+from manntk.recurrent import RecurrentWeight
 
 
 @attrs.define
@@ -65,7 +66,7 @@ def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
 
 class _Prepared(NamedTuple):
     head_x: tuple[Tensor, ...]  # per step [B, P]: the head projection's x columns, plus bias
-    head_h: Tensor  # the head projection's h columns, transposed
+    head_h: RecurrentWeight  # the head projection's h columns
 
 
 class NtmAddressing(Addressing):
@@ -84,13 +85,13 @@ class NtmAddressing(Addressing):
         return {"weights": torch.full((batch_size, self.slots), 1.0 / self.slots, device=device, dtype=dtype)}
 
     def prepare(self, x: Tensor) -> _Prepared:
-        w_x, w_h = split_input_weight(self.W_head, self.input_size)
+        w_x, w_h = split_input_weight(self.W_head, self.input_size, [self.W_head.in_features - self.input_size])
         return _Prepared(project_inputs(x, w_x, self.W_head.bias), w_h)
 
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
-        head = prepared.head_x[t].addmm(hidden, prepared.head_h)
+        head = prepared.head_h(prepared.head_x[t], hidden)
         key, beta, gate, shift, gamma = head.split(self.sizes, dim=-1)
         eps = self.config.eps
         weights = torch.softmax(nn.functional.softplus(beta) * cosine_similarity(key, memory, eps), dim=-1)

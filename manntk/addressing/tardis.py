@@ -27,6 +27,7 @@ from manntk.config import non_negative, positive
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
+from manntk.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 
@@ -53,6 +54,7 @@ class _Prepared(NamedTuple):
     query_x: tuple[Tensor, ...]  # per step [B, S]: W_x x_t + b
     slot_keys: Tensor  # [N, S]: W_m's A part applied to the slot address vectors
     content_weight: Tensor  # W_m's C columns
+    W_h: RecurrentWeight  # h -> query
     noise: Tensor | None
     tau: float
 
@@ -82,12 +84,12 @@ class TardisAddressing(HardAddressing):
         query_x = project_inputs(x, self.W_x.weight, self.W_x.bias)
         slot_keys = nn.functional.linear(self.A, self.W_m.weight[:, : self.key_size])
         noise = self.chunk_noise((x.shape[1], x.shape[0], self.slots), x)
-        return _Prepared(query_x, slot_keys, self.W_m.weight[:, self.key_size :], noise, self.tau())
+        return _Prepared(query_x, slot_keys, self.W_m.weight[:, self.key_size :], RecurrentWeight.of(self.W_h), noise, self.tau())
 
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
-        query = prepared.query_x[t] + self.W_h(hidden)  # [B, S]
+        query = prepared.W_h(prepared.query_x[t], hidden)  # [B, S]
         slots = prepared.slot_keys + nn.functional.linear(memory, prepared.content_weight)  # [B, N, S]
         if self.config.usage:
             usage = state["usage"] / state["usage"].sum(-1, keepdim=True).clamp_min(1.0)

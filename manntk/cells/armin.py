@@ -24,6 +24,7 @@ from manntk.config import positive, probability
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
+from manntk.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
@@ -53,8 +54,8 @@ class ArminConfig:
 class _Prepared(NamedTuple):
     ig_x: tuple[Tensor, ...]  # per step [B, d_h + d_r]: W_ig's x columns applied to x_t, plus b_ig
     go_x: tuple[Tensor, ...]  # per step [B, 4 d_h (+ d_r)]
-    ig_hr: Tensor  # W_ig's [h, r] columns, transposed: [d_h + d_r, d_h + d_r]
-    go_hr: Tensor  # W_go's [h^g, r^g] columns, transposed
+    ig_hr: RecurrentWeight  # W_ig's [h, r] columns
+    go_hr: RecurrentWeight  # W_go's [h^g, r^g] columns
 
 
 class ArminCell(Cell):
@@ -81,16 +82,16 @@ class ArminCell(Cell):
         return {"h": torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)}
 
     def prepare(self, x: Tensor) -> _Prepared:
-        ig_x, ig_hr = split_input_weight(self.W_ig, self.input_size)
-        go_x, go_hr = split_input_weight(self.W_go, self.input_size)
+        sizes = [self.hidden_size, self.read_size]
+        ig_x, ig_hr = split_input_weight(self.W_ig, self.input_size, sizes)
+        go_x, go_hr = split_input_weight(self.W_go, self.input_size, sizes)
         return _Prepared(project_inputs(x, ig_x, self.W_ig.bias), project_inputs(x, go_x, self.W_go.bias), ig_hr, go_hr)
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = state["h"]
-        gates_ig = self.norm_ig(torch.addmm(prepared.ig_x[t], torch.cat([h, read], dim=1), prepared.ig_hr))
+        gates_ig = self.norm_ig(prepared.ig_hr(prepared.ig_x[t], h, read))
         g_h, g_r = torch.sigmoid(gates_ig).split([self.hidden_size, self.read_size], dim=1)
-        gated = torch.cat([g_h * h, g_r * read], dim=1)
-        gates_go = self.norm_go(torch.addmm(prepared.go_x[t], gated, prepared.go_hr))
+        gates_go = self.norm_go(prepared.go_hr(prepared.go_x[t], g_h * h, g_r * read))
         i, f, g, o_h, *o_r = gates_go.split(self.gate_sizes, dim=1)
         if self.config.forget_bias:
             f = f + self.config.forget_bias

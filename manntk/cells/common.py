@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
+
+from manntk.recurrent import RecurrentWeight
 
 
 class GateNorm(nn.Module):
@@ -36,16 +40,16 @@ def zoneout(previous: Tensor, new: Tensor, rate: float, training: bool) -> Tenso
     return rate * previous + (1.0 - rate) * new
 
 
-def split_input_weight(linear: nn.Linear, input_size: int) -> tuple[Tensor, Tensor]:
-    """Split a Linear over ``[x, rest]`` into its ``x`` columns and its ``rest`` columns, transposed.
+def split_input_weight(linear: nn.Linear, input_size: int, sizes: Sequence[int]) -> tuple[Tensor, RecurrentWeight]:
+    """Split a Linear over ``[x, u_1, ..., u_k]`` into its ``x`` columns and its recurrent blocks.
 
     Done once per chunk: the ``x`` columns ``[out, input_size]`` serve one matrix product
-    over all steps (``project_inputs``); the recurrent columns come back as a contiguous
-    ``[rest, out]`` matrix for ``torch.addmm(bias, rest, w)`` at every step. Slicing (and
-    transposing) the weight at every step instead would make every step's backward
-    scatter a full-size, strided gradient into the weight.
+    over all steps (``project_inputs``); the blocks of widths ``sizes`` come back as a
+    [`RecurrentWeight`][manntk.recurrent.RecurrentWeight] for ``product(base, u_1, ..., u_k)``
+    at every step. Slicing the weight at every step instead would make every step's
+    backward scatter a full-size gradient into the weight.
     """
-    return linear.weight[:, :input_size], linear.weight[:, input_size:].t().contiguous()
+    return linear.weight[:, :input_size], RecurrentWeight(linear.weight, input_size, sizes)
 
 
 def project_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, ...]:

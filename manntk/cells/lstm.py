@@ -23,6 +23,7 @@ from manntk.config import positive, probability
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
+from manntk.recurrent import RecurrentWeight
 
 
 @attrs.define
@@ -45,7 +46,7 @@ class LstmConfig:
 
 class _Prepared(NamedTuple):
     gates_x: tuple[Tensor, ...]  # per step [B, 4 d_h]
-    gates_hr: Tensor  # W's [h, r] columns, transposed
+    gates_hr: RecurrentWeight  # W's [h, r] columns
 
 
 class LstmCell(Cell):
@@ -66,12 +67,12 @@ class LstmCell(Cell):
         return {"h": zeros, "c": zeros.clone()}
 
     def prepare(self, x: Tensor) -> _Prepared:
-        w_x, w_hr = split_input_weight(self.W, self.input_size)
+        w_x, w_hr = split_input_weight(self.W, self.input_size, [self.hidden_size, self.read_size])
         return _Prepared(project_inputs(x, w_x, self.W.bias), w_hr)
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h, c = state["h"], state["c"]
-        gates = self.norm_gates(torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr))
+        gates = self.norm_gates(prepared.gates_hr(prepared.gates_x[t], h, read))
         i, f, g, o = gates.chunk(4, dim=1)
         c_new = torch.sigmoid(f + self.config.forget_bias) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(self.norm_cell(c_new))

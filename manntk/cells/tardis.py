@@ -24,6 +24,7 @@ from manntk.config import positive
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
+from manntk.recurrent import RecurrentWeight
 
 
 @attrs.define
@@ -44,7 +45,9 @@ class TardisCellConfig:
 class _Prepared(NamedTuple):
     gates_x: tuple[Tensor, ...]  # per step [B, 3 d_h + 2]
     candidate_x: tuple[Tensor, ...]  # per step [B, d_h]: W_x x_t + b
-    gates_hr: Tensor  # W_gates' [h, r] columns, transposed
+    gates_hr: RecurrentWeight  # W_gates' [h, r] columns
+    W_h: RecurrentWeight  # h -> candidate
+    W_r: RecurrentWeight  # r -> candidate
     noise: Tensor | None  # [T, B, 2] logistic noise in training
 
 
@@ -67,22 +70,23 @@ class TardisCell(Cell):
         return {"h": zeros, "c": zeros.clone()}
 
     def prepare(self, x: Tensor) -> _Prepared:
-        w_x, w_hr = split_input_weight(self.W_gates, self.input_size)
+        w_x, w_hr = split_input_weight(self.W_gates, self.input_size, [self.hidden_size, self.read_size])
         gates_x = project_inputs(x, w_x, self.W_gates.bias)
         noise = None
         if self.training:
             uniform = torch.rand(x.shape[1], x.shape[0], 2, device=x.device, dtype=x.dtype).clamp(1e-6, 1 - 1e-6)
             noise = torch.log(uniform) - torch.log1p(-uniform)
-        return _Prepared(gates_x, project_inputs(x, self.W_x.weight, self.W_x.bias), w_hr, noise)
+        candidate_x = project_inputs(x, self.W_x.weight, self.W_x.bias)
+        return _Prepared(gates_x, candidate_x, w_hr, RecurrentWeight.of(self.W_h), RecurrentWeight.of(self.W_r), noise)
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h, c = state["h"], state["c"]
-        gates = torch.addmm(prepared.gates_x[t], torch.cat([h, read], dim=1), prepared.gates_hr)
+        gates = prepared.gates_hr(prepared.gates_x[t], h, read)
         i, f, o, scalar_logits = gates.split([self.hidden_size] * 3 + [2], dim=1)
         if prepared.noise is not None:
             scalar_logits = scalar_logits + prepared.noise[t]
         alpha, beta = torch.sigmoid(scalar_logits / self.config.gate_temperature).split(1, dim=1)
-        candidate = torch.tanh(prepared.candidate_x[t] + beta * self.W_h(h) + alpha * self.W_r(read))
+        candidate = torch.tanh(prepared.candidate_x[t] + beta * prepared.W_h(None, h) + alpha * prepared.W_r(None, read))
         c_new = torch.sigmoid(f + self.config.forget_bias) * c + torch.sigmoid(i) * candidate
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         return torch.cat([h_new, read], dim=1), {"h": h_new, "c": c_new}

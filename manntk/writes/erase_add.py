@@ -19,6 +19,7 @@ from manntk.config import AddressingSpec
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
+from manntk.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
@@ -34,7 +35,8 @@ class EraseAddConfig:
 
 
 class _Prepared(NamedTuple):
-    head: Any
+    head: Any  # the write head's prepared input
+    W_ea: RecurrentWeight
 
 
 class EraseAdd(Write):
@@ -52,11 +54,11 @@ class EraseAdd(Write):
         return {"head": self.head.init_state(batch_size, device, dtype)}
 
     def prepare(self, x: Tensor) -> _Prepared:
-        return _Prepared(self.head.prepare(x))
+        return _Prepared(self.head.prepare(x), RecurrentWeight.of(self.W_ea))
 
     def step(self, prepared: _Prepared, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         head_address, head_state = self.head.step(prepared.head, t, hidden, memory, state["head"])
-        erase, add = self.W_ea(hidden).chunk(2, dim=-1)
+        erase, add = prepared.W_ea(self.W_ea.bias, hidden).chunk(2, dim=-1)
         weights = head_address.dense(self.slots, memory.dtype)
         record("write", weights)
         return mem.erase_add(memory, weights, torch.sigmoid(erase), torch.tanh(add)), {"head": head_state}

@@ -10,8 +10,6 @@ whole memory: out of place in training, in place on the discrete evaluation path
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import torch
 from torch import Tensor, nn
@@ -20,6 +18,7 @@ from manntk import memory as mem
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
+from manntk.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
@@ -57,16 +56,16 @@ class Overwrite(Write):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         return {"filled": torch.zeros(batch_size, dtype=torch.long, device=device)} if self.fill_empty_first else {}
 
-    def prepare(self, x: Tensor) -> None:
-        return None
+    def prepare(self, x: Tensor) -> RecurrentWeight | None:
+        return RecurrentWeight.of(self.W_v) if isinstance(self.W_v, nn.Linear) else None
 
-    def step(self, prepared: Any, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        value = self.W_v(hidden)
+    def step(self, prepared: RecurrentWeight | None, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        value = hidden if prepared is None else prepared(self.W_v.bias, hidden)
         if address.index is not None:  # one-hot: replace one slot by index
             slot = mem.fill_target(state["filled"], address.index, self.slots) if self.fill_empty_first else address.index
             write = mem.overwrite_index_ if address.weights is None else mem.overwrite_index
             memory = write(memory, slot, value)
-            record("write", nn.functional.one_hot(slot, self.slots))
+            record("write", lambda: nn.functional.one_hot(slot, self.slots))
         else:
             weights = address.weights.detach()
             if self.fill_empty_first:

@@ -1,0 +1,135 @@
+"""Matrix products applied at every time step, with one weight gradient per chunk.
+
+A recurrent weight ``W`` is applied at each of the T steps of a chunk. Plain autograd
+gives every step its own weight-gradient product ``u_t^T g_t`` and then adds it to the
+running sum: a full-size temporary and an extra pass over it, T times, and the product's
+inner dimension is only the batch size. [`RecurrentWeight`][manntk.recurrent.RecurrentWeight]
+sums the steps' products in place into one buffer (``addmm_``) and hands the sum to
+autograd once, when the chunk's weight node runs. The inputs of a product over several
+blocks (``[h, r] W``) are never concatenated either: each block has its own product.
+
+The numbers are those of ``torch.addmm(base, torch.cat(inputs, 1), W_cols.t())``; only the
+order of the floating-point additions of the weight gradient differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class _GradientSum:
+    """The weight gradient of one chunk, summed over its steps (shared by its nodes).
+
+    Kept as one contiguous ``[in_rec, out]`` sum, the layout of the transposed columns the
+    steps use (row blocks of it are contiguous too): an ``addmm_`` into a column slice of the
+    ``[out, in]`` weight would go through a temporary copy at every step.
+    """
+
+    __slots__ = ("columns", "shape", "sizes", "total")
+
+    def __init__(self, shape: torch.Size, columns: tuple[int, int], sizes: tuple[int, ...]) -> None:
+        self.shape, self.columns, self.sizes = shape, columns, sizes
+        self.total: Tensor | None = None
+
+    def add(self, grad: Tensor, inputs: Sequence[Tensor]) -> None:
+        """Add one step's products ``u_i^T grad`` to the rows of each block."""
+        if self.total is None:
+            self.total = grad.new_zeros(self.columns[1] - self.columns[0], grad.shape[1])
+        for rows, value in zip(self.total.split(self.sizes), inputs, strict=True):
+            rows.addmm_(value.t(), grad)
+
+    def take(self, grad: Tensor | None) -> Tensor | None:
+        """The ``[out, in]`` weight gradient: the steps' sum plus ``grad`` (the columns' gradient
+        from uses outside step products); then a fresh start (a second backward sums again)."""
+        total, self.total = self.total, None
+        if grad is not None:
+            total = grad if total is None else total + grad
+        if total is None:
+            return None
+        full = total.new_zeros(self.shape)
+        full[:, self.columns[0] : self.columns[1]] = total.t()
+        return full
+
+
+class _ChunkColumns(torch.autograd.Function):
+    """``W[:, a:b].t().contiguous()``; backward returns the steps' summed gradient."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, gradient: _GradientSum) -> Tensor:
+        ctx.gradient = gradient
+        ctx.set_materialize_grads(False)
+        start, stop = gradient.columns
+        return weight[:, start:stop].t().contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor | None) -> tuple[Tensor | None, None]:
+        return ctx.gradient.take(grad), None
+
+
+class _StepProduct(torch.autograd.Function):
+    """``base + sum_i u_i W_i`` for one step; the weight gradient goes to the chunk's sum."""
+
+    @staticmethod
+    def forward(ctx, gradient: _GradientSum, base: Tensor | None, columns: Tensor, *inputs: Tensor) -> Tensor:
+        blocks = columns.split(gradient.sizes)
+        out = torch.mm(inputs[0], blocks[0]) if base is None else torch.addmm(base, inputs[0], blocks[0])
+        for value, block in zip(inputs[1:], blocks[1:]):
+            out.addmm_(value, block)
+        ctx.gradient = gradient
+        ctx.base_shape = None if base is None else base.shape
+        ctx.save_for_backward(columns, *inputs)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        columns, *inputs = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_inputs: tuple[Tensor | None, ...] = (None,) * len(inputs)
+        if any(needs[3:]):  # one product for all the blocks: [B, out] x [out, in_rec]
+            grad_inputs = tuple(grad.mm(columns.t()).split(ctx.gradient.sizes, dim=1))
+        if needs[2]:
+            ctx.gradient.add(grad, inputs)
+        grad_base = None
+        if needs[1]:
+            grad_base = grad if ctx.base_shape == grad.shape else grad.sum_to_size(ctx.base_shape)
+        return (None, grad_base, None, *grad_inputs)
+
+
+class RecurrentWeight:
+    """Column blocks of a weight, prepared once per chunk for products at every step.
+
+    ``RecurrentWeight(linear.weight, start, [d_h, d_r])`` covers the columns
+    ``start .. start + d_h + d_r`` of the ``[out, in]`` weight; ``product(base, h, r)`` is
+    ``base + h W_h^T + r W_r^T`` (``[B, out]``), the same as ``torch.addmm(base,
+    torch.cat([h, r], 1), W[:, start:start + d_h + d_r].t())``. Make a new one per chunk
+    (in a part's ``prepare``): its steps' weight gradients are summed together.
+
+    Args:
+        weight: ``[out, in]``, usually ``linear.weight``.
+        start: the first column of the first block.
+        sizes: the widths of the blocks, in the order of the inputs at each step.
+    """
+
+    def __init__(self, weight: Tensor, start: int, sizes: Sequence[int]) -> None:
+        stop = start + sum(sizes)
+        if stop > weight.shape[1]:
+            raise ValueError(f"blocks {list(sizes)} from column {start} pass the weight's {weight.shape[1]} columns")
+        self._gradient = _GradientSum(weight.shape, (start, stop), tuple(sizes))
+        self.columns: Tensor = _ChunkColumns.apply(weight, self._gradient)
+
+    @classmethod
+    def of(cls, linear: torch.nn.Linear) -> RecurrentWeight:
+        """All the columns of ``linear`` as one block: ``product(linear.bias, u)`` is ``linear(u)``."""
+        return cls(linear.weight, 0, [linear.in_features])
+
+    def __call__(self, base: Tensor | None, *inputs: Tensor) -> Tensor:
+        """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""
+        if len(inputs) != len(self._gradient.sizes):
+            raise ValueError(f"expected {len(self._gradient.sizes)} inputs (one per block), got {len(inputs)}")
+        return _StepProduct.apply(self._gradient, base, self.columns, *inputs)

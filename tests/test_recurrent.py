@@ -1,0 +1,108 @@
+"""RecurrentWeight: per-step products whose weight gradient is summed once per chunk.
+
+Compared with the plain path it replaces (``torch.addmm(base, torch.cat(inputs, 1),
+W[:, cols].t())`` at every step, autograd summing the per-step weight gradients) in value
+and gradient, and checked with gradcheck in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from manntk.recurrent import RecurrentWeight
+
+D = torch.float64
+
+
+def recurrence(weight, bias, h0, reads, fast: bool, start: int = 2):
+    """A small tanh recurrence over ``reads`` ``[T, B, d_r]`` using columns ``start..`` of ``weight``."""
+    d_h = h0.shape[1]
+    sizes = [d_h, reads.shape[2]]
+    product = RecurrentWeight(weight, start, sizes) if fast else None
+    h, outputs = h0, []
+    for t, read in enumerate(reads):
+        base = bias + 0.1 * t
+        if fast:
+            out = product(base, h, read)
+        else:
+            out = torch.addmm(base, torch.cat([h, read], 1), weight[:, start : start + sum(sizes)].t())
+        h = torch.tanh(out[:, :d_h])
+        outputs.append(out)
+    return torch.stack(outputs)
+
+
+def tensors(seed: int = 0, out: int = 6, d_h: int = 4, d_r: int = 3, batch: int = 3, steps: int = 5):
+    generator = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=generator, dtype=D).requires_grad_()  # noqa: E731
+    return make(out, 2 + d_h + d_r), make(out), make(batch, d_h), make(steps, batch, d_r)
+
+
+def gradients(fast: bool, **shapes):
+    weight, bias, h0, reads = tensors(**shapes)
+    y = recurrence(weight, bias, h0, reads, fast)
+    y.sin().sum().backward()
+    return y.detach(), [t.grad for t in (weight, bias, h0, reads)]
+
+
+@pytest.mark.parametrize("shapes", [{}, {"batch": 1}, {"steps": 1}, {"d_r": 0}])
+def test_same_outputs_and_gradients_as_the_plain_path(shapes):
+    y_fast, g_fast = gradients(True, **shapes)
+    y_plain, g_plain = gradients(False, **shapes)
+    torch.testing.assert_close(y_fast, y_plain)
+    for fast, plain in zip(g_fast, g_plain, strict=True):
+        torch.testing.assert_close(fast, plain)
+    # the columns before `start` get no gradient from the steps
+    assert torch.all(g_fast[0][:, :2] == 0)
+
+
+def test_gradcheck():
+    weight, bias, h0, reads = tensors(batch=2, steps=3)
+    assert torch.autograd.gradcheck(lambda *a: recurrence(*a, fast=True), (weight, bias, h0, reads))
+
+
+def test_whole_linear_with_a_broadcast_bias_and_no_base():
+    linear = torch.nn.Linear(4, 5).double()
+    u = torch.randn(3, 4, dtype=D, requires_grad=True)
+    product = RecurrentWeight.of(linear)
+    y = product(linear.bias, u) + 2 * product(None, u)
+    y.square().sum().backward()
+    fast = [linear.weight.grad.clone(), linear.bias.grad.clone(), u.grad.clone()]
+    linear.zero_grad()
+    u.grad = None
+    (linear(u) + 2 * (u @ linear.weight.t())).square().sum().backward()
+    for a, b in zip(fast, [linear.weight.grad, linear.bias.grad, u.grad], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_columns_also_used_outside_a_step_product_add_their_gradient():
+    weight, bias, h0, reads = tensors()
+    product = RecurrentWeight(weight, 2, [4, 3])
+    (product(bias, h0, reads[0]).sum() + product.columns.square().sum()).backward()
+    inputs = torch.cat([h0, reads[0]], 1).detach()
+    expected = torch.ones(3, 6, dtype=D).t() @ inputs + 2 * weight[:, 2:].detach()
+    torch.testing.assert_close(weight.grad[:, 2:], expected)
+
+
+def test_a_second_backward_pass_sums_again_instead_of_twice():
+    weight, bias, h0, reads = tensors()
+    y = recurrence(weight, bias, h0, reads, fast=True)
+    y.sum().backward(retain_graph=True)
+    first = weight.grad.clone()
+    y.sum().backward()
+    torch.testing.assert_close(weight.grad, 2 * first)
+
+
+def test_frozen_weight_gets_no_gradient_and_inputs_still_do():
+    weight, bias, h0, reads = tensors()
+    weight.requires_grad_(False)
+    recurrence(weight, bias, h0, reads, fast=True).sum().backward()
+    assert weight.grad is None and h0.grad is not None and reads.grad is not None
+
+
+def test_wrong_input_count_and_blocks_past_the_weight_are_errors():
+    weight = torch.zeros(3, 5)
+    with pytest.raises(ValueError, match="pass the weight's 5 columns"):
+        RecurrentWeight(weight, 2, [2, 2])
+    with pytest.raises(ValueError, match="expected 2 inputs"):
+        RecurrentWeight(weight, 1, [2, 2])(None, torch.zeros(1, 2))
