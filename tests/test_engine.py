@@ -7,6 +7,7 @@ import torch
 from torch.func import functional_call
 
 import manntk
+import manntk.recurrent
 from manntk.state import detach_state, flatten_state, load_state, map_state, move_state, save_state, unflatten_state
 from tests.conftest import COMPOSITIONS, build, model_mapping, soften
 
@@ -97,8 +98,14 @@ def gradcheck_model(mapping, mode):
     assert torch.autograd.gradcheck(forward, (x, *params), eps=1e-6, atol=1e-5)
 
 
-def test_gradcheck_every_model_in_eval(composition):
-    """Every part in float64; hard addressing is argmax here (piecewise constant)."""
+@pytest.mark.parametrize("sum_in_place", [False, True], ids=["plain-products", "summed-weight-gradients"])
+def test_gradcheck_every_model_in_eval(composition, sum_in_place, monkeypatch):
+    """Every part in float64; hard addressing is argmax here (piecewise constant).
+
+    Both paths of the per-step products: the plain one (these small weights) and the one
+    that sums the weight gradient in place (large weights; forced here).
+    """
+    monkeypatch.setattr(manntk.recurrent, "SUM_IN_PLACE_FROM", 0 if sum_in_place else 1 << 62)
     mapping = model_mapping(composition, slots=3, width=3)
     gradcheck_model(mapping, "eval")
 

@@ -15,11 +15,11 @@ from manntk.recurrent import RecurrentWeight
 D = torch.float64
 
 
-def recurrence(weight, bias, h0, reads, fast: bool, start: int = 2):
+def recurrence(weight, bias, h0, reads, fast: bool, start: int = 2, sum_in_place: bool = True):
     """A small tanh recurrence over ``reads`` ``[T, B, d_r]`` using columns ``start..`` of ``weight``."""
     d_h = h0.shape[1]
     sizes = [d_h, reads.shape[2]]
-    product = RecurrentWeight(weight, start, sizes) if fast else None
+    product = RecurrentWeight(weight, start, sizes, sum_in_place) if fast else None
     h, outputs = h0, []
     for t, read in enumerate(reads):
         base = bias + 0.1 * t
@@ -38,16 +38,17 @@ def tensors(seed: int = 0, out: int = 6, d_h: int = 4, d_r: int = 3, batch: int 
     return make(out, 2 + d_h + d_r), make(out), make(batch, d_h), make(steps, batch, d_r)
 
 
-def gradients(fast: bool, **shapes):
+def gradients(fast: bool, sum_in_place: bool = True, **shapes):
     weight, bias, h0, reads = tensors(**shapes)
-    y = recurrence(weight, bias, h0, reads, fast)
+    y = recurrence(weight, bias, h0, reads, fast, sum_in_place=sum_in_place)
     y.sin().sum().backward()
     return y.detach(), [t.grad for t in (weight, bias, h0, reads)]
 
 
+@pytest.mark.parametrize("sum_in_place", [True, False])
 @pytest.mark.parametrize("shapes", [{}, {"batch": 1}, {"steps": 1}, {"d_r": 0}])
-def test_same_outputs_and_gradients_as_the_plain_path(shapes):
-    y_fast, g_fast = gradients(True, **shapes)
+def test_same_outputs_and_gradients_as_the_plain_path(shapes, sum_in_place):
+    y_fast, g_fast = gradients(True, sum_in_place, **shapes)
     y_plain, g_plain = gradients(False, **shapes)
     torch.testing.assert_close(y_fast, y_plain)
     for fast, plain in zip(g_fast, g_plain, strict=True):
@@ -56,15 +57,22 @@ def test_same_outputs_and_gradients_as_the_plain_path(shapes):
     assert torch.all(g_fast[0][:, :2] == 0)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("sum_in_place", [True, False])
+def test_gradcheck(sum_in_place):
     weight, bias, h0, reads = tensors(batch=2, steps=3)
-    assert torch.autograd.gradcheck(lambda *a: recurrence(*a, fast=True), (weight, bias, h0, reads))
+    check = lambda *a: recurrence(*a, fast=True, sum_in_place=sum_in_place)  # noqa: E731
+    assert torch.autograd.gradcheck(check, (weight, bias, h0, reads))
+
+
+def test_large_columns_sum_in_place_and_small_ones_do_not():
+    assert RecurrentWeight(torch.zeros(512, 256), 0, [256]).sum_in_place
+    assert not RecurrentWeight(torch.zeros(128, 128), 0, [128]).sum_in_place
 
 
 def test_whole_linear_with_a_broadcast_bias_and_no_base():
     linear = torch.nn.Linear(4, 5).double()
     u = torch.randn(3, 4, dtype=D, requires_grad=True)
-    product = RecurrentWeight.of(linear)
+    product = RecurrentWeight(linear.weight, 0, [4], sum_in_place=True)
     y = product(linear.bias, u) + 2 * product(None, u)
     y.square().sum().backward()
     fast = [linear.weight.grad.clone(), linear.bias.grad.clone(), u.grad.clone()]
@@ -77,7 +85,7 @@ def test_whole_linear_with_a_broadcast_bias_and_no_base():
 
 def test_columns_also_used_outside_a_step_product_add_their_gradient():
     weight, bias, h0, reads = tensors()
-    product = RecurrentWeight(weight, 2, [4, 3])
+    product = RecurrentWeight(weight, 2, [4, 3], sum_in_place=True)
     (product(bias, h0, reads[0]).sum() + product.columns.square().sum()).backward()
     inputs = torch.cat([h0, reads[0]], 1).detach()
     expected = torch.ones(3, 6, dtype=D).t() @ inputs + 2 * weight[:, 2:].detach()
