@@ -15,7 +15,8 @@ The summing costs a Python autograd node per step (tens of microseconds), which 
 when the weight is large enough for a full-size add per step to cost more: from
 ``SUM_IN_PLACE_FROM`` elements (measured on a 2-core Xeon for batch 1 to 128: slower
 below 128 x 1024 elements, 1.1-1.5x faster from 512 x 1024 on). Smaller weights take
-the plain path: one ``addmm`` over the concatenated inputs.
+the plain path: one ``addmm`` over the concatenated inputs, as does every product under
+autocast (mixed precision casts per operation, which the in-place sum cannot follow).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class RecurrentWeight:
         """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""
         if len(inputs) != len(self._gradient.sizes):
             raise ValueError(f"expected {len(self._gradient.sizes)} inputs (one per block), got {len(inputs)}")
-        if self.sum_in_place:
+        if self.sum_in_place and not torch.is_autocast_enabled(inputs[0].device.type):
             return _StepProduct.apply(self._gradient, base, self.columns, *inputs)
         joined = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
         return torch.mm(joined, self.columns) if base is None else torch.addmm(base, joined, self.columns)

@@ -114,3 +114,15 @@ def test_wrong_input_count_and_blocks_past_the_weight_are_errors():
         RecurrentWeight(weight, 2, [2, 2])
     with pytest.raises(ValueError, match="expected 2 inputs"):
         RecurrentWeight(weight, 1, [2, 2])(None, torch.zeros(1, 2))
+
+
+def test_autocast_takes_the_plain_path_and_keeps_float32_weight_gradients():
+    weight = torch.randn(8, 6, requires_grad=True)
+    h = torch.randn(3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        product = RecurrentWeight(weight, 0, [3, 3], sum_in_place=True)
+        y = product(None, h[:, :3], h[:, 3:])
+        y = product(torch.zeros(8), torch.tanh(y[:, :3]), h[:, 3:])
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
