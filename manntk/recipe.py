@@ -85,6 +85,11 @@ class TrainConfig:
         threads: CPU threads for PyTorch's intra-op parallelism (default: PyTorch's
             choice). Batch-1 runs (the algorithmic tasks) are fastest with 1, and then
             several runs can share a machine.
+        flush_denormal: on the CPU, flush subnormal floats (below ~1e-38) to zero. Long
+            recurrences let gradients decay into that range, where x86 arithmetic is one
+            to two orders of magnitude slower: an LSTM's backward on pMNIST (784 steps)
+            ran 7.7x faster with it. The values flushed are far below anything that
+            changes a float32 update.
         log_every: steps between training-metric rows.
         eval_every: steps between validation runs (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
@@ -104,6 +109,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0
     threads: int | None = attrs.field(default=None, validator=positive)
+    flush_denormal: bool = True
     log_every: int = attrs.field(default=50, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)
     checkpoint_every: int = attrs.field(default=0, validator=non_negative)

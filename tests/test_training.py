@@ -177,3 +177,13 @@ def test_resume_carries_the_language_model_state_exactly(tmp_path):
     assert [r["loss"] for r in train_rows(interrupted)] == pytest.approx(expected, rel=1e-5)
     rows = read_metrics(interrupted / "metrics.jsonl")
     assert any(r["split"] == "test" and "bpc" in r for r in rows)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_is_applied_on_the_cpu(tmp_path, flush):
+    subnormal = torch.tensor([1e-40], dtype=torch.float32)
+    try:
+        train(recipe_from_mapping(tiny_copy(steps=1, flush_denormal=flush)), tmp_path / "run", progress=False)
+        assert bool((subnormal * 1.0 == 0).item()) is flush
+    finally:
+        torch.set_flush_denormal(False)

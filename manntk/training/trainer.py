@@ -119,6 +119,8 @@ class Trainer:
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
         if train.threads is not None:
             torch.set_num_threads(train.threads)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(train.flush_denormal)
         torch.manual_seed(train.seed)
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
