@@ -55,6 +55,8 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     target = pick_device(device)
+    if target.type == "cpu":
+        torch.set_flush_denormal(recipe.train.flush_denormal)
     task, model = build_experiment(recipe, data_root)
     model.to(target)
     model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))
