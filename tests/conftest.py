@@ -49,3 +49,11 @@ def _seed():
 
 def build(mapping, dtype=torch.float32):
     return manntk.build_model(mapping).to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _restore_subnormals():
+    """The trainer flushes subnormal floats process-wide (``train.flush_denormal``); undo it
+    after each test so that later tests (hypothesis's float strategies) see IEEE floats."""
+    yield
+    torch.set_flush_denormal(False)
