@@ -89,7 +89,7 @@ class TrainConfig:
             recurrences let gradients decay into that range, where x86 arithmetic is one
             to two orders of magnitude slower: an LSTM's backward on pMNIST (784 steps)
             ran 7.7x faster with it. The values flushed are far below anything that
-            changes a float32 update.
+            changes a float32 update. The setting is process-wide and stays after the run.
         log_every: steps between training-metric rows.
         eval_every: steps between validation runs (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).

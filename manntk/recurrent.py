@@ -125,7 +125,8 @@ class RecurrentWeight:
         start: the first column of the first block.
         sizes: the widths of the blocks, in the order of the inputs at each step.
         sum_in_place: sum the steps' weight gradients in place; ``None``: when the columns
-            have at least ``SUM_IN_PLACE_FROM`` elements.
+            have at least ``SUM_IN_PLACE_FROM`` elements. Never under autocast (made inside
+            the same autocast context as the steps that use it, as in ``prepare``).
     """
 
     def __init__(self, weight: Tensor, start: int, sizes: Sequence[int], sum_in_place: bool | None = None) -> None:
@@ -134,7 +135,9 @@ class RecurrentWeight:
             raise ValueError(f"blocks {list(sizes)} from column {start} pass the weight's {weight.shape[1]} columns")
         self._gradient = _GradientSum(weight.shape, (start, stop), tuple(sizes))
         self.columns: Tensor = _ChunkColumns.apply(weight, self._gradient)
-        self.sum_in_place = sum_in_place if sum_in_place is not None else self.columns.numel() >= SUM_IN_PLACE_FROM
+        if sum_in_place is None:
+            sum_in_place = self.columns.numel() >= SUM_IN_PLACE_FROM
+        self.sum_in_place = sum_in_place and not torch.is_autocast_enabled(weight.device.type)
 
     @classmethod
     def of(cls, linear: torch.nn.Linear) -> RecurrentWeight:
@@ -145,7 +148,7 @@ class RecurrentWeight:
         """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""
         if len(inputs) != len(self._gradient.sizes):
             raise ValueError(f"expected {len(self._gradient.sizes)} inputs (one per block), got {len(inputs)}")
-        if self.sum_in_place and not torch.is_autocast_enabled(inputs[0].device.type):
+        if self.sum_in_place:
             return _StepProduct.apply(self._gradient, base, self.columns, *inputs)
         joined = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
         return torch.mm(joined, self.columns) if base is None else torch.addmm(base, joined, self.columns)

@@ -121,6 +121,7 @@ def test_autocast_takes_the_plain_path_and_keeps_float32_weight_gradients():
     h = torch.randn(3, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         product = RecurrentWeight(weight, 0, [3, 3], sum_in_place=True)
+        assert not product.sum_in_place
         y = product(None, h[:, :3], h[:, 3:])
         y = product(torch.zeros(8), torch.tanh(y[:, :3]), h[:, 3:])
     assert y.dtype == torch.bfloat16

@@ -16,6 +16,7 @@ import torch
 from manntk.cli import main
 from manntk.recipe import OptimizerConfig, ScheduleConfig, recipe_from_mapping
 from manntk.training import CheckpointError, TrainingDiverged, train
+from manntk.training.evaluate import evaluate_run
 from manntk.training.metrics import read_metrics
 from manntk.training.optim import lr_factor, make_optimizer
 
@@ -180,10 +181,11 @@ def test_resume_carries_the_language_model_state_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_flush_denormal_is_applied_on_the_cpu(tmp_path, flush):
+def test_flush_denormal_is_applied_on_the_cpu_by_train_and_eval(tmp_path, flush):
+    """Subnormals are flushed exactly when the recipe says so (conftest restores IEEE floats)."""
     subnormal = torch.tensor([1e-40], dtype=torch.float32)
-    try:
-        train(recipe_from_mapping(tiny_copy(steps=1, flush_denormal=flush)), tmp_path / "run", progress=False)
-        assert bool((subnormal * 1.0 == 0).item()) is flush
-    finally:
-        torch.set_flush_denormal(False)
+    run = train(recipe_from_mapping(tiny_copy(steps=1, flush_denormal=flush)), tmp_path / "run", progress=False).run_dir
+    assert bool((subnormal * 1.0 == 0).item()) is flush
+    torch.set_flush_denormal(not flush)
+    evaluate_run(run, "valid", device="cpu")
+    assert bool((subnormal * 1.0 == 0).item()) is flush

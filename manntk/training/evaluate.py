@@ -19,6 +19,16 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def flush_subnormals(device: torch.device, enabled: bool) -> None:
+    """On the CPU, flush subnormal floats to zero or not (``train.flush_denormal``).
+
+    The setting belongs to the process and stays after the run (PyTorch offers no way to
+    read it back and restore it).
+    """
+    if device.type == "cpu":
+        torch.set_flush_denormal(enabled)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
@@ -55,8 +65,7 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     target = pick_device(device)
-    if target.type == "cpu":
-        torch.set_flush_denormal(recipe.train.flush_denormal)
+    flush_subnormals(target, recipe.train.flush_denormal)
     task, model = build_experiment(recipe, data_root)
     model.to(target)
     model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))

@@ -35,7 +35,7 @@ from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
 from manntk.training.distributed import Distributed
-from manntk.training.evaluate import autocast, evaluate
+from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
 
@@ -119,8 +119,7 @@ class Trainer:
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
         if train.threads is not None:
             torch.set_num_threads(train.threads)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(train.flush_denormal)
+        flush_subnormals(self.device, train.flush_denormal)
         torch.manual_seed(train.seed)
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
