@@ -77,6 +77,24 @@ def test_overwrite_without_fill_writes_where_it_read_and_detaches_the_weights():
     assert not memory.requires_grad
 
 
+@pytest.mark.parametrize("fill_empty_first", [False, True])
+def test_overwrite_argmax_replaces_only_the_most_read_slot(fill_empty_first):
+    write = Overwrite(OverwriteConfig(fill_empty_first=fill_empty_first, argmax=True), context())
+    state = write.init_state(B, "cpu", torch.float32)
+    if fill_empty_first:
+        state = {"filled": torch.tensor([N, 1])}  # row 0 full, row 1 still filling slot 1
+    weights = torch.tensor([[0.2, 0.1, 0.7], [0.6, 0.3, 0.1]])
+    memory = torch.randn(B, N, W)
+    hidden = torch.randn(B, W, requires_grad=True)
+    written, _ = write.step(None, 0, memory, hidden, Address(weights), state)
+    expected = memory.clone()
+    expected[0, 2] = hidden[0].detach()
+    expected[1, 1 if fill_empty_first else 0] = hidden[1].detach()
+    assert torch.equal(written.detach(), expected)
+    written.sum().backward()  # the value is written differentiably: one slot per row
+    assert torch.equal(hidden.grad, torch.ones(B, W))
+
+
 def test_overwrite_projects_when_widths_differ():
     write = Overwrite(OverwriteConfig(fill_empty_first=False), context(hidden_size=7))
     hidden = torch.randn(B, 7)

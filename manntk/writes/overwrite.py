@@ -31,10 +31,16 @@ class OverwriteConfig:
         projection: pass ``h_t`` through a Linear before writing; ``null`` (default):
             only when the hidden size differs from the slot width (the paper);
             ``true``: always (the authors' code).
+        argmax: with soft reads, replace only the slot of the largest read weight, as a
+            one-hot read would, instead of blending ``h_t`` into every slot by its
+            weight. The write address carries no gradient either way; the blend slowly
+            overwrites slots that are still to be read (the copy task's longest
+            sequences, DEV_NOTES.md).
     """
 
     fill_empty_first: bool = True
     projection: bool | None = None
+    argmax: bool = False
 
 
 class Overwrite(Write):
@@ -50,6 +56,7 @@ class Overwrite(Write):
                 f"projection: false needs memory.width == the cell's hidden size, got {context.width} and {context.hidden_size}"
             )
         self.fill_empty_first = config.fill_empty_first
+        self.argmax = config.argmax
         self.slots = context.slots
         self.W_v = nn.Linear(context.hidden_size, context.width) if project else nn.Identity()
 
@@ -61,8 +68,11 @@ class Overwrite(Write):
 
     def step(self, prepared: RecurrentWeight | None, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         value = hidden if prepared is None else prepared(self.W_v.bias, hidden)
-        if address.index is not None:  # one-hot: replace one slot by index
-            slot = mem.fill_target(state["filled"], address.index, self.slots) if self.fill_empty_first else address.index
+        index = address.index
+        if index is None and self.argmax:
+            index = address.weights.argmax(dim=-1)
+        if index is not None:  # replace one slot by index
+            slot = mem.fill_target(state["filled"], index, self.slots) if self.fill_empty_first else index
             write = mem.overwrite_index_ if address.weights is None else mem.overwrite_index
             memory = write(memory, slot, value)
             record("write", lambda: nn.functional.one_hot(slot, self.slots))
