@@ -188,7 +188,12 @@ class Preset:
 
 @attrs.define
 class Settings:
-    """How to run: device, dtype, repeats, warm-up, the minimum block time, seed, threads."""
+    """How to run: device, dtype, repeats, warm-up, the minimum block time, seed, threads.
+
+    ``flush_denormal`` flushes subnormal floats to zero on the CPU while the cases run, as
+    the trainer does by default (``train.flush_denormal``), so the rates are those of
+    training; afterwards IEEE subnormals are restored.
+    """
 
     device: str = "cpu"
     dtype: str = "float32"
@@ -198,6 +203,7 @@ class Settings:
     seed: int = 0
     threads: int | None = None
     measure_memory: bool = True
+    flush_denormal: bool = True
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -982,13 +988,17 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run_benchmark(preset: Preset, settings: Settings, models: Sequence[str] | None = None, progress: TextIO | None = None) -> dict[str, Any]:
     """Run ``preset`` (its cases restricted to ``models`` and with their references) and return the report."""
+    from manntk.training.evaluate import flush_subnormals
+
     threads = torch.get_num_threads()
     try:
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        flush_subnormals(torch.device(settings.device), settings.flush_denormal)
         return _run_benchmark(preset, settings, models, progress)
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
 
 
 def _run_benchmark(preset: Preset, settings: Settings, models: Sequence[str] | None, progress: TextIO | None) -> dict[str, Any]:
@@ -1081,6 +1091,7 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory iteration")
+    bench.add_argument("--no-flush-denormal", action="store_true", help="keep subnormal floats on the CPU (the trainer flushes them by default)")
     bench.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH ('-': JSON on stdout, table on stderr)")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     bench.add_argument("--show", metavar="JSON", help="print the table of a saved JSON report and exit (runs nothing)")
@@ -1134,6 +1145,7 @@ def bench_command(args: Any) -> int:
             seed=args.seed,
             threads=args.threads if args.threads is not None else preset.threads,
             measure_memory=not args.no_memory,
+            flush_denormal=not args.no_flush_denormal,
         )
         if settings.repeats < 1 or settings.warmup < 0 or settings.min_time < 0:
             raise ValueError("--repeats must be >= 1, --warmup and --min-time >= 0")

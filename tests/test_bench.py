@@ -88,3 +88,19 @@ def test_presets_define_their_cases_and_targets():
     cpu = PRESETS["cpu-targets"]()
     assert Case("armin", "train", 500, 5, batch=128, tbptt=50) in cpu.cases
     assert {case.model for case in cpu.cases if case.mode == "algo"} == set(MODELS)
+
+
+def test_bench_flushes_subnormals_like_the_trainer_and_restores_them(monkeypatch):
+    import torch
+
+    from manntk import bench
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    subnormal = torch.tensor([1e-39])
+    seen = []
+    monkeypatch.setattr(bench, "_run_benchmark", lambda *args: seen.append(float(subnormal * 1.0)) or {})
+    bench.run_benchmark(PRESETS["tiny"](), bench.Settings(), None)
+    bench.run_benchmark(PRESETS["tiny"](), bench.Settings(flush_denormal=False), None)
+    assert seen[0] == 0.0 and seen[1] == pytest.approx(1e-39)
+    assert float(subnormal * 1.0) == pytest.approx(1e-39)
