@@ -155,7 +155,7 @@ def test_enwik8_is_a_two_layer_armin_ptb():
 
 
 def test_armin_copy_is_the_paper_copy_recipe():
-    assert differences("armin_copy.yaml", "algorithmic/copy/armin.yaml") == set()
+    assert differences("armin_copy.yaml", "algorithmic/copy/armin.yaml") == {"train.seed"}  # the quickstart's seed
     copy = load_recipe(recipe("armin_copy.yaml"))
     assert copy.name == "armin-copy" and copy.task.name == "copy"
     assert (copy.task.config.width, copy.task.config.min_length, copy.task.config.max_length) == (6, 1, 50)
@@ -166,9 +166,12 @@ def test_armin_copy_is_the_paper_copy_recipe():
 
 @pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall", "priority_sort"])
 def test_algorithmic_models_share_the_protocol_and_differ_in_the_model(task):
+    # ARMIN's copy recipe lowers its learning rate at step 3,000 (docs/results.md says so)
+    own_schedule = {"train.schedule.name", "train.schedule.milestones", "train.schedule.gamma"} if task == "copy" else set()
     for model in ("awta", "tardis", "ntm", "lstm"):
         changed = differences(f"algorithmic/{task}/{model}.yaml", f"algorithmic/{task}/armin.yaml")
-        assert changed and all(key.startswith("model.") for key in changed), (model, changed)
+        assert changed and all(key.startswith("model.") for key in changed - own_schedule), (model, changed)
+        assert own_schedule <= changed
     models = ("armin", "awta", "tardis", "ntm", "lstm")
     sizes = {model: load_recipe(recipe(f"algorithmic/{task}/{model}.yaml")).model for model in models}
     assert sizes["armin"].cell.config.hidden_size == sizes["awta"].cell.config.hidden_size == 100
