@@ -69,12 +69,14 @@ UNITS = {"train": "chars/s", "eval": "chars/s", "algo": "it/s"}
 
 @attrs.frozen
 class ModelKind:
-    """A benchmarked model: its table name and its (cell, addressing, write) composition."""
+    """A benchmarked model: its table name, its (cell, addressing, write) composition and
+    extra cell options."""
 
     name: str
     cell: str | None = None
     addressing: str | None = None
     write: str | None = None
+    cell_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def uses_memory(self) -> bool:
@@ -84,6 +86,7 @@ class ModelKind:
 #: The benchmarked models by key (``--models``); ``torch-lstm`` is the outside reference.
 MODELS: dict[str, ModelKind] = {
     "armin": ModelKind("ARMIN", "armin", "auto", "overwrite"),
+    "armin-fused": ModelKind("ARMIN fused", "armin", "auto", "overwrite", (("fused", True),)),
     "awta": ModelKind("AwTA", "armin", "tardis", "overwrite"),
     "tardis": ModelKind("TARDIS", "tardis", "tardis", "overwrite"),
     "ntm": ModelKind("NTM-style", "lstm", "ntm", "erase_add"),
@@ -218,7 +221,7 @@ def manntk_mapping(case: Case, input_size: int, output_size: int, embedding: int
     mapping: dict[str, Any] = {
         "input_size": input_size,
         "output_size": output_size,
-        "cell": {"name": kind.cell, "hidden_size": case.hidden},
+        "cell": {"name": kind.cell, "hidden_size": case.hidden, **dict(kind.cell_options)},
         "addressing": {"name": kind.addressing},
         "write": {"name": kind.write},
     }
@@ -565,27 +568,31 @@ def _algo(model: str, hidden: int = 100, slots: int = 50, width: int = 32, seque
 
 
 MEMORY_MODELS = ("armin", "awta", "tardis", "ntm")
-ALL_MODELS = ("armin", "awta", "tardis", "ntm", "lstm", REFERENCE)
+ALL_MODELS = ("armin", "armin-fused", "awta", "tardis", "ntm", "lstm", REFERENCE)
 
 
 def _cpu_targets() -> Preset:
     armin_train = _lm("armin", "train", 500, 5)
+    fused_train = _lm("armin-fused", "train", 500, 5)
     lstm_train = _lm(REFERENCE, "train", 1000)
     armin_eval_4 = _lm("armin", "eval", 800, 4)
     armin_eval_256 = _lm("armin", "eval", 800, 256)
     lstm_eval = _lm(REFERENCE, "eval", 1000)
-    algo = [_algo(model) for model in ALL_MODELS]
+    algo = {model: _algo(model) for model in ALL_MODELS}
     targets = (
         Target("train chars/s: ARMIN 500 N=5 / torch.nn.LSTM 1000", "rate", armin_train, lstm_train, ">=", 1.1),
+        Target("train chars/s: ARMIN fused 500 N=5 / torch.nn.LSTM 1000", "rate", fused_train, lstm_train, ">=", 1.1),
         Target("train peak memory: ARMIN 500 N=5 / torch.nn.LSTM 1000", "memory", armin_train, lstm_train, "<=", 1.2),
+        Target("train peak memory: ARMIN fused 500 N=5 / torch.nn.LSTM 1000", "memory", fused_train, lstm_train, "<=", 1.2),
         Target("eval chars/s (discrete path): ARMIN 800 N=256 / N=4", "rate", armin_eval_256, armin_eval_4, ">=", 0.9),
-        Target("algo it/s (copy, batch 1): ARMIN / NTM-style", "rate", algo[0], algo[3], ">=", 3.0),
+        Target("algo it/s (copy, batch 1): ARMIN / NTM-style", "rate", algo["armin"], algo["ntm"], ">=", 3.0),
+        Target("algo it/s (copy, batch 1): ARMIN fused / NTM-style", "rate", algo["armin-fused"], algo["ntm"], ">=", 3.0),
     )
     return Preset(
         "cpu-targets",
         "the issue's CPU targets: char-LM shapes (vocab 50, embedding 128, batch 128, TBPTT 50), float32; "
         "algorithmic protocol (batch 1, hidden 100, memory 50x32, copy sequences) for every model",
-        (armin_train, lstm_train, armin_eval_4, armin_eval_256, lstm_eval, *algo),
+        (armin_train, fused_train, lstm_train, armin_eval_4, armin_eval_256, lstm_eval, *algo.values()),
         targets,
         repeats=5,
         warmup=1,

@@ -144,6 +144,14 @@ class RecurrentWeight:
         """All the columns of ``linear`` as one block: ``product(linear.bias, u)`` is ``linear(u)``."""
         return cls(linear.weight, 0, [linear.in_features])
 
+    def add_step_gradient(self, grad: Tensor, inputs: Tensor) -> None:
+        """Add one step's weight gradient ``inputs^T grad`` to the chunk's in-place sum.
+
+        For a fused step that applied ``columns`` itself (``inputs``: the blocks
+        concatenated, ``[B, in_rec]``); only when ``sum_in_place``.
+        """
+        self._gradient.add(grad, inputs.split(self._gradient.sizes, dim=1))
+
     def __call__(self, base: Tensor | None, *inputs: Tensor) -> Tensor:
         """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""
         if len(inputs) != len(self._gradient.sizes):

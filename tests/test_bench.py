@@ -18,6 +18,16 @@ RESULT_KEYS = {
 }
 
 
+def _fused_kernels_build() -> bool:
+    from manntk.cells.armin_fused import extension
+
+    try:
+        extension()
+    except RuntimeError:
+        return False
+    return True
+
+
 def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp_path):
     path = tmp_path / "results" / "tiny.json"
     assert main(["bench", "--preset", "tiny", "--quiet", "--json", str(path)]) == 0
@@ -34,6 +44,9 @@ def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp
     assert {(r["model"], r["mode"]) for r in results} == {(m, mode) for m in MODELS for mode in ("train", "eval", "algo")}
     for entry in results:
         assert RESULT_KEYS <= set(entry)
+        if entry["model"] == "armin-fused" and not _fused_kernels_build():
+            assert "could not be built" in entry["error"]  # reported in the table, not fatal
+            continue
         assert entry["error"] is None
         assert len(entry["rates"]) == report["settings"]["repeats"]
         assert entry["median"] > 0 and entry["peak_memory_bytes"] > 0

@@ -19,6 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from manntk.cells.armin_fused import fused_step
 from manntk.cells.common import GateNorm, project_inputs, split_input_weight, zoneout
 from manntk.config import positive, probability
 from manntk.context import BuildContext
@@ -41,6 +42,10 @@ class ArminConfig:
         zoneout: probability that a unit of ``h`` keeps its previous value (applied after
             the output is computed).
         read_output: keep the ``r`` part of ``o_t``; ``false`` is the paper's ablation.
+        fused: on the CPU, run each step as one autograd node with C++ elementwise
+            kernels (``manntk.cells.armin_fused``; compiled on first use). Same numbers up
+            to float rounding; not with ``layer_norm``, and CUDA or autocast runs the
+            eager cell.
     """
 
     hidden_size: int = attrs.field(validator=positive)
@@ -49,6 +54,11 @@ class ArminConfig:
     layer_norm: bool = False
     zoneout: float = attrs.field(default=0.0, validator=probability)
     read_output: bool = True
+    fused: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.fused and self.layer_norm:
+            raise ValueError("fused: true does not cover layer_norm (set one of them to false)")
 
 
 class _Prepared(NamedTuple):
@@ -89,6 +99,8 @@ class ArminCell(Cell):
 
     def step(self, prepared: _Prepared, t: int, state: dict[str, Tensor], read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = state["h"]
+        if self.config.fused and h.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            return self._fused_step(prepared, t, h, read)
         gates_ig = self.norm_ig(prepared.ig_hr(prepared.ig_x[t], h, read))
         g_h, g_r = torch.sigmoid(gates_ig).split([self.hidden_size, self.read_size], dim=1)
         gates_go = self.norm_go(prepared.go_hr(prepared.go_x[t], g_h * h, g_r * read))
@@ -106,6 +118,18 @@ class ArminCell(Cell):
             record("o_r", gate_r)
             output = torch.cat([output, gate_r * torch.tanh(read)], dim=1)
         return output, {"h": zoneout(h, h_new, self.config.zoneout, self.training)}
+
+    def _fused_step(self, prepared: _Prepared, t: int, h: Tensor, read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        config, d_h = self.config, self.hidden_size
+        output, h_new, gates_ig, gates_go = fused_step(
+            prepared.ig_hr, prepared.go_hr, prepared.ig_x[t], prepared.go_x[t], h, read,
+            config.forget_bias, config.squash_state, config.read_output,
+        )
+        record("g_h", lambda: gates_ig[:, :d_h])
+        record("g_r", lambda: gates_ig[:, d_h:])
+        if config.read_output:
+            record("o_r", lambda: gates_go[:, 4 * d_h:])
+        return output, {"h": zoneout(h, h_new, config.zoneout, self.training)}
 
 
 @hookimpl

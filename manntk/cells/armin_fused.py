@@ -1,0 +1,109 @@
+"""The ARMIN cell step as one autograd node with C++ elementwise kernels (CPU, ``fused: true``).
+
+The eager cell (``manntk.cells.armin``) runs about 20 PyTorch operations per step forward
+and twice as many autograd nodes backward; between its two matrix products everything is
+elementwise. Here the step is two matrix products and two C++ passes forward, and two
+products, two passes and the weight-gradient products backward, with a hand-written
+backward (``armin_fused.cpp``). The numbers are those of the eager cell up to float
+rounding; ``tests/test_armin_fused.py`` checks outputs and gradients against it and
+gradchecks the node in float64.
+
+The extension is compiled on first use with the system's C++ compiler
+(``torch.utils.cpp_extension``; cached under ``~/.cache/torch_extensions``, tens of
+seconds the first time). Layer norm and autocast are not fused: the cell takes its eager
+path for them, and on CUDA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from manntk.recurrent import RecurrentWeight
+
+_SOURCE = Path(__file__).with_name("armin_fused.cpp")
+_extension: ModuleType | None = None
+
+
+def extension() -> ModuleType:
+    """The compiled kernels, built on the first call.
+
+    Raises:
+        RuntimeError: when the extension cannot be built (no C++ compiler or ninja), with
+            the compiler's message.
+    """
+    global _extension
+    if _extension is None:
+        from torch.utils.cpp_extension import load
+
+        try:
+            _extension = load(name="manntk_armin_fused", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-ffast-math"], extra_ldflags=["-lmvec"], verbose=False)
+        except (OSError, RuntimeError, ImportError) as error:
+            raise RuntimeError(
+                f"model.cell.fused: the C++ kernels of the fused ARMIN cell ({_SOURCE.name}) could not be built: "
+                f"{error}. Install a C++ compiler and ninja, or set fused: false."
+            ) from error
+    return _extension
+
+
+class _FusedStep(torch.autograd.Function):
+    """``(ig_x, go_x, h, r, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``."""
+
+    @staticmethod
+    def forward(ctx: Any, weights: tuple[RecurrentWeight, RecurrentWeight], options: tuple[float, bool, bool],
+                ig_x: Tensor, go_x: Tensor, h: Tensor, r: Tensor, ig_cols: Tensor, go_cols: Tensor) -> tuple[Tensor, ...]:
+        kernels = extension()
+        forget_bias, squash, read_output = options
+        h, r = h.contiguous(), r.contiguous()
+        hr = torch.cat([h, r], dim=1)
+        sg, gated = kernels.gates_in(torch.addmm(ig_x, hr, ig_cols), h, r)
+        act, h_new, out = kernels.cell_out(torch.addmm(go_x, gated, go_cols), h, r, forget_bias, squash, read_output)
+        ctx.weights, ctx.options = weights, options
+        ctx.save_for_backward(hr, sg, gated, act, h, r, h_new, ig_cols, go_cols)
+        ctx.mark_non_differentiable(sg, act)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for sg and act at every step
+        return out, h_new, sg, act
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, d_out: Tensor | None, d_h_new: Tensor | None, _sg: None, _act: None) -> tuple[Tensor | None, ...]:
+        kernels = extension()
+        hr, sg, gated, act, h, r, h_new, ig_cols, go_cols = ctx.saved_tensors
+        _, squash, read_output = ctx.options
+        if d_out is None:
+            d_out = act.new_zeros(act.shape[0], act.shape[1] - 3 * h.shape[1])
+        if d_h_new is None:
+            d_h_new = torch.zeros_like(h_new)
+        d_go, d_hr = kernels.cell_out_backward(d_out.contiguous(), d_h_new.contiguous(), act, h, r, h_new, squash, read_output)
+        d_ig = kernels.gates_in_backward(d_go.mm(go_cols.t()), sg, h, r, d_hr)
+        d_hr.addmm_(d_ig, ig_cols.t())
+        ig_weight, go_weight = ctx.weights
+        d_ig_cols = _weight_gradient(ig_weight, hr, d_ig, ctx.needs_input_grad[6])
+        d_go_cols = _weight_gradient(go_weight, gated, d_go, ctx.needs_input_grad[7])
+        d_h, d_r = d_hr.split([h.shape[1], r.shape[1]], dim=1)
+        return None, None, d_ig, d_go, d_h, d_r, d_ig_cols, d_go_cols
+
+
+def _weight_gradient(weight: RecurrentWeight, inputs: Tensor, grad: Tensor, needed: bool) -> Tensor | None:
+    """The step's gradient of the columns, or ``None`` once added to the chunk's in-place sum."""
+    if not needed:
+        return None
+    if weight.sum_in_place:
+        weight.add_step_gradient(grad, inputs)
+        return None
+    return inputs.t().mm(grad)
+
+
+def fused_step(ig: RecurrentWeight, go: RecurrentWeight, ig_x: Tensor, go_x: Tensor, h: Tensor, r: Tensor,
+               forget_bias: float, squash: bool, read_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One ARMIN step: ``(o_t, h_t, [g_h, g_r], [i, f, g, o_h(, o_r)] activations)``.
+
+    ``ig`` and ``go`` are the chunk's recurrent columns of ``W_ig`` and ``W_go`` over
+    ``[h, r]``; ``ig_x`` and ``go_x`` the step's input projections (bias included).
+    """
+    return _FusedStep.apply((ig, go), (float(forget_bias), squash, read_output), ig_x, go_x, h, r, ig.columns, go.columns)

@@ -1,0 +1,105 @@
+"""The fused ARMIN cell (``fused: true``) against the eager cell it replaces, and gradcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import manntk
+from manntk.cells.armin import ArminConfig
+from manntk.recurrent import RecurrentWeight
+from manntk.trace import tracing
+from tests.conftest import model_mapping, soften
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels():
+    from manntk.cells.armin_fused import extension
+
+    try:
+        extension()
+    except RuntimeError as error:
+        pytest.skip(f"the fused ARMIN kernels cannot be built here: {error}")
+
+
+def pair(cell_options: dict, width: int = 4, hard: bool = False):
+    """The same ARMIN model, eager and fused, with equal weights."""
+    mapping = model_mapping("armin", width=width)
+    mapping["cell"].update(cell_options)
+    if not hard:
+        mapping = soften(mapping)
+    eager = manntk.build_model(mapping)
+    fused = manntk.build_model({**mapping, "cell": {**mapping["cell"], "fused": True}})
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+def run(model, x, seed=1):
+    torch.manual_seed(seed)
+    model.zero_grad()
+    y, _ = model(x)
+    y.square().sum().backward()
+    return y.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "options, width, hard",
+    [
+        ({}, 4, False),
+        ({"squash_state": True, "forget_bias": 1.0}, 4, False),
+        ({"read_output": False}, 7, False),  # d_r > d_h, no o_r gate
+        ({}, 3, True),  # straight-through hard reads
+    ],
+)
+def test_fused_cell_gives_the_eager_outputs_and_gradients(options, width, hard):
+    eager, fused = pair(options, width, hard)
+    x = torch.randn(3, 9, 3)
+    y_eager, g_eager = run(eager, x)
+    y_fused, g_fused = run(fused, x)
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    assert g_fused.keys() == g_eager.keys()
+    for name in g_eager:
+        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fused_cell_in_evaluation_and_under_tracing_records_the_gates():
+    eager, fused = pair({}, hard=True)
+    eager.eval()
+    fused.eval()
+    x = torch.randn(2, 6, 3)
+    with torch.no_grad(), tracing() as trace_eager:
+        y_eager, _ = eager(x)
+    with torch.no_grad(), tracing() as trace_fused:
+        y_fused, _ = fused(x)
+    torch.testing.assert_close(y_fused, y_eager)
+    for name in ("layer0.g_h", "layer0.g_r", "layer0.o_r"):
+        torch.testing.assert_close(trace_fused[name], trace_eager[name])
+
+
+@pytest.mark.parametrize("sum_in_place", [False, True])
+@pytest.mark.parametrize("squash, read_output", [(False, True), (True, False)])
+def test_fused_step_gradcheck_float64(sum_in_place, squash, read_output):
+    from manntk.cells.armin_fused import fused_step
+
+    B, d_h, d_r = 2, 3, 4
+    gates = 4 * d_h + (d_r if read_output else 0)
+    w_ig = torch.randn(d_h + d_r, d_h + d_r, dtype=torch.float64, requires_grad=True)
+    w_go = torch.randn(gates, d_h + d_r, dtype=torch.float64, requires_grad=True)
+    ig_x = torch.randn(B, d_h + d_r, dtype=torch.float64, requires_grad=True)
+    go_x = torch.randn(B, gates, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(B, d_h, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(B, d_r, dtype=torch.float64, requires_grad=True)
+
+    def two_steps(w_ig, w_go, ig_x, go_x, h, r):
+        ig = RecurrentWeight(w_ig, 0, [d_h, d_r], sum_in_place=sum_in_place)
+        go = RecurrentWeight(w_go, 0, [d_h, d_r], sum_in_place=sum_in_place)
+        out, h1, _, _ = fused_step(ig, go, ig_x, go_x, h, r, 0.5, squash, read_output)
+        out2, h2, _, _ = fused_step(ig, go, ig_x, go_x, h1, r * 0.5, 0.5, squash, read_output)
+        return out, out2, h2
+
+    assert torch.autograd.gradcheck(two_steps, (w_ig, w_go, ig_x, go_x, h, r))
+
+
+def test_fused_with_layer_norm_is_refused():
+    with pytest.raises(ValueError, match="fused: true does not cover layer_norm"):
+        ArminConfig(hidden_size=4, layer_norm=True, fused=True)
