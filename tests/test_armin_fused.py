@@ -103,3 +103,17 @@ def test_fused_step_gradcheck_float64(sum_in_place, squash, read_output):
 def test_fused_with_layer_norm_is_refused():
     with pytest.raises(ValueError, match="fused: true does not cover layer_norm"):
         ArminConfig(hidden_size=4, layer_norm=True, fused=True)
+
+
+def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from manntk.cells import armin_fused
+
+    def no_compiler(**_):
+        raise OSError("g++: command not found")
+
+    monkeypatch.setattr(armin_fused, "_extension", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.raises(RuntimeError, match="could not be built: g\\+\\+: command not found.*fused: false"):
+        armin_fused.extension()
