@@ -29,6 +29,17 @@ def model_mapping(name: str, input_size: int = 3, output_size: int | None = 2, s
     return mapping
 
 
+def fused_kernels_error() -> str | None:
+    """Why the fused ARMIN cell's C++ kernels cannot be built here, or ``None`` when they can."""
+    from manntk.cells.armin_fused import extension
+
+    try:
+        extension()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
 def soften(mapping: dict) -> dict:
     """The same mapping with soft reads where the addressing is hard (differentiable everywhere)."""
     mapping = copy.deepcopy(mapping)

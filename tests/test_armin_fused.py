@@ -9,16 +9,13 @@ import manntk
 from manntk.cells.armin import ArminConfig
 from manntk.recurrent import RecurrentWeight
 from manntk.trace import tracing
-from tests.conftest import model_mapping, soften
+from tests.conftest import fused_kernels_error, model_mapping, soften
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _kernels():
-    from manntk.cells.armin_fused import extension
-
-    try:
-        extension()
-    except RuntimeError as error:
+    error = fused_kernels_error()
+    if error is not None:
         pytest.skip(f"the fused ARMIN kernels cannot be built here: {error}")
 
 
