@@ -24,6 +24,14 @@ from manntk.state import State
 from manntk.trace import record, scope
 
 
+#: Inductor options of [`MemoryRNN.compile_layers`][manntk.engine.MemoryRNN.compile_layers].
+#: With its default ``realize_opcount_threshold`` Inductor's CPU code computes wrong
+#: gradients for ARMIN's gates (``[g_h * h, g_r * r]`` from one split gate: 25% off in
+#: float64 on torch 2.13; DEV_NOTES.md has a reproducer without manntk); realizing every
+#: intermediate that is read more than once makes them exact.
+INDUCTOR_OPTIONS = {"realize_opcount_threshold": 0}
+
+
 class MemoryLayer(nn.Module):
     """One recurrent layer: a cell, an addressing and a write over a slot memory of its own.
 
@@ -147,6 +155,18 @@ class MemoryRNN(nn.Module):
         if self.head is not None:
             x = self.head(x)
         return x, {"layers": layer_states}
+
+    def compile_layers(self) -> None:
+        """Compile each layer's chunk with ``torch.compile`` (Inductor), in place.
+
+        The state dict keeps its keys, so checkpoints load either way. Dynamo unrolls the
+        loop over the chunk's T steps, so each new chunk length (and batch size) compiles
+        again: this fits fixed-length chunks (language modelling, pMNIST), not the
+        algorithmic tasks' variable lengths, which fall back to eager once
+        ``torch._dynamo``'s cache limit is reached.
+        """
+        for layer in self.layers:
+            layer.compile(dynamic=False, options=INDUCTOR_OPTIONS)
 
     def set_schedule_step(self, step: int) -> None:
         """Move every schedule (e.g. the Gumbel-softmax temperature) to training step ``step``."""

@@ -90,6 +90,10 @@ class TrainConfig:
             to two orders of magnitude slower: an LSTM's backward on pMNIST (784 steps)
             ran 7.7x faster with it. The values flushed are far below anything that
             changes a float32 update. The setting is process-wide and stays after the run.
+        compile: compile each layer's chunk with ``torch.compile`` (Inductor) before
+            training: same numbers up to float rounding. Worth it for fixed-length chunks
+            on CUDA; each new chunk length compiles again, so not for the algorithmic
+            tasks. Not with the fused ARMIN cell (already compiled C++).
         log_every: steps between training-metric rows.
         eval_every: steps between validation runs (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
@@ -110,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = attrs.field(default=None, validator=positive)
     flush_denormal: bool = True
+    compile: bool = False
     log_every: int = attrs.field(default=50, validator=positive)
     eval_every: int = attrs.field(default=0, validator=non_negative)
     checkpoint_every: int = attrs.field(default=0, validator=non_negative)

@@ -16,7 +16,9 @@ when the weight is large enough for a full-size add per step to cost more: from
 ``SUM_IN_PLACE_FROM`` elements (measured on a 2-core Xeon for batch 1 to 128: slower
 below 128 x 1024 elements, 1.1-1.5x faster from 512 x 1024 on). Smaller weights take
 the plain path: one ``addmm`` over the concatenated inputs, as does every product under
-autocast (mixed precision casts per operation, which the in-place sum cannot follow).
+autocast (mixed precision casts per operation, which the in-place sum cannot follow), and
+under ``torch.compile``, whose graphs cannot hold the shared sum and which plans the weight
+gradient itself.
 """
 
 from __future__ import annotations
@@ -134,7 +136,11 @@ class RecurrentWeight:
         if stop > weight.shape[1]:
             raise ValueError(f"blocks {list(sizes)} from column {start} pass the weight's {weight.shape[1]} columns")
         self._gradient = _GradientSum(weight.shape, (start, stop), tuple(sizes))
-        self.columns: Tensor = _ChunkColumns.apply(weight, self._gradient)
+        if torch.compiler.is_compiling():  # the compiler sums the weight gradient itself
+            self.columns: Tensor = weight[:, start:stop].t()
+            self.sum_in_place = False
+            return
+        self.columns = _ChunkColumns.apply(weight, self._gradient)
         if sum_in_place is None:
             sum_in_place = self.columns.numel() >= SUM_IN_PLACE_FROM
         self.sum_in_place = sum_in_place and not torch.is_autocast_enabled(weight.device.type)

@@ -38,14 +38,26 @@ class TemperatureSchedule:
 
     def __call__(self, step: int) -> float:
         """The temperature at training step ``step``."""
-        if self.steps == 0 or step >= self.steps:
-            return self.end
-        fraction = max(step, 0) / self.steps
+        return float(self.at(torch.tensor(step)))
+
+    def at(self, step: Tensor) -> Tensor:
+        """The temperature at training step ``step`` (a 0-d tensor), as a float64 0-d tensor.
+
+        In tensor operations, so a compiled chunk reads the temperature as data: a new
+        temperature at every training step does not compile the chunk again.
+        """
+        step = step.to(torch.float64)
+        start, end = torch.full_like(step, self.start), torch.full_like(step, self.end)
+        if self.steps == 0:
+            return end
+        fraction = step.clamp(0, self.steps) / self.steps
         if self.kind == "linear":
-            return self.start + (self.end - self.start) * fraction
-        if self.kind == "inverse":
-            return 1.0 / (1.0 / self.start + (1.0 / self.end - 1.0 / self.start) * fraction)
-        return math.exp(math.log(self.start) + (math.log(self.end) - math.log(self.start)) * fraction)
+            tau = start + (end - start) * fraction
+        elif self.kind == "inverse":
+            tau = 1.0 / (1.0 / start + (1.0 / end - 1.0 / start) * fraction)
+        else:
+            tau = torch.exp(math.log(self.start) + (math.log(self.end) - math.log(self.start)) * fraction)
+        return torch.where(fraction >= 1, end, torch.where(fraction <= 0, start, tau))
 
 
 @attrs.define
@@ -71,7 +83,7 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
     return -torch.log(exponential)
 
 
-def straight_through(logits: Tensor, tau: float, noise: Tensor | None) -> Address:
+def straight_through(logits: Tensor, tau: float | Tensor, noise: Tensor | None) -> Address:
     """Straight-through Gumbel-softmax (eq. 1, 9).
 
     Forward: the one-hot of ``argmax(logits + g)`` (exactly 0 and 1). Backward: the gradient
@@ -88,7 +100,7 @@ def straight_through(logits: Tensor, tau: float, noise: Tensor | None) -> Addres
 
 class _StraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, perturbed: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    def forward(ctx, perturbed: Tensor, tau: float | Tensor) -> tuple[Tensor, Tensor]:
         soft = torch.softmax(perturbed / tau, dim=-1)
         index = perturbed.argmax(dim=-1)
         hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
@@ -116,15 +128,18 @@ class HardAddressing(Addressing):
         self.temperature = config.temperature
         self.register_buffer("schedule_step", torch.zeros((), dtype=torch.long))
 
-    def tau(self) -> float:
-        """The temperature at the current training step."""
+    def tau(self) -> float | Tensor:
+        """The temperature at the current training step (under ``torch.compile`` a 0-d
+        tensor, so that the compiled chunk does not depend on its value)."""
+        if torch.compiler.is_compiling():
+            return self.temperature.at(self.schedule_step)
         return self.temperature(int(self.schedule_step))
 
     def chunk_noise(self, logits_shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """Gumbel noise for a whole chunk ``[T, B, N]`` when sampling (hard, training), else ``None``."""
         return gumbel_noise(logits_shape, like) if self.hard and self.training else None
 
-    def sample(self, logits: Tensor, tau: float, noise: Tensor | None) -> Address:
+    def sample(self, logits: Tensor, tau: float | Tensor, noise: Tensor | None) -> Address:
         """The address for ``logits`` ``[B, N]``.
 
         Training and hard: straight-through sample. Evaluation and hard: argmax, as an

@@ -34,7 +34,7 @@ class _Prepared(NamedTuple):
     logits_x: tuple[Tensor, ...]  # per step [B, N]: W_s's x columns applied to x_t, plus b_s
     logits_h: RecurrentWeight  # W_s's h columns
     noise: Tensor | None  # [T, B, N] Gumbel noise in training
-    tau: float
+    tau: float | Tensor
 
 
 class AutoAddressing(HardAddressing):

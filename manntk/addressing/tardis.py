@@ -56,7 +56,7 @@ class _Prepared(NamedTuple):
     content_weight: Tensor  # W_m's C columns
     W_h: RecurrentWeight  # h -> query
     noise: Tensor | None
-    tau: float
+    tau: float | Tensor
 
 
 class TardisAddressing(HardAddressing):

@@ -123,6 +123,10 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
+        if train.compile:
+            if getattr(recipe.model.cell.config, "fused", False):
+                raise ConfigError(["compile: true and the fused ARMIN cell do not combine; set one to false @ $.train.compile"])
+            self.model.compile_layers()
         if self.dist.rank:
             torch.manual_seed(train.seed + self.dist.rank)  # each process its own sampling noise
         self.trained = self.model

@@ -1,0 +1,119 @@
+"""``train.compile`` / ``MemoryRNN.compile_layers``: compiled chunks give the eager numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+
+from manntk.build import build_model
+from manntk.config import ConfigError
+from manntk.recipe import recipe_from_mapping
+from manntk.training import train
+from tests.test_training import train_rows
+
+MEMORY = {"slots": 4, "width": 6, "init": "learned"}
+
+#: One composition per addressing and write policy, each with its usual cell. Each takes
+#: 7-50 s to compile on 2 cores: the ARMIN ones (the Inductor bug's ground) and the LSTM
+#: run by default, the others are ``slow``.
+COMPOSITIONS = {
+    "armin-soft": {"cell": {"name": "armin", "hidden_size": 7}, "addressing": {"name": "auto"}, "write": {"name": "overwrite"}},
+    "armin-hard-squashed-ln": {
+        "cell": {"name": "armin", "hidden_size": 7, "squash_state": True, "layer_norm": True},
+        "addressing": {"name": "auto", "hard": True},
+        "write": {"name": "overwrite", "fill_empty_first": True},
+    },
+    "awta": {"cell": {"name": "armin", "hidden_size": 7}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
+    "tardis": {"cell": {"name": "tardis", "hidden_size": 7}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
+    "ntm": {"cell": {"name": "lstm", "hidden_size": 7}, "addressing": {"name": "ntm"}, "write": {"name": "erase_add"}},
+    "lstm": {"cell": {"name": "lstm", "hidden_size": 7}},
+}
+
+
+def outputs_and_gradients(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)  # the same Gumbel noise for the hard reads
+    y, state = model(x)
+    memory = state["layers"][0]["memory"]
+    (y.pow(2).sum() + memory.sin().sum()).backward()
+    return y.detach(), memory.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+SLOW = {"awta", "tardis", "ntm"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in COMPOSITIONS])
+def test_compiled_layers_give_the_eager_outputs_and_gradients(name):
+    """Float64, soft and hard reads, every part: outputs, the final memory and every
+    parameter gradient agree to rounding. A random learned initial memory keeps the
+    content addressing's gradients away from zero (a zero memory makes them vanish)."""
+    torch.manual_seed(0)
+    model = build_model({"input_size": 5, "output_size": 3, "memory": MEMORY, **COMPOSITIONS[name]}).double()
+    with torch.no_grad():
+        model.layers[0].memory_init.normal_()
+    compiled = copy.deepcopy(model)
+    compiled.compile_layers()
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    with inductor_config.patch(fallback_random=True):
+        y, memory, grads = outputs_and_gradients(model, x)
+        y_c, memory_c, grads_c = outputs_and_gradients(compiled, x)
+    torch.testing.assert_close(y_c, y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(memory_c, memory, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_c.keys()
+    for key, grad in grads.items():
+        assert grad is not None and (grad.numel() == 0 or grad.abs().max() > 1e-8), key  # every parameter takes part
+        torch.testing.assert_close(grads_c[key], grad, rtol=1e-8, atol=1e-10, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def tiny_lm(tmp_path, **train_options) -> dict:
+    text = tmp_path / "tiny.txt"
+    text.write_text("the cat sat on the mat and the bat ate the hat. " * 20)
+    return {
+        "name": "tiny-lm",
+        "task": {"name": "char_lm", "dataset": "text", "path": str(text), "split": [0.8, 0.1, 0.1]},
+        "model": {"embedding": 6, "cell": {"name": "armin", "hidden_size": 8}, "addressing": {"name": "auto"},
+                  "write": {"name": "overwrite"}, "memory": {"slots": 3}},
+        "train": {"batch_size": 2, "tbptt": 5, "steps": 4, "log_every": 1, "device": "cpu", **train_options},
+        "eval": {"batch_size": 2, "splits": ["valid"]},
+    }
+
+
+def test_train_compile_follows_the_eager_run(tmp_path):
+    """Hard reads: with Inductor's own random numbers the Gumbel noise would differ, so
+    the test asks for torch's."""
+    eager = train(recipe_from_mapping(tiny_lm(tmp_path)), tmp_path / "eager", progress=False)
+    with inductor_config.patch(fallback_random=True):
+        compiled = train(recipe_from_mapping(tiny_lm(tmp_path, compile=True)), tmp_path / "compiled", progress=False)
+    losses = [row["loss"] for row in train_rows(eager.run_dir)]
+    assert len(losses) == 4
+    assert [row["loss"] for row in train_rows(compiled.run_dir)] == pytest.approx(losses, rel=1e-5)
+    assert compiled.metrics["valid"]["bpc"] == pytest.approx(eager.metrics["valid"]["bpc"], rel=1e-5)
+
+
+def test_train_compile_refuses_the_fused_cell(tmp_path):
+    mapping = tiny_lm(tmp_path, compile=True)
+    mapping["model"]["cell"]["fused"] = True
+    with pytest.raises(ConfigError, match=r"fused ARMIN cell .*\$\.train\.compile"):
+        train(recipe_from_mapping(mapping), tmp_path / "run", progress=False)
+
+
+def test_a_new_temperature_does_not_compile_again():
+    """The annealed Gumbel temperature changes at every training step; the compiled chunk
+    takes it as data (one graph for all steps) and follows the schedule."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = build_model({"input_size": 5, "output_size": 3, "memory": MEMORY, **COMPOSITIONS["armin-soft"],
+                         "addressing": {"name": "auto", "hard": False, "temperature": {"start": 4.0, "end": 0.5, "steps": 100}}})
+    compiled = copy.deepcopy(model)
+    compiled.compile_layers()
+    x = torch.randn(2, 3, 5)
+    for step in (0, 30, 60, 200):
+        model.set_schedule_step(step)
+        compiled.set_schedule_step(step)
+        torch.testing.assert_close(compiled(x)[0], model(x)[0])
+    assert counters["stats"]["unique_graphs"] == 1
