@@ -69,14 +69,15 @@ UNITS = {"train": "chars/s", "eval": "chars/s", "algo": "it/s"}
 
 @attrs.frozen
 class ModelKind:
-    """A benchmarked model: its table name, its (cell, addressing, write) composition and
-    extra cell options."""
+    """A benchmarked model: its table name, its (cell, addressing, write) composition,
+    extra cell options and whether its layers are compiled (``torch.compile``)."""
 
     name: str
     cell: str | None = None
     addressing: str | None = None
     write: str | None = None
     cell_options: tuple[tuple[str, Any], ...] = ()
+    compiled: bool = False
 
     @property
     def uses_memory(self) -> bool:
@@ -87,6 +88,7 @@ class ModelKind:
 MODELS: dict[str, ModelKind] = {
     "armin": ModelKind("ARMIN", "armin", "auto", "overwrite"),
     "armin-fused": ModelKind("ARMIN fused", "armin", "auto", "overwrite", (("fused", True),)),
+    "armin-compiled": ModelKind("ARMIN compiled", "armin", "auto", "overwrite", compiled=True),
     "awta": ModelKind("AwTA", "armin", "tardis", "overwrite"),
     "tardis": ModelKind("TARDIS", "tardis", "tardis", "overwrite"),
     "ntm": ModelKind("NTM-style", "lstm", "ntm", "erase_add"),
@@ -254,7 +256,10 @@ def build_case_model(case: Case, input_size: int, output_size: int, embedding: i
         return TorchLSTMModel(input_size, case.hidden, output_size, embedding)
     from manntk.build import build_model
 
-    return build_model(manntk_mapping(case, input_size, output_size, embedding))
+    model = build_model(manntk_mapping(case, input_size, output_size, embedding))
+    if MODELS[case.model].compiled:
+        model.compile_layers()
+    return model
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:
@@ -526,7 +531,8 @@ def run_cases(cases: Sequence[Case], settings: Settings, progress: TextIO | None
         try:
             runner = make_runner(case, device, dtype, settings.seed)
             elapsed = math.inf
-            for _ in range(max(settings.warmup, 1)):
+            # a compiled model compiles in its first iteration; time a second one for `blocks`
+            for _ in range(max(settings.warmup, 1) + MODELS[case.model].compiled):
                 _synchronize(device)
                 start = time.perf_counter()
                 runner.run()
@@ -568,12 +574,15 @@ def _algo(model: str, hidden: int = 100, slots: int = 50, width: int = 32, seque
 
 
 MEMORY_MODELS = ("armin", "awta", "tardis", "ntm")
+#: Every model but ``armin-compiled``: the copy protocol's sequences have many lengths, and
+#: each new length would compile again (minutes each).
 ALL_MODELS = ("armin", "armin-fused", "awta", "tardis", "ntm", "lstm", REFERENCE)
 
 
 def _cpu_targets() -> Preset:
     armin_train = _lm("armin", "train", 500, 5)
     fused_train = _lm("armin-fused", "train", 500, 5)
+    compiled_train = _lm("armin-compiled", "train", 500, 5)
     lstm_train = _lm(REFERENCE, "train", 1000)
     armin_eval_4 = _lm("armin", "eval", 800, 4)
     armin_eval_256 = _lm("armin", "eval", 800, 256)
@@ -582,8 +591,10 @@ def _cpu_targets() -> Preset:
     targets = (
         Target("train chars/s: ARMIN 500 N=5 / torch.nn.LSTM 1000", "rate", armin_train, lstm_train, ">=", 1.1),
         Target("train chars/s: ARMIN fused 500 N=5 / torch.nn.LSTM 1000", "rate", fused_train, lstm_train, ">=", 1.1),
+        Target("train chars/s: ARMIN compiled 500 N=5 / torch.nn.LSTM 1000", "rate", compiled_train, lstm_train, ">=", 1.1),
         Target("train peak memory: ARMIN 500 N=5 / torch.nn.LSTM 1000", "memory", armin_train, lstm_train, "<=", 1.2),
         Target("train peak memory: ARMIN fused 500 N=5 / torch.nn.LSTM 1000", "memory", fused_train, lstm_train, "<=", 1.2),
+        Target("train peak memory: ARMIN compiled 500 N=5 / torch.nn.LSTM 1000", "memory", compiled_train, lstm_train, "<=", 1.2),
         Target("eval chars/s (discrete path): ARMIN 800 N=256 / N=4", "rate", armin_eval_256, armin_eval_4, ">=", 0.9),
         Target("algo it/s (copy, batch 1): ARMIN / NTM-style", "rate", algo["armin"], algo["ntm"], ">=", 3.0),
         Target("algo it/s (copy, batch 1): ARMIN fused / NTM-style", "rate", algo["armin-fused"], algo["ntm"], ">=", 3.0),
@@ -592,7 +603,7 @@ def _cpu_targets() -> Preset:
         "cpu-targets",
         "the issue's CPU targets: char-LM shapes (vocab 50, embedding 128, batch 128, TBPTT 50), float32; "
         "algorithmic protocol (batch 1, hidden 100, memory 50x32, copy sequences) for every model",
-        (armin_train, fused_train, lstm_train, armin_eval_4, armin_eval_256, lstm_eval, *algo.values()),
+        (armin_train, fused_train, compiled_train, lstm_train, armin_eval_4, armin_eval_256, lstm_eval, *algo.values()),
         targets,
         repeats=5,
         warmup=1,
@@ -603,11 +614,14 @@ def _paper_table4() -> Preset:
     armin = _lm("armin", "train", 500, 5, batch=384, tbptt=50)
     lstm = _lm(REFERENCE, "train", 1000, batch=128, tbptt=100)
     engine_lstm = _lm("lstm", "train", 1000, batch=128, tbptt=100)
-    cases = (armin, lstm, engine_lstm, attrs.evolve(armin, mode="eval"), attrs.evolve(lstm, mode="eval"), attrs.evolve(engine_lstm, mode="eval"))
+    compiled = attrs.evolve(armin, model="armin-compiled")
+    cases = (armin, compiled, lstm, engine_lstm, attrs.evolve(armin, mode="eval"), attrs.evolve(lstm, mode="eval"), attrs.evolve(engine_lstm, mode="eval"))
     targets = (
         Target("train chars/s: ARMIN 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "rate", armin, lstm),
+        Target("train chars/s: ARMIN compiled 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "rate", compiled, lstm),
         Target("train peak memory: ARMIN 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "memory", armin, lstm),
         Target("GPU train chars/s: ARMIN 500 N=5 B384 T50", "absolute_rate", armin, None, ">=", 1_000_000, device="cuda"),
+        Target("GPU train chars/s: ARMIN compiled 500 N=5 B384 T50", "absolute_rate", compiled, None, ">=", 1_000_000, device="cuda"),
     )
     return Preset(
         "paper-table4",
@@ -662,6 +676,7 @@ def _tiny() -> Preset:
     for mode in ("train", "eval"):
         cases += [_lm(model, mode, 8, 4, batch=2, tbptt=5) for model in ALL_MODELS]
     cases += [_algo(model, hidden=8, slots=4, width=4, sequences=2, max_length=3) for model in ALL_MODELS]
+    cases.append(_lm("armin-compiled", "train", 8, 4, batch=2, tbptt=5))
     targets = (Target("train chars/s: ARMIN / torch.nn.LSTM (tiny; no threshold)", "rate", cases[0], cases[5]),)
     # one thread: at toy sizes, OpenMP hand-offs on a busy machine cost more than the work
     return Preset("tiny", "every model at toy sizes, for the test suite", tuple(cases), targets, repeats=2, warmup=1, threads=1)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from manntk.bench import MODELS, PRESETS, Case, format_table
+from manntk.bench import ALL_MODELS, MODELS, PRESETS, Case, format_table
 from manntk.cli import main
 from tests.conftest import fused_kernels_error
 
@@ -32,7 +32,8 @@ def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp
     assert {"cpu", "cores", "torch", "device", "device_name"} <= set(report["machine"])
     assert report["preset"] == "tiny"
     results = report["results"]
-    assert {(r["model"], r["mode"]) for r in results} == {(m, mode) for m in MODELS for mode in ("train", "eval", "algo")}
+    expected = {(m, mode) for m in ALL_MODELS for mode in ("train", "eval", "algo")} | {("armin-compiled", "train")}
+    assert {(r["model"], r["mode"]) for r in results} == expected
     for entry in results:
         assert RESULT_KEYS <= set(entry)
         if entry["model"] == "armin-fused" and fused_kernels_error() is not None:
@@ -91,7 +92,8 @@ def test_presets_define_their_cases_and_targets():
             assert target.denominator is None or target.denominator in preset.cases
     cpu = PRESETS["cpu-targets"]()
     assert Case("armin", "train", 500, 5, batch=128, tbptt=50) in cpu.cases
-    assert {case.model for case in cpu.cases if case.mode == "algo"} == set(MODELS)
+    assert {case.model for case in cpu.cases if case.mode == "algo"} == set(ALL_MODELS)
+    assert Case("armin-compiled", "train", 500, 5, batch=128, tbptt=50) in cpu.cases
 
 
 def test_bench_flushes_subnormals_like_the_trainer_and_restores_them(monkeypatch):
