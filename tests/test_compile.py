@@ -49,13 +49,24 @@ def test_compiled_layers_give_the_eager_outputs_and_gradients(name):
     """Float64, soft and hard reads, every part: outputs, the final memory and every
     parameter gradient agree to rounding. A random learned initial memory keeps the
     content addressing's gradients away from zero (a zero memory makes them vanish)."""
+    check_compiled_against_eager(name, torch.device("cpu"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", ["armin-soft", "armin-hard-squashed-ln", "ntm"])
+def test_compiled_layers_give_the_eager_outputs_and_gradients_on_cuda(name):
+    check_compiled_against_eager(name, torch.device("cuda"))
+
+
+def check_compiled_against_eager(name: str, device: torch.device) -> None:
     torch.manual_seed(0)
-    model = build_model({"input_size": 5, "output_size": 3, "memory": MEMORY, **COMPOSITIONS[name]}).double()
+    model = build_model({"input_size": 5, "output_size": 3, "memory": MEMORY, **COMPOSITIONS[name]}).double().to(device)
     with torch.no_grad():
         model.layers[0].memory_init.normal_()
     compiled = copy.deepcopy(model)
     compiled.compile_layers()
-    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
     with inductor_config.patch(fallback_random=True):
         y, memory, grads = outputs_and_gradients(model, x)
         y_c, memory_c, grads_c = outputs_and_gradients(compiled, x)
