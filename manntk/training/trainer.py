@@ -152,6 +152,8 @@ class Trainer:
         stop_reason = "steps"
         bar = tqdm(total=self.total_steps, initial=step, disable=not (self.progress and self.dist.is_main),
                    unit="step", dynamic_ncols=True, file=sys.stderr)
+        if train.compile:
+            bar.set_postfix_str("compiling each layer's chunk: the first steps take minutes")
         window: dict[str, float] = {}
         window_units, window_start = 0, time.perf_counter()
         started = time.perf_counter() - elapsed
