@@ -166,3 +166,27 @@ def test_tardis_cell_gates_are_noisy_only_in_training():
     assert not torch.equal(run_step(cell, x, state, r)[0], run_step(cell, x, state, r)[0])
     cell.eval()
     assert torch.equal(run_step(cell, x, state, r)[0], run_step(cell, x, state, r)[0])
+
+
+@pytest.mark.parametrize("piece_steps", [1, 3, 7, 100])
+def test_project_inputs_in_pieces_is_the_per_step_projection(monkeypatch, piece_steps):
+    """Pieces of 1, 3 (3 + 3 + 1) and all 7 steps: values and gradients equal ``x_t W^T + b``."""
+    from manntk.cells import common
+
+    x = torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(common, "PROJECTION_PIECE_BYTES", piece_steps * 3 * 5 * 8)  # B * F * 8 bytes per step
+    steps = common.project_inputs(x, weight, bias)
+    assert len(steps) == 7
+    upstream = torch.randn(7, 3, 5, dtype=torch.float64)
+    sum((step * g).sum() for step, g in zip(steps, upstream)).backward()
+    got = [tensor.grad.clone() for tensor in (x, weight, bias)]
+    for tensor in (x, weight, bias):
+        tensor.grad = None
+    expected = [x[:, t] @ weight.t() + bias for t in range(7)]
+    for step, value in zip(steps, expected):
+        torch.testing.assert_close(step, value)
+    sum((value * g).sum() for value, g in zip(expected, upstream)).backward()
+    for grad, tensor in zip(got, (x, weight, bias)):
+        torch.testing.assert_close(grad, tensor.grad)
