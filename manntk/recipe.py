@@ -94,8 +94,8 @@ class TrainConfig:
             training: same numbers up to float rounding. For fixed-length chunks
             (language modelling, pMNIST; ARMIN 500 trained 1.1x faster than eager on a
             2-core CPU); each new chunk length compiles again, so not for the
-            algorithmic tasks. Compiling takes minutes, which count in ``max_minutes``. Not with the
-            fused ARMIN cell (already compiled C++).
+            algorithmic tasks. Compiling takes minutes, which count in ``max_minutes``.
+            Not with the fused ARMIN cell (already compiled C++).
         log_every: steps between training-metric rows.
         eval_every: steps between validation runs (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
