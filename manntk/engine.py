@@ -72,12 +72,16 @@ class MemoryLayer(nn.Module):
         return self.cell.output_size
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        """A fresh state: zero cell state, the initial memory and empty bookkeeping."""
+        """A fresh state: zero cell state, the initial memory and empty bookkeeping.
+
+        The memory is a contiguous copy per row, not an expanded view, so a fresh state has
+        the layout of a carried one (a compiled chunk would otherwise compile twice).
+        """
         return {
             "cell": self.cell.init_state(batch_size, device, dtype),
             "addressing": self.addressing.init_state(batch_size, device, dtype),
             "write": self.write.init_state(batch_size, device, dtype),
-            "memory": self.memory_init.to(device=device, dtype=dtype).expand(batch_size, -1, -1),
+            "memory": self.memory_init.to(device=device, dtype=dtype).expand(batch_size, -1, -1).contiguous(),
         }
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:

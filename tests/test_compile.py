@@ -11,6 +11,7 @@ import torch._inductor.config as inductor_config
 from manntk.build import build_model
 from manntk.config import ConfigError
 from manntk.recipe import recipe_from_mapping
+from manntk.state import detach_state
 from manntk.training import train
 from tests.test_training import train_rows
 
@@ -127,4 +128,20 @@ def test_a_new_temperature_does_not_compile_again():
         model.set_schedule_step(step)
         compiled.set_schedule_step(step)
         torch.testing.assert_close(compiled(x)[0], model(x)[0])
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_carried_state_does_not_compile_again():
+    """Chunk 1 starts from a fresh state, chunks 2 and 3 from the carried one: one graph."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model({"input_size": 5, "output_size": 3, "memory": {"slots": 4}, **COMPOSITIONS["armin-hard-squashed-ln"]})
+    model.compile_layers()
+    x, state = torch.randn(2, 3, 5), None
+    for _ in range(3):
+        y, state = model(x, state)
+        y.sum().backward()
+        state = detach_state(state)
     assert counters["stats"]["unique_graphs"] == 1
