@@ -117,6 +117,8 @@ class Trainer:
         self.device = pick_device(train.device, self.dist.local_rank)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
+        if train.compile and getattr(recipe.model.cell.config, "fused", False):
+            raise ConfigError(["compile: true and the fused ARMIN cell do not combine; set one to false @ $.train.compile"])
         if train.threads is not None:
             torch.set_num_threads(train.threads)
         flush_subnormals(self.device, train.flush_denormal)
@@ -124,8 +126,6 @@ class Trainer:
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
         if train.compile:
-            if getattr(recipe.model.cell.config, "fused", False):
-                raise ConfigError(["compile: true and the fused ARMIN cell do not combine; set one to false @ $.train.compile"])
             self.model.compile_layers()
         if self.dist.rank:
             torch.manual_seed(train.seed + self.dist.rank)  # each process its own sampling noise
