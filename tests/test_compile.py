@@ -13,7 +13,7 @@ from manntk.config import ConfigError
 from manntk.recipe import recipe_from_mapping
 from manntk.state import detach_state
 from manntk.training import train
-from tests.test_training import train_rows
+from tests.test_training import tiny_lm, train_rows
 
 MEMORY = {"slots": 4, "width": 6, "init": "learned"}
 
@@ -79,25 +79,12 @@ def check_compiled_against_eager(name: str, device: torch.device) -> None:
         torch.testing.assert_close(grads_c[key], grad, rtol=1e-8, atol=1e-10, msg=lambda m, key=key: f"{key}: {m}")
 
 
-def tiny_lm(tmp_path, **train_options) -> dict:
-    text = tmp_path / "tiny.txt"
-    text.write_text("the cat sat on the mat and the bat ate the hat. " * 20)
-    return {
-        "name": "tiny-lm",
-        "task": {"name": "char_lm", "dataset": "text", "path": str(text), "split": [0.8, 0.1, 0.1]},
-        "model": {"embedding": 6, "cell": {"name": "armin", "hidden_size": 8}, "addressing": {"name": "auto"},
-                  "write": {"name": "overwrite"}, "memory": {"slots": 3}},
-        "train": {"batch_size": 2, "tbptt": 5, "steps": 4, "log_every": 1, "device": "cpu", **train_options},
-        "eval": {"batch_size": 2, "splits": ["valid"]},
-    }
-
-
 def test_train_compile_follows_the_eager_run(tmp_path):
     """Hard reads: with Inductor's own random numbers the Gumbel noise would differ, so
     the test asks for torch's."""
-    eager = train(recipe_from_mapping(tiny_lm(tmp_path)), tmp_path / "eager", progress=False)
+    eager = train(recipe_from_mapping(tiny_lm(tmp_path, steps=4)), tmp_path / "eager", progress=False)
     with inductor_config.patch(fallback_random=True):
-        compiled = train(recipe_from_mapping(tiny_lm(tmp_path, compile=True)), tmp_path / "compiled", progress=False)
+        compiled = train(recipe_from_mapping(tiny_lm(tmp_path, steps=4, compile=True)), tmp_path / "compiled", progress=False)
     losses = [row["loss"] for row in train_rows(eager.run_dir)]
     assert len(losses) == 4
     assert [row["loss"] for row in train_rows(compiled.run_dir)] == pytest.approx(losses, rel=1e-5)
@@ -105,7 +92,7 @@ def test_train_compile_follows_the_eager_run(tmp_path):
 
 
 def test_train_compile_refuses_the_fused_cell(tmp_path):
-    mapping = tiny_lm(tmp_path, compile=True)
+    mapping = tiny_lm(tmp_path, steps=4, compile=True)
     mapping["model"]["cell"]["fused"] = True
     with pytest.raises(ConfigError, match=r"fused ARMIN cell .*\$\.train\.compile"):
         train(recipe_from_mapping(mapping), tmp_path / "run", progress=False)

@@ -154,18 +154,23 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
 
 
-def test_resume_carries_the_language_model_state_exactly(tmp_path):
-    """Streams carry hidden state and memory across steps: a resumed run must restore them."""
+def tiny_lm(tmp_path: Path, **train) -> dict:
+    """ARMIN on character LM of a small text file written to ``tmp_path`` (hard reads)."""
     text = tmp_path / "tiny.txt"
     text.write_text("the cat sat on the mat and the bat ate the hat. " * 20)
-    mapping = {
+    return {
         "name": "tiny-lm",
         "task": {"name": "char_lm", "dataset": "text", "path": str(text), "split": [0.8, 0.1, 0.1]},
         "model": {"embedding": 6, "cell": {"name": "armin", "hidden_size": 8}, "addressing": {"name": "auto"},
                   "write": {"name": "overwrite"}, "memory": {"slots": 3}},
-        "train": {"batch_size": 2, "tbptt": 5, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"},
+        "train": {"batch_size": 2, "tbptt": 5, "steps": 8, "log_every": 1, "device": "cpu", **train},
         "eval": {"batch_size": 2},
     }
+
+
+def test_resume_carries_the_language_model_state_exactly(tmp_path):
+    """Streams carry hidden state and memory across steps: a resumed run must restore them."""
+    mapping = tiny_lm(tmp_path, checkpoint_every=4)
     straight = train(recipe_from_mapping(mapping), tmp_path / "straight", progress=False).run_dir
     state_file = straight / "checkpoints" / "step-00000004" / "state-rank0.safetensors"
     assert state_file.exists()  # the carried recurrent state is part of the checkpoint
