@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manntk.recurrent import RecurrentWeight
+from manntk.recurrent import _MKL_PACKING, TRANSPOSE_ROWS, RecurrentWeight, transposed
 
 D = torch.float64
 
@@ -127,3 +127,29 @@ def test_autocast_takes_the_plain_path_and_keeps_float32_weight_gradients():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (TRANSPOSE_ROWS, 2), (2 * TRANSPOSE_ROWS + 7, 9)])
+def test_transposed_copies_in_blocks_to_the_plain_transpose(shape):
+    matrix = torch.randn(shape[0], shape[1] + 4)[:, 2:-2]  # a strided column slice, as the chunk's columns
+    out = transposed(matrix)
+    assert out.is_contiguous()
+    assert torch.equal(out, matrix.t())
+
+
+@pytest.mark.skipif(not _MKL_PACKING, reason="this PyTorch has no MKL packed sgemm (torch.ops.mkl._mkl_linear)")
+def test_float32_steps_use_the_packed_columns_and_the_plain_numbers():
+    weight, bias, h0, reads = (t.detach().float().requires_grad_() for t in tensors(batch=4, steps=6))
+    y_fast = recurrence(weight, bias, h0, reads, fast=True)
+    y_fast.sin().sum().backward()
+    fast = [t.grad.clone() for t in (weight, bias, h0, reads)]
+    for t in (weight, bias, h0, reads):
+        t.grad = None
+    y_plain = recurrence(weight, bias, h0, reads, fast=False)
+    y_plain.sin().sum().backward()
+    torch.testing.assert_close(y_fast, y_plain)
+    for a, b in zip(fast, [t.grad for t in (weight, bias, h0, reads)], strict=True):
+        torch.testing.assert_close(a, b)
+    product = RecurrentWeight(weight, 2, [4, 3], sum_in_place=True)
+    product(bias, h0, reads[0])
+    assert product._packed is not None  # the first step packed the columns for MKL

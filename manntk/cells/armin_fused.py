@@ -59,7 +59,12 @@ def extension() -> ModuleType:
 
 
 class _FusedStep(torch.autograd.Function):
-    """``(ig_x, go_x, h, r, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``."""
+    """``(ig_x, go_x, h, r, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``.
+
+    The columns come in as inputs so that autograd routes their gradient to the weights;
+    the products themselves use the ``RecurrentWeight`` layouts (``joined_product``
+    forward, ``rows`` backward).
+    """
 
     @staticmethod
     def forward(ctx: Any, weights: tuple[RecurrentWeight, RecurrentWeight], options: tuple[float, bool, bool],
@@ -68,10 +73,11 @@ class _FusedStep(torch.autograd.Function):
         forget_bias, squash, read_output = options
         h, r = h.contiguous(), r.contiguous()
         hr = torch.cat([h, r], dim=1)
-        sg, gated = kernels.gates_in(torch.addmm(ig_x, hr, ig_cols), h, r)
-        act, h_new, out = kernels.cell_out(torch.addmm(go_x, gated, go_cols), h, r, forget_bias, squash, read_output)
+        ig_weight, go_weight = weights
+        sg, gated = kernels.gates_in(ig_weight.joined_product(hr), ig_x.contiguous(), h, r)
+        act, h_new, out = kernels.cell_out(go_weight.joined_product(gated), go_x.contiguous(), h, r, forget_bias, squash, read_output)
         ctx.weights, ctx.options = weights, options
-        ctx.save_for_backward(hr, sg, gated, act, h, r, h_new, ig_cols, go_cols)
+        ctx.save_for_backward(hr, sg, gated, act, h, r, h_new)
         ctx.mark_non_differentiable(sg, act)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for sg and act at every step
         return out, h_new, sg, act
@@ -80,16 +86,16 @@ class _FusedStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_h_new: Tensor | None, _sg: None, _act: None) -> tuple[Tensor | None, ...]:
         kernels = extension()
-        hr, sg, gated, act, h, r, h_new, ig_cols, go_cols = ctx.saved_tensors
+        hr, sg, gated, act, h, r, h_new = ctx.saved_tensors
+        ig_weight, go_weight = ctx.weights
         _, squash, read_output = ctx.options
         if d_out is None:
             d_out = act.new_zeros(act.shape[0], act.shape[1] - 3 * h.shape[1])
         if d_h_new is None:
             d_h_new = torch.zeros_like(h_new)
         d_go, d_hr = kernels.cell_out_backward(d_out.contiguous(), d_h_new.contiguous(), act, h, r, h_new, squash, read_output)
-        d_ig = kernels.gates_in_backward(d_go.mm(go_cols.t()), sg, h, r, d_hr)
-        d_hr.addmm_(d_ig, ig_cols.t())
-        ig_weight, go_weight = ctx.weights
+        d_ig = kernels.gates_in_backward(d_go.mm(go_weight.rows), sg, h, r, d_hr)
+        d_hr.addmm_(d_ig, ig_weight.rows)
         d_ig_cols = _weight_gradient(ig_weight, hr, d_ig, ctx.needs_input_grad[6])
         d_go_cols = _weight_gradient(go_weight, gated, d_go, ctx.needs_input_grad[7])
         d_h, d_r = d_hr.split([h.shape[1], r.shape[1]], dim=1)
