@@ -78,23 +78,21 @@ def test_fused_cell_in_evaluation_and_under_tracing_records_the_gates():
 def test_fused_step_gradcheck_float64(sum_in_place, squash, read_output):
     from manntk.cells.armin_fused import fused_step
 
-    B, d_h, d_r = 2, 3, 4
+    B, d_x, d_h, d_r = 2, 2, 3, 4
     gates = 4 * d_h + (d_r if read_output else 0)
-    w_ig = torch.randn(d_h + d_r, d_h + d_r, dtype=torch.float64, requires_grad=True)
-    w_go = torch.randn(gates, d_h + d_r, dtype=torch.float64, requires_grad=True)
-    ig_x = torch.randn(B, d_h + d_r, dtype=torch.float64, requires_grad=True)
-    go_x = torch.randn(B, gates, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(B, d_h, dtype=torch.float64, requires_grad=True)
-    r = torch.randn(B, d_r, dtype=torch.float64, requires_grad=True)
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    w_ig, w_go = make(d_h + d_r, d_x + d_h + d_r), make(gates, d_x + d_h + d_r)
+    b_ig, b_go = make(d_h + d_r), make(gates)
+    x, h, r = make(B, d_x), make(B, d_h), make(B, d_r)
 
-    def two_steps(w_ig, w_go, ig_x, go_x, h, r):
-        ig = RecurrentWeight(w_ig, 0, [d_h, d_r], sum_in_place=sum_in_place)
-        go = RecurrentWeight(w_go, 0, [d_h, d_r], sum_in_place=sum_in_place)
-        out, h1, _, _ = fused_step(ig, go, ig_x, go_x, h, r, 0.5, squash, read_output)
-        out2, h2, _, _ = fused_step(ig, go, ig_x, go_x, h1, r * 0.5, 0.5, squash, read_output)
+    def two_steps(w_ig, w_go, b_ig, b_go, x, h, r):
+        ig = RecurrentWeight(w_ig, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place)
+        go = RecurrentWeight(w_go, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place)
+        out, h1, _, _ = fused_step(ig, go, b_ig, b_go, x, h, r, 0.5, squash, read_output)
+        out2, h2, _, _ = fused_step(ig, go, b_ig, b_go, x.flip(0), h1, r * 0.5, 0.5, squash, read_output)
         return out, out2, h2
 
-    assert torch.autograd.gradcheck(two_steps, (w_ig, w_go, ig_x, go_x, h, r))
+    assert torch.autograd.gradcheck(two_steps, (w_ig, w_go, b_ig, b_go, x, h, r))
 
 
 def test_fused_with_layer_norm_is_refused():

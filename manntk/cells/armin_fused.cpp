@@ -1,7 +1,6 @@
 // Elementwise work of one ARMIN cell step on the CPU, one pass per stage (manntk/cells/armin_fused.py).
 //
-// The input projections (bias included) come as a separate base added to each product here,
-// which saves addmm's copy of the base into its output.
+// The products cover [x_t, h, r] (and [x_t, h^g, r^g]) without the bias, which is added here.
 //
 // Gate layout of W_go's output: [i, f, g, o_h, o_r] (o_r only with read_output), widths
 // d_h, d_h, d_h, d_h, d_r; W_ig's output: [g_h, g_r], widths d_h, d_r.
@@ -22,26 +21,31 @@ void check(const torch::Tensor& t, const char* name, int64_t width) {
   TORCH_CHECK(t.size(1) == width, name, ": expected width ", width, ", got ", t.size(1));
 }
 
+void check_bias(const torch::Tensor& t, const char* name, int64_t width) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous(), name, ": expected a contiguous 1-d CPU tensor");
+  TORCH_CHECK(t.size(0) == width, name, ": expected ", width, " values, got ", t.size(0));
+}
+
 // Row kernels: plain functions of restrict pointers, so that the compiler vectorizes every
 // loop (inside the dispatch lambdas it did not; measured 3x slower).
 
 template <typename T>
-void gates_in_row(const T* __restrict__ x, const T* __restrict__ base, const T* __restrict__ h, const T* __restrict__ r,
+void gates_in_row(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ h, const T* __restrict__ r,
                   T* __restrict__ s, T* __restrict__ g, int64_t dh, int64_t dr) {
-  for (int64_t j = 0; j < dh + dr; ++j) s[j] = sigmoid(x[j] + base[j]);
+  for (int64_t j = 0; j < dh + dr; ++j) s[j] = sigmoid(x[j] + bias[j]);
   for (int64_t j = 0; j < dh; ++j) g[j] = s[j] * h[j];
   for (int64_t j = 0; j < dr; ++j) g[dh + j] = s[dh + j] * r[j];
 }
 
 template <typename T>
-void cell_out_row(const T* __restrict__ x, const T* __restrict__ base, const T* __restrict__ h, const T* __restrict__ r,
+void cell_out_row(const T* __restrict__ x, const T* __restrict__ bias, const T* __restrict__ h, const T* __restrict__ r,
                   T* __restrict__ a, T* __restrict__ hn, T* __restrict__ o, int64_t dh, int64_t dr, T fb, bool squash,
                   bool read_output) {
   const int64_t rest = read_output ? dh + dr : dh;  // o_h (and o_r)
-  for (int64_t j = 0; j < dh; ++j) a[j] = sigmoid(x[j] + base[j]);
-  for (int64_t j = 0; j < dh; ++j) a[dh + j] = sigmoid(x[dh + j] + base[dh + j] + fb);
-  for (int64_t j = 0; j < dh; ++j) a[2 * dh + j] = std::tanh(x[2 * dh + j] + base[2 * dh + j]);
-  for (int64_t j = 0; j < rest; ++j) a[3 * dh + j] = sigmoid(x[3 * dh + j] + base[3 * dh + j]);
+  for (int64_t j = 0; j < dh; ++j) a[j] = sigmoid(x[j] + bias[j]);
+  for (int64_t j = 0; j < dh; ++j) a[dh + j] = sigmoid(x[dh + j] + bias[dh + j] + fb);
+  for (int64_t j = 0; j < dh; ++j) a[2 * dh + j] = std::tanh(x[2 * dh + j] + bias[2 * dh + j]);
+  for (int64_t j = 0; j < rest; ++j) a[3 * dh + j] = sigmoid(x[3 * dh + j] + bias[3 * dh + j]);
   for (int64_t j = 0; j < dh; ++j) hn[j] = a[dh + j] * h[j] + a[j] * a[2 * dh + j];
   if (squash) {
     for (int64_t j = 0; j < dh; ++j) hn[j] = std::tanh(hn[j]);
@@ -101,38 +105,38 @@ void gates_in_backward_row(const T* __restrict__ dg, const T* __restrict__ s, co
   }
 }
 
-// sg = sigmoid(ig + base); gated = [sg_h * h, sg_r * r]
-std::vector<torch::Tensor> gates_in(const torch::Tensor& ig, const torch::Tensor& base, const torch::Tensor& h,
+// sg = sigmoid(ig + bias); gated = [sg_h * h, sg_r * r]
+std::vector<torch::Tensor> gates_in(const torch::Tensor& ig, const torch::Tensor& bias, const torch::Tensor& h,
                                     const torch::Tensor& r) {
   const int64_t B = ig.size(0), dh = h.size(1), dr = r.size(1), W = dh + dr;
   check(ig, "ig", W);
-  check(base, "ig base", W);
+  check_bias(bias, "ig bias", W);
   check(h, "h", dh);
   check(r, "r", dr);
   auto sg = torch::empty_like(ig);
   auto gated = torch::empty_like(ig);
   AT_DISPATCH_FLOATING_TYPES(ig.scalar_type(), "armin_gates_in", [&] {
-    const scalar_t *pig = ig.data_ptr<scalar_t>(), *pb = base.data_ptr<scalar_t>();
+    const scalar_t *pig = ig.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
     const scalar_t *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
     scalar_t *psg = sg.data_ptr<scalar_t>(), *pgt = gated.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        gates_in_row(pig + b * W, pb + b * W, ph + b * dh, pr + b * dr, psg + b * W, pgt + b * W, dh, dr);
+        gates_in_row(pig + b * W, pb, ph + b * dh, pr + b * dr, psg + b * W, pgt + b * W, dh, dr);
       }
     });
   });
   return {sg, gated};
 }
 
-// with [i, f, g, o_h, o_r] = go + base:
+// with [i, f, g, o_h, o_r] = go + bias:
 // act = [sigmoid(i), sigmoid(f + forget_bias), tanh(g), sigmoid(o_h), sigmoid(o_r)];
 // c = f h + i g; h_new = tanh(c) if squash else c; out = [o_h tanh(h_new), o_r tanh(r)]
-std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor& base, const torch::Tensor& h,
+std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor& bias, const torch::Tensor& h,
                                     const torch::Tensor& r, double forget_bias, bool squash, bool read_output) {
   const int64_t B = go.size(0), dh = h.size(1), dr = r.size(1);
   const int64_t G = 4 * dh + (read_output ? dr : 0), O = dh + (read_output ? dr : 0);
   check(go, "go", G);
-  check(base, "go base", G);
+  check_bias(bias, "go bias", G);
   check(h, "h", dh);
   check(r, "r", dr);
   auto act = torch::empty_like(go);
@@ -140,11 +144,11 @@ std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor
   auto out = torch::empty({B, O}, go.options());
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "armin_cell_out", [&] {
     const scalar_t fb = static_cast<scalar_t>(forget_bias);
-    const scalar_t *pgo = go.data_ptr<scalar_t>(), *pb = base.data_ptr<scalar_t>(), *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
+    const scalar_t *pgo = go.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>(), *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
     scalar_t *pa = act.data_ptr<scalar_t>(), *phn = h_new.data_ptr<scalar_t>(), *po = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        cell_out_row(pgo + b * G, pb + b * G, ph + b * dh, pr + b * dr, pa + b * G, phn + b * dh, po + b * O, dh, dr, fb, squash, read_output);
+        cell_out_row(pgo + b * G, pb, ph + b * dh, pr + b * dr, pa + b * G, phn + b * dh, po + b * O, dh, dr, fb, squash, read_output);
       }
     });
   });

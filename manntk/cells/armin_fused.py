@@ -59,25 +59,28 @@ def extension() -> ModuleType:
 
 
 class _FusedStep(torch.autograd.Function):
-    """``(ig_x, go_x, h, r, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``.
+    """``(x_t, h, r, b_ig, b_go, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``.
 
-    The columns come in as inputs so that autograd routes their gradient to the weights;
-    the products themselves use the ``RecurrentWeight`` layouts (``joined_product``
-    forward, ``rows`` backward).
+    The weights are [`RecurrentWeight`][manntk.recurrent.RecurrentWeight]s over all their
+    columns, blocks ``[x, h, r]``: the input columns are applied at every step, in the same
+    product as the recurrent ones, instead of once per chunk. The columns come in as inputs
+    so that autograd routes their gradient to the weights; the products themselves use the
+    ``RecurrentWeight`` layouts (``joined_product`` forward, ``rows`` backward).
     """
 
     @staticmethod
     def forward(ctx: Any, weights: tuple[RecurrentWeight, RecurrentWeight], options: tuple[float, bool, bool],
-                ig_x: Tensor, go_x: Tensor, h: Tensor, r: Tensor, ig_cols: Tensor, go_cols: Tensor) -> tuple[Tensor, ...]:
+                x: Tensor, h: Tensor, r: Tensor, ig_bias: Tensor, go_bias: Tensor, ig_cols: Tensor, go_cols: Tensor) -> tuple[Tensor, ...]:
         kernels = extension()
         forget_bias, squash, read_output = options
-        h, r = h.contiguous(), r.contiguous()
-        hr = torch.cat([h, r], dim=1)
         ig_weight, go_weight = weights
-        sg, gated = kernels.gates_in(ig_weight.joined_product(hr), ig_x.contiguous(), h, r)
-        act, h_new, out = kernels.cell_out(go_weight.joined_product(gated), go_x.contiguous(), h, r, forget_bias, squash, read_output)
+        h, r = h.contiguous(), r.contiguous()
+        x_hr = torch.cat([x, h, r], dim=1)
+        sg, gated = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r)
+        x_gated = torch.cat([x, gated], dim=1)
+        act, h_new, out = kernels.cell_out(go_weight.joined_product(x_gated), go_bias, h, r, forget_bias, squash, read_output)
         ctx.weights, ctx.options = weights, options
-        ctx.save_for_backward(hr, sg, gated, act, h, r, h_new)
+        ctx.save_for_backward(x_hr, sg, x_gated, act, h, r, h_new)
         ctx.mark_non_differentiable(sg, act)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for sg and act at every step
         return out, h_new, sg, act
@@ -86,20 +89,26 @@ class _FusedStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_h_new: Tensor | None, _sg: None, _act: None) -> tuple[Tensor | None, ...]:
         kernels = extension()
-        hr, sg, gated, act, h, r, h_new = ctx.saved_tensors
+        x_hr, sg, x_gated, act, h, r, h_new = ctx.saved_tensors
         ig_weight, go_weight = ctx.weights
         _, squash, read_output = ctx.options
+        d_x = x_hr.shape[1] - sg.shape[1]
         if d_out is None:
             d_out = act.new_zeros(act.shape[0], act.shape[1] - 3 * h.shape[1])
         if d_h_new is None:
             d_h_new = torch.zeros_like(h_new)
         d_go, d_hr = kernels.cell_out_backward(d_out.contiguous(), d_h_new.contiguous(), act, h, r, h_new, squash, read_output)
-        d_ig = kernels.gates_in_backward(d_go.mm(go_weight.rows), sg, h, r, d_hr)
-        d_hr.addmm_(d_ig, ig_weight.rows)
-        d_ig_cols = _weight_gradient(ig_weight, hr, d_ig, ctx.needs_input_grad[6])
-        d_go_cols = _weight_gradient(go_weight, gated, d_go, ctx.needs_input_grad[7])
-        d_h, d_r = d_hr.split([h.shape[1], r.shape[1]], dim=1)
-        return None, None, d_ig, d_go, d_h, d_r, d_ig_cols, d_go_cols
+        d_x_gated = d_go.mm(go_weight.rows)
+        d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:].contiguous(), sg, h, r, d_hr)
+        d_x_hr = d_ig.mm(ig_weight.rows)
+        d_x_hr[:, :d_x] += d_x_gated[:, :d_x]
+        d_x_hr[:, d_x:] += d_hr
+        needs = ctx.needs_input_grad
+        d_ig_bias = d_ig.sum(0) if needs[5] else None
+        d_go_bias = d_go.sum(0) if needs[6] else None
+        d_ig_cols = _weight_gradient(ig_weight, x_hr, d_ig, needs[7])
+        d_go_cols = _weight_gradient(go_weight, x_gated, d_go, needs[8])
+        return None, None, *d_x_hr.split([d_x, h.shape[1], r.shape[1]], dim=1), d_ig_bias, d_go_bias, d_ig_cols, d_go_cols
 
 
 def _weight_gradient(weight: RecurrentWeight, inputs: Tensor, grad: Tensor, needed: bool) -> Tensor | None:
@@ -112,11 +121,11 @@ def _weight_gradient(weight: RecurrentWeight, inputs: Tensor, grad: Tensor, need
     return inputs.t().mm(grad)
 
 
-def fused_step(ig: RecurrentWeight, go: RecurrentWeight, ig_x: Tensor, go_x: Tensor, h: Tensor, r: Tensor,
+def fused_step(ig: RecurrentWeight, go: RecurrentWeight, ig_bias: Tensor, go_bias: Tensor, x: Tensor, h: Tensor, r: Tensor,
                forget_bias: float, squash: bool, read_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One ARMIN step: ``(o_t, h_t, [g_h, g_r], [i, f, g, o_h(, o_r)] activations)``.
 
-    ``ig`` and ``go`` are the chunk's recurrent columns of ``W_ig`` and ``W_go`` over
-    ``[h, r]``; ``ig_x`` and ``go_x`` the step's input projections (bias included).
+    ``ig`` and ``go`` are the chunk's columns of ``W_ig`` and ``W_go``, all of them, in
+    blocks ``[x, h, r]``; ``ig_bias`` and ``go_bias`` their biases; ``x`` the step's input.
     """
-    return _FusedStep.apply((ig, go), (float(forget_bias), squash, read_output), ig_x, go_x, h, r, ig.columns, go.columns)
+    return _FusedStep.apply((ig, go), (float(forget_bias), squash, read_output), x, h, r, ig_bias, go_bias, ig.columns, go.columns)
