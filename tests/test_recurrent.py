@@ -135,6 +135,9 @@ def test_transposed_copies_in_blocks_to_the_plain_transpose(shape):
     out = transposed(matrix)
     assert out.is_contiguous()
     assert torch.equal(out, matrix.t())
+    into = torch.zeros(shape[1], shape[0] + 3)
+    assert transposed(matrix, out=into[:, 1:-2]).data_ptr() == into[:, 1:-2].data_ptr()
+    assert torch.equal(into[:, 1:-2], matrix.t()) and not into[:, 0].any() and not into[:, -2:].any()
 
 
 @pytest.mark.skipif(not _MKL_PACKING, reason="this PyTorch has no MKL packed sgemm (torch.ops.mkl._mkl_linear)")
