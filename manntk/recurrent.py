@@ -36,6 +36,80 @@ SUM_IN_PLACE_FROM = 1 << 17
 
 _MKL_PACKING = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
+GROUP_BYTES = 16 << 20
+"""The most bytes of step gradients that one grouped weight-gradient product takes (16 MiB)."""
+
+
+class _StepGroups:
+    """Steps' joined inputs and gradients side by side, so that a group of G steps adds its
+    weight gradient in one product (``[in_rec, G B] x [G B, out]``) instead of G products
+    whose inner dimension is the batch.
+
+    A step's inputs go into its group's buffer in the forward pass. Backward, each step's
+    gradient is copied into one ``[G, B, out]`` buffer that the groups share in turn (at
+    most ``GROUP_BYTES``, so that glibc reuses it from the heap instead of mapping fresh
+    pages); when a group's last gradient is in, its product is added to the sum. A step
+    of a group already added, or of another group than the one being filled, is not
+    waited for: the group being filled is added with the steps it has, and later steps
+    add their own products.
+    """
+
+    __slots__ = ("added", "grads", "inputs", "open", "out", "size", "steps", "stored")
+
+    def __init__(self, steps: int, out: int) -> None:
+        self.steps, self.out = steps, out
+        self.size = 1  # steps per group, set from the batch at the first step
+        self.inputs: dict[int, Tensor] = {}  # group -> [steps in it, B, in_rec]
+        self.grads: Tensor | None = None  # [size, B, out]
+        self.open: int | None = None  # the group whose gradients are in `grads`
+        self.stored: list[int] = []  # their rows
+        self.added: set[int] = set()
+
+    def inputs_of(self, t: int, like: Tensor, width: int) -> Tensor:
+        """The ``[B, width]`` slot of step ``t``'s inputs (``like``: a ``[B, ...]`` tensor of the step)."""
+        batch = like.shape[0]
+        if not self.inputs:
+            self.size = max(1, GROUP_BYTES // (batch * self.out * like.element_size()))
+        group, row = divmod(t, self.size)
+        if group not in self.inputs:
+            self.inputs[group] = like.new_empty(min(self.size, self.steps - group * self.size), batch, width)
+        return self.inputs[group][row]
+
+    def add(self, total: Tensor, t: int, grad: Tensor) -> None:
+        """Take step ``t``'s gradient ``[B, out]``; add a group's product to ``total`` once it is complete."""
+        group, row = divmod(t, self.size)
+        if self.open is not None and self.open != group:
+            self.flush(total)
+        if group in self.added:
+            total.addmm_(self.inputs[group][row].t(), grad)
+            return
+        if self.grads is None:
+            self.grads = grad.new_empty(self.size, *grad.shape)
+        self.grads[row].copy_(grad)
+        self.stored.append(row)
+        self.open = group
+        if len(self.stored) == len(self.inputs[group]):
+            self.flush(total)
+
+    def flush(self, total: Tensor) -> None:
+        """Add the open group's product (with the steps it has) to ``total``."""
+        if self.open is None or self.grads is None:
+            return
+        inputs = self.inputs[self.open]
+        if len(self.stored) == len(inputs):
+            count = len(inputs) * inputs.shape[1]
+            total.addmm_(inputs.view(count, -1).t(), self.grads[: len(inputs)].view(count, -1))
+        else:
+            for row in self.stored:
+                total.addmm_(inputs[row].t(), self.grads[row])
+        self.added.add(self.open)
+        self.open, self.stored = None, []
+
+    def restart(self) -> None:
+        """Forget what was added: a second backward pass sums again."""
+        self.added.clear()
+        self.open, self.stored = None, []
+
 
 class _GradientSum:
     """The weight gradient of one chunk, summed over its steps (shared by its nodes).
@@ -45,11 +119,12 @@ class _GradientSum:
     ``[out, in]`` weight would go through a temporary copy at every step.
     """
 
-    __slots__ = ("columns", "shape", "sizes", "total")
+    __slots__ = ("columns", "groups", "shape", "sizes", "total")
 
     def __init__(self, shape: torch.Size, columns: tuple[int, int], sizes: tuple[int, ...]) -> None:
         self.shape, self.columns, self.sizes = shape, columns, sizes
         self.total: Tensor | None = None
+        self.groups: _StepGroups | None = None
 
     def add(self, grad: Tensor, inputs: Sequence[Tensor]) -> None:
         """Add one step's products ``u_i^T grad`` to the rows of each block."""
@@ -60,14 +135,23 @@ class _GradientSum:
         """Add ``[u_1, ..., u_k]^T grad`` for the blocks' inputs side by side (one product)."""
         self._sum(grad).addmm_(joined.t(), grad)
 
-    def _sum(self, grad: Tensor) -> Tensor:
+    def add_step(self, t: int, grad: Tensor) -> None:
+        """Add step ``t``'s gradient, whose inputs are in ``groups``."""
+        assert self.groups is not None
+        self.groups.add(self._sum(grad), t, grad)
+
+    def _sum(self, like: Tensor) -> Tensor:
         if self.total is None:
-            self.total = grad.new_zeros(self.columns[1] - self.columns[0], grad.shape[1])
+            self.total = like.new_zeros(self.columns[1] - self.columns[0], self.shape[0])
         return self.total
 
     def take(self, grad: Tensor | None) -> Tensor | None:
         """The ``[out, in]`` weight gradient: the steps' sum plus ``grad`` (the columns' gradient
         from uses outside step products); then a fresh start (a second backward sums again)."""
+        if self.groups is not None:
+            if self.groups.grads is not None:
+                self.groups.flush(self._sum(self.groups.grads))
+            self.groups.restart()
         total, self.total = self.total, None
         if grad is not None:
             total = grad if total is None else total + grad
@@ -162,17 +246,21 @@ class RecurrentWeight:
         sum_in_place: sum the steps' weight gradients in place; ``None``: when the columns
             have at least ``SUM_IN_PLACE_FROM`` elements. Never under autocast (made inside
             the same autocast context as the steps that use it, as in ``prepare``).
+        steps: the chunk's length, for fused steps that keep their inputs in
+            ``step_inputs``: the weight gradient is then summed over groups of steps.
     """
 
-    def __init__(self, weight: Tensor, start: int, sizes: Sequence[int], sum_in_place: bool | None = None) -> None:
+    def __init__(
+        self, weight: Tensor, start: int, sizes: Sequence[int], sum_in_place: bool | None = None, steps: int | None = None
+    ) -> None:
         stop = start + sum(sizes)
         if stop > weight.shape[1]:
             raise ValueError(f"blocks {list(sizes)} from column {start} pass the weight's {weight.shape[1]} columns")
         self._gradient = _GradientSum(weight.shape, (start, stop), tuple(sizes))
         self.rows = weight.detach()[:, start:stop]
-        self._packed: Tensor | None = None
         """``W[:, a:b]`` outside autograd, for the backward's ``grad @ rows`` (MKL runs the
         plain ``[out, in_rec]`` layout 15% faster than the transposed columns)."""
+        self._packed: Tensor | None = None
         if torch.compiler.is_compiling():  # the compiler sums the weight gradient itself
             self.columns: Tensor = weight[:, start:stop].t()
             self.sum_in_place = False
@@ -181,19 +269,35 @@ class RecurrentWeight:
         if sum_in_place is None:
             sum_in_place = self.columns.numel() >= SUM_IN_PLACE_FROM
         self.sum_in_place = sum_in_place and not torch.is_autocast_enabled(weight.device.type)
+        if steps is not None and self.sum_in_place and torch.is_grad_enabled() and weight.requires_grad:
+            self._gradient.groups = _StepGroups(steps, weight.shape[0])
 
     @classmethod
     def of(cls, linear: torch.nn.Linear) -> RecurrentWeight:
         """All the columns of ``linear`` as one block: ``product(linear.bias, u)`` is ``linear(u)``."""
         return cls(linear.weight, 0, [linear.in_features])
 
-    def add_step_gradient(self, grad: Tensor, inputs: Tensor) -> None:
+    def step_inputs(self, t: int, like: Tensor) -> Tensor | None:
+        """Where step ``t`` of a fused step puts its joined inputs ``[B, in_rec]``, or ``None``.
+
+        With ``steps`` given (and ``sum_in_place``, in a pass that records gradients) the
+        steps' inputs are kept in groups, so that ``add_step_gradient`` can sum a group's
+        weight gradient in one product (``like``: any ``[B, ...]`` tensor of the step).
+        """
+        groups = self._gradient.groups
+        return None if groups is None else groups.inputs_of(t, like, self.rows.shape[1])
+
+    def add_step_gradient(self, grad: Tensor, inputs: Tensor, t: int | None = None) -> None:
         """Add one step's weight gradient ``inputs^T grad`` to the chunk's in-place sum.
 
         For a fused step that applied ``columns`` itself (``inputs``: the blocks
-        concatenated, ``[B, in_rec]``); only when ``sum_in_place``.
+        concatenated, ``[B, in_rec]``, step ``t``'s ``step_inputs`` when there are);
+        only when ``sum_in_place``.
         """
-        self._gradient.add_joined(grad, inputs)
+        if t is not None and self._gradient.groups is not None:
+            self._gradient.add_step(t, grad)
+        else:
+            self._gradient.add_joined(grad, inputs)
 
     def joined_product(self, joined: Tensor) -> Tensor:
         """``joined @ columns`` (``[B, in_rec] -> [B, out]``) outside autograd, for steps that

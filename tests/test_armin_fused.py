@@ -86,10 +86,10 @@ def test_fused_step_gradcheck_float64(sum_in_place, squash, read_output):
     x, h, r = make(B, d_x), make(B, d_h), make(B, d_r)
 
     def two_steps(w_ig, w_go, b_ig, b_go, x, h, r):
-        ig = RecurrentWeight(w_ig, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place)
-        go = RecurrentWeight(w_go, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place)
-        out, h1, _, _ = fused_step(ig, go, b_ig, b_go, x, h, r, 0.5, squash, read_output)
-        out2, h2, _, _ = fused_step(ig, go, b_ig, b_go, x.flip(0), h1, r * 0.5, 0.5, squash, read_output)
+        ig = RecurrentWeight(w_ig, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place, steps=2)
+        go = RecurrentWeight(w_go, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place, steps=2)
+        out, h1, _, _ = fused_step(ig, go, b_ig, b_go, 0, x, h, r, 0.5, squash, read_output)
+        out2, h2, _, _ = fused_step(ig, go, b_ig, b_go, 1, x.flip(0), h1, r * 0.5, 0.5, squash, read_output)
         return out, out2, h2
 
     assert torch.autograd.gradcheck(two_steps, (w_ig, w_go, b_ig, b_go, x, h, r))

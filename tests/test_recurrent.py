@@ -156,3 +156,38 @@ def test_float32_steps_use_the_packed_columns_and_the_plain_numbers():
     product = RecurrentWeight(weight, 2, [4, 3], sum_in_place=True)
     product(bias, h0, reads[0])
     assert product._packed is not None  # the first step packed the columns for MKL
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [4, 3, 2, 1, 0],  # a recurrence's backward: every group complete, one product each
+        [4, 2, 1, 0],  # step 3 has no gradient: group {2, 3} is added with what it has
+        [0, 1, 2, 3, 4],  # each group interrupted by the next
+        [3, 1, 4, 2, 0],
+    ],
+)
+def test_grouped_step_gradients_sum_to_the_steps_products(monkeypatch, order):
+    import manntk.recurrent
+
+    steps, batch, out, width = 5, 3, 4, 6
+    monkeypatch.setattr(manntk.recurrent, "GROUP_BYTES", 2 * batch * out * 8)  # groups of 2 steps
+    weight = torch.randn(out, width, dtype=D, requires_grad=True)
+    product = RecurrentWeight(weight, 0, [width], sum_in_place=True, steps=steps)
+    inputs = torch.randn(steps, batch, width, dtype=D)
+    grads = torch.randn(steps, batch, out, dtype=D)
+    for t in range(steps):
+        product.step_inputs(t, inputs[t]).copy_(inputs[t])
+    for t in order:
+        product.add_step_gradient(grads[t], product.step_inputs(t, inputs[t]), t)
+    product.columns.backward(torch.zeros(width, out, dtype=D))
+    expected = sum(grads[t].t() @ inputs[t] for t in order)
+    torch.testing.assert_close(weight.grad, expected)
+
+
+def test_grouped_inputs_only_in_a_pass_that_records_gradients():
+    weight = torch.randn(4, 6, requires_grad=True)
+    with torch.no_grad():
+        assert RecurrentWeight(weight, 0, [6], sum_in_place=True, steps=3).step_inputs(0, torch.zeros(2, 6)) is None
+    assert RecurrentWeight(weight, 0, [6], sum_in_place=False, steps=3).step_inputs(0, torch.zeros(2, 6)) is None
+    assert RecurrentWeight(weight, 0, [6], sum_in_place=True, steps=3).step_inputs(0, torch.zeros(2, 6)).shape == (2, 6)

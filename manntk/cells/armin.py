@@ -103,8 +103,9 @@ class ArminCell(Cell):
             # K = d_i + d_h + d_r runs as fast per FLOP as K = d_h + d_r, where the chunk's
             # input projection (K = d_i) ran 20-35% slower and its bias add, bias sum and
             # gradient stack cost another 20 ms per chunk (ARMIN 500, B 128, TBPTT 50)
-            sizes = [self.input_size, self.hidden_size, self.read_size]
-            return _FusedPrepared(x.unbind(1), RecurrentWeight(self.W_ig.weight, 0, sizes), RecurrentWeight(self.W_go.weight, 0, sizes))
+            sizes, steps = [self.input_size, self.hidden_size, self.read_size], x.shape[1]
+            ig, go = (RecurrentWeight(linear.weight, 0, sizes, steps=steps) for linear in (self.W_ig, self.W_go))
+            return _FusedPrepared(x.unbind(1), ig, go)
         sizes = [self.hidden_size, self.read_size]
         ig_x, ig_hr = split_input_weight(self.W_ig, self.input_size, sizes)
         go_x, go_hr = split_input_weight(self.W_go, self.input_size, sizes)
@@ -135,7 +136,7 @@ class ArminCell(Cell):
     def _fused_step(self, prepared: _FusedPrepared, t: int, h: Tensor, read: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         config, d_h = self.config, self.hidden_size
         output, h_new, gates_ig, gates_go = fused_step(
-            prepared.ig, prepared.go, self.W_ig.bias, self.W_go.bias, prepared.x[t], h, read,
+            prepared.ig, prepared.go, self.W_ig.bias, self.W_go.bias, t, prepared.x[t], h, read,
             config.forget_bias, config.squash_state, config.read_output,
         )
         record("g_h", lambda: gates_ig[:, :d_h])

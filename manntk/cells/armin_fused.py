@@ -69,18 +69,21 @@ class _FusedStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, weights: tuple[RecurrentWeight, RecurrentWeight], options: tuple[float, bool, bool],
+    def forward(ctx: Any, weights: tuple[RecurrentWeight, RecurrentWeight], options: tuple[float, bool, bool], t: int,
                 x: Tensor, h: Tensor, r: Tensor, ig_bias: Tensor, go_bias: Tensor, ig_cols: Tensor, go_cols: Tensor) -> tuple[Tensor, ...]:
         kernels = extension()
         forget_bias, squash, read_output = options
         ig_weight, go_weight = weights
         h, r = h.contiguous(), r.contiguous()
-        x_hr = torch.cat([x, h, r], dim=1)
+        x_hr = _joined(ig_weight, t, (x, h, r))
         sg, gated = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r)
-        x_gated = torch.cat([x, gated], dim=1)
+        x_gated = _joined(go_weight, t, (x, gated))
         act, h_new, out = kernels.cell_out(go_weight.joined_product(x_gated), go_bias, h, r, forget_bias, squash, read_output)
-        ctx.weights, ctx.options = weights, options
-        ctx.save_for_backward(x_hr, sg, x_gated, act, h, r, h_new)
+        ctx.weights, ctx.options, ctx.t = weights, options, t
+        # the joined inputs may be slots of a group buffer that later steps write to (which
+        # bumps the version counter they share): kept aside from save_for_backward's checks
+        ctx.joined = x_hr, x_gated
+        ctx.save_for_backward(sg, act, h, r, h_new)
         ctx.mark_non_differentiable(sg, act)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for sg and act at every step
         return out, h_new, sg, act
@@ -89,7 +92,8 @@ class _FusedStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_h_new: Tensor | None, _sg: None, _act: None) -> tuple[Tensor | None, ...]:
         kernels = extension()
-        x_hr, sg, x_gated, act, h, r, h_new = ctx.saved_tensors
+        sg, act, h, r, h_new = ctx.saved_tensors
+        x_hr, x_gated = ctx.joined
         ig_weight, go_weight = ctx.weights
         _, squash, read_output = ctx.options
         d_x = x_hr.shape[1] - sg.shape[1]
@@ -104,28 +108,36 @@ class _FusedStep(torch.autograd.Function):
         d_x_hr[:, :d_x] += d_x_gated[:, :d_x]
         d_x_hr[:, d_x:] += d_hr
         needs = ctx.needs_input_grad
-        d_ig_bias = d_ig.sum(0) if needs[5] else None
-        d_go_bias = d_go.sum(0) if needs[6] else None
-        d_ig_cols = _weight_gradient(ig_weight, x_hr, d_ig, needs[7])
-        d_go_cols = _weight_gradient(go_weight, x_gated, d_go, needs[8])
-        return None, None, *d_x_hr.split([d_x, h.shape[1], r.shape[1]], dim=1), d_ig_bias, d_go_bias, d_ig_cols, d_go_cols
+        d_ig_bias = d_ig.sum(0) if needs[6] else None
+        d_go_bias = d_go.sum(0) if needs[7] else None
+        d_ig_cols = _weight_gradient(ig_weight, ctx.t, x_hr, d_ig, needs[8])
+        d_go_cols = _weight_gradient(go_weight, ctx.t, x_gated, d_go, needs[9])
+        return None, None, None, *d_x_hr.split([d_x, h.shape[1], r.shape[1]], dim=1), d_ig_bias, d_go_bias, d_ig_cols, d_go_cols
 
 
-def _weight_gradient(weight: RecurrentWeight, inputs: Tensor, grad: Tensor, needed: bool) -> Tensor | None:
+def _joined(weight: RecurrentWeight, t: int, parts: tuple[Tensor, ...]) -> Tensor:
+    """The step's inputs to ``weight`` side by side, in the weight's ``step_inputs`` when it has them."""
+    slot = weight.step_inputs(t, parts[0])
+    return torch.cat(parts, dim=1) if slot is None else torch.cat(parts, dim=1, out=slot)
+
+
+def _weight_gradient(weight: RecurrentWeight, t: int, inputs: Tensor, grad: Tensor, needed: bool) -> Tensor | None:
     """The step's gradient of the columns, or ``None`` once added to the chunk's in-place sum."""
     if not needed:
         return None
     if weight.sum_in_place:
-        weight.add_step_gradient(grad, inputs)
+        weight.add_step_gradient(grad, inputs, t)
         return None
     return inputs.t().mm(grad)
 
 
-def fused_step(ig: RecurrentWeight, go: RecurrentWeight, ig_bias: Tensor, go_bias: Tensor, x: Tensor, h: Tensor, r: Tensor,
-               forget_bias: float, squash: bool, read_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One ARMIN step: ``(o_t, h_t, [g_h, g_r], [i, f, g, o_h(, o_r)] activations)``.
+def fused_step(ig: RecurrentWeight, go: RecurrentWeight, ig_bias: Tensor, go_bias: Tensor, t: int, x: Tensor, h: Tensor,
+               r: Tensor, forget_bias: float, squash: bool, read_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Step ``t`` of ARMIN: ``(o_t, h_t, [g_h, g_r], [i, f, g, o_h(, o_r)] activations)``.
 
     ``ig`` and ``go`` are the chunk's columns of ``W_ig`` and ``W_go``, all of them, in
-    blocks ``[x, h, r]``; ``ig_bias`` and ``go_bias`` their biases; ``x`` the step's input.
+    blocks ``[x, h, r]`` (made with ``steps``: the chunk's length); ``ig_bias`` and
+    ``go_bias`` their biases; ``x`` the step's input.
     """
-    return _FusedStep.apply((ig, go), (float(forget_bias), squash, read_output), x, h, r, ig_bias, go_bias, ig.columns, go.columns)
+    options = (float(forget_bias), squash, read_output)
+    return _FusedStep.apply((ig, go), options, t, x, h, r, ig_bias, go_bias, ig.columns, go.columns)
