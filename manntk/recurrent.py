@@ -83,13 +83,19 @@ class _StepGroups:
         if group in self.added:
             total.addmm_(self.inputs[group][row].t(), grad)
             return
-        if self.grads is None:
-            self.grads = grad.new_empty(self.size, *grad.shape)
-        self.grads[row].copy_(grad)
+        slot = self.slot(t, grad)
+        if slot.data_ptr() != grad.data_ptr():  # not written in place
+            slot.copy_(grad)
         self.stored.append(row)
         self.open = group
         if len(self.stored) == len(self.inputs[group]):
             self.flush(total)
+
+    def slot(self, t: int, like: Tensor) -> Tensor:
+        """Step ``t``'s row of the shared gradient buffer (``like``: a ``[B, out]`` tensor)."""
+        if self.grads is None:
+            self.grads = like.new_empty(self.size, *like.shape)
+        return self.grads[t % self.size]
 
     def flush(self, total: Tensor) -> None:
         """Add the open group's product (with the steps it has) to ``total``."""
@@ -139,6 +145,16 @@ class _GradientSum:
         """Add step ``t``'s gradient, whose inputs are in ``groups``."""
         assert self.groups is not None
         self.groups.add(self._sum(grad), t, grad)
+
+    def step_slot(self, t: int, like: Tensor) -> Tensor | None:
+        """Where step ``t``'s gradient can be written for ``add_step``, or ``None`` (its group
+        was added already); adds the group being filled when ``t`` is of another."""
+        groups = self.groups
+        assert groups is not None
+        group = t // groups.size
+        if groups.open is not None and groups.open != group:
+            groups.flush(self._sum(like))
+        return None if group in groups.added else groups.slot(t, like)
 
     def _sum(self, like: Tensor) -> Tensor:
         if self.total is None:
@@ -286,6 +302,14 @@ class RecurrentWeight:
         """
         groups = self._gradient.groups
         return None if groups is None else groups.inputs_of(t, like, self.rows.shape[1])
+
+    def step_gradient(self, t: int, like: Tensor) -> Tensor | None:
+        """Where step ``t`` of a fused step may write its gradient ``[B, out]`` before
+        handing it to ``add_step_gradient`` (saves a copy), or ``None``.
+
+        ``like``: a ``[B, out]`` tensor of the step's dtype and device.
+        """
+        return None if self._gradient.groups is None else self._gradient.step_slot(t, like)
 
     def add_step_gradient(self, grad: Tensor, inputs: Tensor, t: int | None = None) -> None:
         """Add one step's weight gradient ``inputs^T grad`` to the chunk's in-place sum.

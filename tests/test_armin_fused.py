@@ -112,3 +112,20 @@ def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     with pytest.raises(RuntimeError, match="could not be built: g\\+\\+: command not found.*fused: false"):
         armin_fused.extension()
+
+
+def test_fused_step_takes_broadcast_output_gradients():
+    """``out.sum().backward()`` hands the step an expanded (stride 0) output gradient."""
+    from manntk.cells.armin_fused import fused_step
+
+    w_ig, w_go = torch.randn(5, 7, requires_grad=True), torch.randn(8, 7, requires_grad=True)
+    b_ig, b_go, x, h, r = torch.randn(5), torch.randn(8), torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 3)
+    grads = []
+    for expanded in (True, False):
+        ig, go = (RecurrentWeight(w, 0, [2, 2, 3]) for w in (w_ig, w_go))
+        out = fused_step(ig, go, b_ig, b_go, 0, x, h, r, 0.0, False, False)[0]
+        (out.sum() if expanded else (out * torch.ones_like(out)).sum()).backward()
+        grads.append([w_ig.grad, w_go.grad])
+        w_ig.grad = w_go.grad = None
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

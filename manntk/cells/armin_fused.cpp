@@ -8,6 +8,7 @@
 
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <optional>
 
 namespace {
 
@@ -16,9 +17,21 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
+// 2-d CPU tensors whose rows are contiguous; rows may be apart (column slices of a wider
+// buffer), so each tensor's row pitch is its stride(0).
 void check(const torch::Tensor& t, const char* name, int64_t width) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous(), name, ": expected a contiguous 2-d CPU tensor");
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1), name,
+              ": expected a 2-d CPU tensor with contiguous rows");
   TORCH_CHECK(t.size(1) == width, name, ": expected width ", width, ", got ", t.size(1));
+}
+
+// `out` when given (checked: rows x width, the dtype of `like`), else a new contiguous tensor.
+torch::Tensor output(const std::optional<torch::Tensor>& out, const torch::Tensor& like, int64_t width, const char* name) {
+  if (!out.has_value()) return torch::empty({like.size(0), width}, like.options());
+  check(*out, name, width);
+  TORCH_CHECK(out->size(0) == like.size(0) && out->scalar_type() == like.scalar_type(), name, ": expected ", like.size(0),
+              " rows of ", like.scalar_type());
+  return *out;
 }
 
 void check_bias(const torch::Tensor& t, const char* name, int64_t width) {
@@ -107,21 +120,22 @@ void gates_in_backward_row(const T* __restrict__ dg, const T* __restrict__ s, co
 
 // sg = sigmoid(ig + bias); gated = [sg_h * h, sg_r * r]
 std::vector<torch::Tensor> gates_in(const torch::Tensor& ig, const torch::Tensor& bias, const torch::Tensor& h,
-                                    const torch::Tensor& r) {
+                                    const torch::Tensor& r, const std::optional<torch::Tensor>& gated_out) {
   const int64_t B = ig.size(0), dh = h.size(1), dr = r.size(1), W = dh + dr;
   check(ig, "ig", W);
   check_bias(bias, "ig bias", W);
   check(h, "h", dh);
   check(r, "r", dr);
-  auto sg = torch::empty_like(ig);
-  auto gated = torch::empty_like(ig);
+  auto sg = torch::empty({B, W}, ig.options());
+  auto gated = output(gated_out, ig, W, "gated");
+  const int64_t s_ig = ig.stride(0), s_h = h.stride(0), s_r = r.stride(0), s_gt = gated.stride(0);
   AT_DISPATCH_FLOATING_TYPES(ig.scalar_type(), "armin_gates_in", [&] {
     const scalar_t *pig = ig.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
     const scalar_t *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
     scalar_t *psg = sg.data_ptr<scalar_t>(), *pgt = gated.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        gates_in_row(pig + b * W, pb, ph + b * dh, pr + b * dr, psg + b * W, pgt + b * W, dh, dr);
+        gates_in_row(pig + b * s_ig, pb, ph + b * s_h, pr + b * s_r, psg + b * W, pgt + b * s_gt, dh, dr);
       }
     });
   });
@@ -139,16 +153,17 @@ std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor
   check_bias(bias, "go bias", G);
   check(h, "h", dh);
   check(r, "r", dr);
-  auto act = torch::empty_like(go);
-  auto h_new = torch::empty_like(h);
+  auto act = torch::empty({B, G}, go.options());
+  auto h_new = torch::empty({B, dh}, go.options());
   auto out = torch::empty({B, O}, go.options());
+  const int64_t s_go = go.stride(0), s_h = h.stride(0), s_r = r.stride(0);
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "armin_cell_out", [&] {
     const scalar_t fb = static_cast<scalar_t>(forget_bias);
     const scalar_t *pgo = go.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>(), *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
     scalar_t *pa = act.data_ptr<scalar_t>(), *phn = h_new.data_ptr<scalar_t>(), *po = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        cell_out_row(pgo + b * G, pb, ph + b * dh, pr + b * dr, pa + b * G, phn + b * dh, po + b * O, dh, dr, fb, squash, read_output);
+        cell_out_row(pgo + b * s_go, pb, ph + b * s_h, pr + b * s_r, pa + b * G, phn + b * dh, po + b * O, dh, dr, fb, squash, read_output);
       }
     });
   });
@@ -159,23 +174,27 @@ std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor
 // not go through the gated product, written into one [B, d_h + d_r] buffer d_hr.
 std::vector<torch::Tensor> cell_out_backward(const torch::Tensor& d_out, const torch::Tensor& d_hnew, const torch::Tensor& act,
                                              const torch::Tensor& h, const torch::Tensor& r, const torch::Tensor& h_new,
-                                             bool squash, bool read_output) {
+                                             bool squash, bool read_output, const std::optional<torch::Tensor>& d_go_out) {
   const int64_t B = act.size(0), dh = h.size(1), dr = r.size(1);
   const int64_t G = 4 * dh + (read_output ? dr : 0), O = dh + (read_output ? dr : 0);
   check(d_out, "d_out", O);
   check(d_hnew, "d_hnew", dh);
   check(act, "act", G);
+  check(h, "h", dh);
+  check(r, "r", dr);
   check(h_new, "h_new", dh);
-  auto d_go = torch::empty_like(act);
+  auto d_go = output(d_go_out, act, G, "d_go");
   auto d_hr = torch::empty({B, dh + dr}, act.options());
+  const int64_t s_do = d_out.stride(0), s_dh = d_hnew.stride(0), s_a = act.stride(0), s_h = h.stride(0), s_r = r.stride(0),
+                s_hn = h_new.stride(0), s_dg = d_go.stride(0);
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "armin_cell_out_backward", [&] {
     const scalar_t *pdo = d_out.data_ptr<scalar_t>(), *pdh = d_hnew.data_ptr<scalar_t>(), *pa = act.data_ptr<scalar_t>();
     const scalar_t *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>(), *phn = h_new.data_ptr<scalar_t>();
     scalar_t *pdg = d_go.data_ptr<scalar_t>(), *pdhr = d_hr.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        cell_out_backward_row(pdo + b * O, pdh + b * dh, pa + b * G, ph + b * dh, pr + b * dr, phn + b * dh, pdg + b * G,
-                              pdhr + b * (dh + dr), dh, dr, squash, read_output);
+        cell_out_backward_row(pdo + b * s_do, pdh + b * s_dh, pa + b * s_a, ph + b * s_h, pr + b * s_r, phn + b * s_hn,
+                              pdg + b * s_dg, pdhr + b * (dh + dr), dh, dr, squash, read_output);
       }
     });
   });
@@ -185,19 +204,23 @@ std::vector<torch::Tensor> cell_out_backward(const torch::Tensor& d_out, const t
 // The backward of gates_in given d_gated: returns d_ig and adds d_gated's direct part to d_hr
 // in place (d_hr[:, :d_h] += d_gated_h * sg_h; d_hr[:, d_h:] += d_gated_r * sg_r).
 torch::Tensor gates_in_backward(const torch::Tensor& d_gated, const torch::Tensor& sg, const torch::Tensor& h,
-                                const torch::Tensor& r, torch::Tensor d_hr) {
+                                const torch::Tensor& r, torch::Tensor d_hr, const std::optional<torch::Tensor>& d_ig_out) {
   const int64_t B = sg.size(0), dh = h.size(1), dr = r.size(1), W = dh + dr;
   check(d_gated, "d_gated", W);
   check(sg, "sg", W);
+  check(h, "h", dh);
+  check(r, "r", dr);
   check(d_hr, "d_hr", W);
-  auto d_ig = torch::empty_like(sg);
+  auto d_ig = output(d_ig_out, sg, W, "d_ig");
+  const int64_t s_dg = d_gated.stride(0), s_s = sg.stride(0), s_h = h.stride(0), s_r = r.stride(0), s_di = d_ig.stride(0),
+                s_dhr = d_hr.stride(0);
   AT_DISPATCH_FLOATING_TYPES(sg.scalar_type(), "armin_gates_in_backward", [&] {
     const scalar_t *pdg = d_gated.data_ptr<scalar_t>(), *ps = sg.data_ptr<scalar_t>();
     const scalar_t *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>();
     scalar_t *pdi = d_ig.data_ptr<scalar_t>(), *pdhr = d_hr.data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        gates_in_backward_row(pdg + b * W, ps + b * W, ph + b * dh, pr + b * dr, pdi + b * W, pdhr + b * W, dh, dr);
+        gates_in_backward_row(pdg + b * s_dg, ps + b * s_s, ph + b * s_h, pr + b * s_r, pdi + b * s_di, pdhr + b * s_dhr, dh, dr);
       }
     });
   });
@@ -207,8 +230,13 @@ torch::Tensor gates_in_backward(const torch::Tensor& d_gated, const torch::Tenso
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gates_in", &gates_in, "sigmoid of W_ig's output and the gated [h, r]");
+  namespace py = pybind11;
+  m.def("gates_in", &gates_in, "sigmoid of W_ig's output and the gated [h, r] (into gated_out when given)", py::arg("ig"),
+        py::arg("bias"), py::arg("h"), py::arg("r"), py::arg("gated_out") = py::none());
   m.def("cell_out", &cell_out, "the ARMIN gates, h_t and o_t from W_go's output");
-  m.def("cell_out_backward", &cell_out_backward, "backward of cell_out");
-  m.def("gates_in_backward", &gates_in_backward, "backward of gates_in");
+  m.def("cell_out_backward", &cell_out_backward, "backward of cell_out (d_go into d_go_out when given)", py::arg("d_out"),
+        py::arg("d_hnew"), py::arg("act"), py::arg("h"), py::arg("r"), py::arg("h_new"), py::arg("squash"),
+        py::arg("read_output"), py::arg("d_go_out") = py::none());
+  m.def("gates_in_backward", &gates_in_backward, "backward of gates_in (d_ig into d_ig_out when given)", py::arg("d_gated"),
+        py::arg("sg"), py::arg("h"), py::arg("r"), py::arg("d_hr"), py::arg("d_ig_out") = py::none());
 }

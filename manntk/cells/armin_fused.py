@@ -76,8 +76,11 @@ class _FusedStep(torch.autograd.Function):
         ig_weight, go_weight = weights
         h, r = h.contiguous(), r.contiguous()
         x_hr = _joined(ig_weight, t, (x, h, r))
-        sg, gated = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r)
-        x_gated = _joined(go_weight, t, (x, gated))
+        x_gated = go_weight.step_inputs(t, x)
+        if x_gated is None:
+            x_gated = x.new_empty(x.shape[0], x_hr.shape[1])
+        x_gated[:, : x.shape[1]] = x
+        sg, _ = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r, x_gated[:, x.shape[1] :])
         act, h_new, out = kernels.cell_out(go_weight.joined_product(x_gated), go_bias, h, r, forget_bias, squash, read_output)
         ctx.weights, ctx.options, ctx.t = weights, options, t
         # the joined inputs may be slots of a group buffer that later steps write to (which
@@ -101,9 +104,11 @@ class _FusedStep(torch.autograd.Function):
             d_out = act.new_zeros(act.shape[0], act.shape[1] - 3 * h.shape[1])
         if d_h_new is None:
             d_h_new = torch.zeros_like(h_new)
-        d_go, d_hr = kernels.cell_out_backward(d_out.contiguous(), d_h_new.contiguous(), act, h, r, h_new, squash, read_output)
+        d_go, d_hr = kernels.cell_out_backward(
+            _row_major(d_out), _row_major(d_h_new), act, h, r, h_new, squash, read_output, go_weight.step_gradient(ctx.t, act)
+        )
         d_x_gated = d_go.mm(go_weight.rows)
-        d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:].contiguous(), sg, h, r, d_hr)
+        d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:], sg, h, r, d_hr, ig_weight.step_gradient(ctx.t, sg))
         d_x_hr = d_ig.mm(ig_weight.rows)
         d_x_hr[:, :d_x] += d_x_gated[:, :d_x]
         d_x_hr[:, d_x:] += d_hr
@@ -113,6 +118,11 @@ class _FusedStep(torch.autograd.Function):
         d_ig_cols = _weight_gradient(ig_weight, ctx.t, x_hr, d_ig, needs[8])
         d_go_cols = _weight_gradient(go_weight, ctx.t, x_gated, d_go, needs[9])
         return None, None, None, *d_x_hr.split([d_x, h.shape[1], r.shape[1]], dim=1), d_ig_bias, d_go_bias, d_ig_cols, d_go_cols
+
+
+def _row_major(tensor: Tensor) -> Tensor:
+    """``tensor`` if its rows are contiguous (the kernels take rows apart), else a contiguous copy."""
+    return tensor if tensor.stride(1) == 1 else tensor.contiguous()
 
 
 def _joined(weight: RecurrentWeight, t: int, parts: tuple[Tensor, ...]) -> Tensor:
