@@ -171,10 +171,12 @@ std::vector<torch::Tensor> cell_out(const torch::Tensor& go, const torch::Tensor
 }
 
 // The backward of cell_out: d_go (gate pre-activations), and the parts of dh and dr that do
-// not go through the gated product, written into one [B, d_h + d_r] buffer d_hr.
+// not go through the gated product, written into one [B, d_h + d_r] buffer d_hr (which may
+// be the [dh, dr] columns of the caller's [dx, dh, dr]).
 std::vector<torch::Tensor> cell_out_backward(const torch::Tensor& d_out, const torch::Tensor& d_hnew, const torch::Tensor& act,
                                              const torch::Tensor& h, const torch::Tensor& r, const torch::Tensor& h_new,
-                                             bool squash, bool read_output, const std::optional<torch::Tensor>& d_go_out) {
+                                             bool squash, bool read_output, const std::optional<torch::Tensor>& d_go_out,
+                                             const std::optional<torch::Tensor>& d_hr_out) {
   const int64_t B = act.size(0), dh = h.size(1), dr = r.size(1);
   const int64_t G = 4 * dh + (read_output ? dr : 0), O = dh + (read_output ? dr : 0);
   check(d_out, "d_out", O);
@@ -184,9 +186,9 @@ std::vector<torch::Tensor> cell_out_backward(const torch::Tensor& d_out, const t
   check(r, "r", dr);
   check(h_new, "h_new", dh);
   auto d_go = output(d_go_out, act, G, "d_go");
-  auto d_hr = torch::empty({B, dh + dr}, act.options());
+  auto d_hr = output(d_hr_out, act, dh + dr, "d_hr");
   const int64_t s_do = d_out.stride(0), s_dh = d_hnew.stride(0), s_a = act.stride(0), s_h = h.stride(0), s_r = r.stride(0),
-                s_hn = h_new.stride(0), s_dg = d_go.stride(0);
+                s_hn = h_new.stride(0), s_dg = d_go.stride(0), s_dhr = d_hr.stride(0);
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "armin_cell_out_backward", [&] {
     const scalar_t *pdo = d_out.data_ptr<scalar_t>(), *pdh = d_hnew.data_ptr<scalar_t>(), *pa = act.data_ptr<scalar_t>();
     const scalar_t *ph = h.data_ptr<scalar_t>(), *pr = r.data_ptr<scalar_t>(), *phn = h_new.data_ptr<scalar_t>();
@@ -194,7 +196,7 @@ std::vector<torch::Tensor> cell_out_backward(const torch::Tensor& d_out, const t
     at::parallel_for(0, B, 16, [=](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         cell_out_backward_row(pdo + b * s_do, pdh + b * s_dh, pa + b * s_a, ph + b * s_h, pr + b * s_r, phn + b * s_hn,
-                              pdg + b * s_dg, pdhr + b * (dh + dr), dh, dr, squash, read_output);
+                              pdg + b * s_dg, pdhr + b * s_dhr, dh, dr, squash, read_output);
       }
     });
   });
@@ -234,9 +236,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gates_in", &gates_in, "sigmoid of W_ig's output and the gated [h, r] (into gated_out when given)", py::arg("ig"),
         py::arg("bias"), py::arg("h"), py::arg("r"), py::arg("gated_out") = py::none());
   m.def("cell_out", &cell_out, "the ARMIN gates, h_t and o_t from W_go's output");
-  m.def("cell_out_backward", &cell_out_backward, "backward of cell_out (d_go into d_go_out when given)", py::arg("d_out"),
-        py::arg("d_hnew"), py::arg("act"), py::arg("h"), py::arg("r"), py::arg("h_new"), py::arg("squash"),
-        py::arg("read_output"), py::arg("d_go_out") = py::none());
+  m.def("cell_out_backward", &cell_out_backward, "backward of cell_out (into d_go_out and d_hr_out when given)",
+        py::arg("d_out"), py::arg("d_hnew"), py::arg("act"), py::arg("h"), py::arg("r"), py::arg("h_new"), py::arg("squash"),
+        py::arg("read_output"), py::arg("d_go_out") = py::none(), py::arg("d_hr_out") = py::none());
   m.def("gates_in_backward", &gates_in_backward, "backward of gates_in (d_ig into d_ig_out when given)", py::arg("d_gated"),
         py::arg("sg"), py::arg("h"), py::arg("r"), py::arg("d_hr"), py::arg("d_ig_out") = py::none());
 }

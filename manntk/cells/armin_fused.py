@@ -104,14 +104,16 @@ class _FusedStep(torch.autograd.Function):
             d_out = act.new_zeros(act.shape[0], act.shape[1] - 3 * h.shape[1])
         if d_h_new is None:
             d_h_new = torch.zeros_like(h_new)
+        # the gradient of [x, h, r]: the parts that skip W_ig written into its columns, then W_ig's added
+        d_x_hr = x_hr.new_empty(x_hr.shape)
         d_go, d_hr = kernels.cell_out_backward(
-            _row_major(d_out), _row_major(d_h_new), act, h, r, h_new, squash, read_output, go_weight.step_gradient(ctx.t, act)
+            _row_major(d_out), _row_major(d_h_new), act, h, r, h_new, squash, read_output,
+            go_weight.step_gradient(ctx.t, act), d_x_hr[:, d_x:],
         )
         d_x_gated = d_go.mm(go_weight.rows)
+        d_x_hr[:, :d_x] = d_x_gated[:, :d_x]
         d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:], sg, h, r, d_hr, ig_weight.step_gradient(ctx.t, sg))
-        d_x_hr = d_ig.mm(ig_weight.rows)
-        d_x_hr[:, :d_x] += d_x_gated[:, :d_x]
-        d_x_hr[:, d_x:] += d_hr
+        d_x_hr.addmm_(d_ig, ig_weight.rows)
         needs = ctx.needs_input_grad
         d_ig_bias = d_ig.sum(0) if needs[6] else None
         d_go_bias = d_go.sum(0) if needs[7] else None
