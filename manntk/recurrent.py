@@ -277,6 +277,8 @@ class RecurrentWeight:
         """``W[:, a:b]`` outside autograd, for the backward's ``grad @ rows`` (MKL runs the
         plain ``[out, in_rec]`` layout 15% faster than the transposed columns)."""
         self._packed: Tensor | None = None
+        self._packs = _MKL_PACKING and weight.dtype == torch.float32 and weight.device.type == "cpu"
+        self._packs = self._packs and self.rows.numel() >= SUM_IN_PLACE_FROM
         if torch.compiler.is_compiling():  # the compiler sums the weight gradient itself
             self.columns: Tensor = weight[:, start:stop].t()
             self.sum_in_place = False
@@ -329,9 +331,11 @@ class RecurrentWeight:
 
         In float32 on a CPU the columns are packed for MKL at the first step and the steps
         use the packed copy: MKL's sgemm otherwise packs its right-hand side again at every
-        call, 0.8 of the 4.8 ms of ARMIN 500's ``W_go`` product per step (2-core Xeon).
+        call, 0.7 of the 5.1 ms of a ``[128, 1128] x [1128, 2500]`` product (ARMIN 500's
+        ``W_go``; 2-core Xeon). Only for large columns (``SUM_IN_PLACE_FROM``) and batches
+        above 1: packing takes milliseconds, and a single row gains nothing from it.
         """
-        if not (_MKL_PACKING and joined.dtype == torch.float32 and joined.device.type == "cpu"):
+        if not (self._packs and joined.shape[0] > 1 and joined.dtype == torch.float32):
             return joined.mm(self.columns)
         if self._packed is None:
             self._packed = torch.ops.mkl._mkl_reorder_linear_weight(self.rows, joined.shape[0])

@@ -74,13 +74,15 @@ class _FusedStep(torch.autograd.Function):
         kernels = extension()
         forget_bias, squash, read_output = options
         ig_weight, go_weight = weights
-        h, r = h.contiguous(), r.contiguous()
+        h, r = _row_major(h), _row_major(r)
         x_hr = _joined(ig_weight, t, (x, h, r))
         x_gated = go_weight.step_inputs(t, x)
         if x_gated is None:
-            x_gated = x.new_empty(x.shape[0], x_hr.shape[1])
-        x_gated[:, : x.shape[1]] = x
-        sg, _ = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r, x_gated[:, x.shape[1] :])
+            sg, gated = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r)
+            x_gated = torch.cat([x, gated], dim=1)
+        else:  # h^g, r^g written straight into the step's slot
+            x_gated[:, : x.shape[1]] = x
+            sg, _ = kernels.gates_in(ig_weight.joined_product(x_hr), ig_bias, h, r, x_gated[:, x.shape[1] :])
         act, h_new, out = kernels.cell_out(go_weight.joined_product(x_gated), go_bias, h, r, forget_bias, squash, read_output)
         ctx.weights, ctx.options, ctx.t = weights, options, t
         # the joined inputs may be slots of a group buffer that later steps write to (which
