@@ -615,9 +615,11 @@ def _paper_table4() -> Preset:
     lstm = _lm(REFERENCE, "train", 1000, batch=128, tbptt=100)
     engine_lstm = _lm("lstm", "train", 1000, batch=128, tbptt=100)
     compiled = attrs.evolve(armin, model="armin-compiled")
-    cases = (armin, compiled, lstm, engine_lstm, attrs.evolve(armin, mode="eval"), attrs.evolve(lstm, mode="eval"), attrs.evolve(engine_lstm, mode="eval"))
+    fused = attrs.evolve(armin, model="armin-fused")  # CPU only: on CUDA the fused cell runs its eager path
+    cases = (armin, fused, compiled, lstm, engine_lstm, attrs.evolve(armin, mode="eval"), attrs.evolve(lstm, mode="eval"), attrs.evolve(engine_lstm, mode="eval"))
     targets = (
         Target("train chars/s: ARMIN 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "rate", armin, lstm),
+        Target("train chars/s: ARMIN fused 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "rate", fused, lstm),
         Target("train chars/s: ARMIN compiled 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "rate", compiled, lstm),
         Target("train peak memory: ARMIN 500 N=5 B384 T50 / torch.nn.LSTM 1000 B128 T100", "memory", armin, lstm),
         Target("GPU train chars/s: ARMIN 500 N=5 B384 T50", "absolute_rate", armin, None, ">=", 1_000_000, device="cuda"),
