@@ -20,7 +20,9 @@ below 128 x 1024 elements, 1.1-1.5x faster from 512 x 1024 on). Smaller weights 
 the plain path: one ``addmm`` over the concatenated inputs, as does every product under
 autocast (mixed precision casts per operation, which the in-place sum cannot follow), and
 under ``torch.compile``, whose graphs cannot hold the shared sum and which plans the weight
-gradient itself.
+gradient itself. Fused steps that keep their inputs where ``step_inputs`` says
+(``RecurrentWeight(..., steps=T)``) go further: the gradient is summed over groups of
+steps, one product with inner dimension G * B per group instead of G products.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 SUM_IN_PLACE_FROM = 1 << 17
-"""Recurrent columns with at least this many elements sum their weight gradient in place."""
+"""Recurrent columns with at least this many elements sum their weight gradient in place
+(and, in float32 on a CPU, are packed for MKL: `RecurrentWeight.joined_product`)."""
 
 _MKL_PACKING = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
@@ -277,8 +280,8 @@ class RecurrentWeight:
         """``W[:, a:b]`` outside autograd, for the backward's ``grad @ rows`` (MKL runs the
         plain ``[out, in_rec]`` layout 15% faster than the transposed columns)."""
         self._packed: Tensor | None = None
-        self._packs = _MKL_PACKING and weight.dtype == torch.float32 and weight.device.type == "cpu"
-        self._packs = self._packs and self.rows.numel() >= SUM_IN_PLACE_FROM
+        cpu_float32 = weight.dtype == torch.float32 and weight.device.type == "cpu"
+        self._packs = _MKL_PACKING and cpu_float32 and self.rows.numel() >= SUM_IN_PLACE_FROM
         if torch.compiler.is_compiling():  # the compiler sums the weight gradient itself
             self.columns: Tensor = weight[:, start:stop].t()
             self.sum_in_place = False
@@ -316,9 +319,9 @@ class RecurrentWeight:
     def add_step_gradient(self, grad: Tensor, inputs: Tensor, t: int | None = None) -> None:
         """Add one step's weight gradient ``inputs^T grad`` to the chunk's in-place sum.
 
-        For a fused step that applied ``columns`` itself (``inputs``: the blocks
-        concatenated, ``[B, in_rec]``, step ``t``'s ``step_inputs`` when there are);
-        only when ``sum_in_place``.
+        For a fused step that applied ``columns`` itself; only when ``sum_in_place``.
+        ``inputs``: the blocks side by side, ``[B, in_rec]`` (step ``t``'s ``step_inputs``
+        when the weight keeps them: the gradient then joins its group's product).
         """
         if t is not None and self._gradient.groups is not None:
             self._gradient.add_step(t, grad)
