@@ -129,3 +129,34 @@ def test_fused_step_takes_broadcast_output_gradients():
         w_ig.grad = w_go.grad = None
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_steps_in_groups_give_the_per_step_weight_gradients_twice_over_two_backward_passes(monkeypatch):
+    import manntk.recurrent
+    from manntk.cells.armin_fused import fused_step
+
+    B, d_x, d_h, d_r, T = 3, 2, 3, 4, 7
+    monkeypatch.setattr(manntk.recurrent, "GROUP_BYTES", 3 * B * (4 * d_h + d_r) * 8)  # W_go: 3 + 3 + 1 steps, W_ig: 6 + 1
+    generator = torch.Generator().manual_seed(3)
+    make = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    w_ig, w_go = make(d_h + d_r, d_x + d_h + d_r), make(4 * d_h + d_r, d_x + d_h + d_r)
+    b_ig, b_go, xs, h0 = make(d_h + d_r), make(4 * d_h + d_r), make(T, B, d_x), make(B, d_h)
+    reads = torch.randn(T, B, d_r, generator=generator, dtype=torch.float64)
+
+    def loss(sum_in_place: bool):
+        ig, go = (RecurrentWeight(w, 0, [d_x, d_h, d_r], sum_in_place=sum_in_place, steps=T) for w in (w_ig, w_go))
+        h, total = h0, 0
+        for t in range(T):
+            out, h, _, _ = fused_step(ig, go, b_ig, b_go, t, xs[t], h, reads[t], 0.0, False, True)
+            total = total + out.sin().sum()
+        return total, (ig, go)
+
+    expected = torch.autograd.grad(loss(False)[0], (w_ig, w_go, b_ig, b_go, xs, h0))
+    total, (ig, go) = loss(True)
+    assert [len(w._gradient.groups.inputs) for w in (ig, go)] == [2, 3]
+    total.backward(retain_graph=True)
+    first = [t.grad.clone() for t in (w_ig, w_go, b_ig, b_go, xs, h0)]
+    total.backward()
+    for name, e, a, b in zip(("w_ig", "w_go", "b_ig", "b_go", "x", "h0"), expected, first, (w_ig.grad, w_go.grad, b_ig.grad, b_go.grad, xs.grad, h0.grad), strict=True):
+        torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(b, 2 * e, msg=lambda m, name=name: f"{name}, second pass: {m}")
