@@ -7,13 +7,19 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
 namespace {
 
+// -ffast-math lets the compiler assume that nothing overflows: 1 / (1 + exp(-x)) with exp
+// at infinity became NaN (the division is a reciprocal estimate refined by a Newton step).
+// The argument is clamped where the result no longer changes: sigmoid(80) is 1 in float
+// and double, sigmoid(-80) is 1.8e-35.
 template <typename T>
 inline T sigmoid(T x) {
+  x = std::min(std::max(x, T(-80)), T(80));
   return T(1) / (T(1) + std::exp(-x));
 }
 
