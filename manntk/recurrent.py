@@ -81,8 +81,7 @@ class _StepGroups:
     def add(self, total: Tensor, t: int, grad: Tensor) -> None:
         """Take step ``t``'s gradient ``[B, out]``; add a group's product to ``total`` once it is complete."""
         group, row = divmod(t, self.size)
-        if self.open is not None and self.open != group:
-            self.flush(total)
+        self.enter(group, total)
         if group in self.added:
             total.addmm_(self.inputs[group][row].t(), grad)
             return
@@ -100,10 +99,14 @@ class _StepGroups:
             self.grads = like.new_empty(self.size, *like.shape)
         return self.grads[t % self.size]
 
+    def enter(self, group: int, total: Tensor) -> None:
+        """Before a step of ``group``: add the open group to ``total`` if it is another one."""
+        if self.open is not None and self.open != group:
+            self.flush(total)
+
     def flush(self, total: Tensor) -> None:
         """Add the open group's product (with the steps it has) to ``total``."""
-        if self.open is None or self.grads is None:
-            return
+        assert self.open is not None and self.grads is not None
         inputs = self.inputs[self.open]
         if len(self.stored) == len(inputs):
             count = len(inputs) * inputs.shape[1]
@@ -155,8 +158,7 @@ class _GradientSum:
         groups = self.groups
         assert groups is not None
         group = t // groups.size
-        if groups.open is not None and groups.open != group:
-            groups.flush(self._sum(like))
+        groups.enter(group, self._sum(like))
         return None if group in groups.added else groups.slot(t, like)
 
     def _sum(self, like: Tensor) -> Tensor:
@@ -168,7 +170,7 @@ class _GradientSum:
         """The ``[out, in]`` weight gradient: the steps' sum plus ``grad`` (the columns' gradient
         from uses outside step products); then a fresh start (a second backward sums again)."""
         if self.groups is not None:
-            if self.groups.grads is not None:
+            if self.groups.open is not None:
                 self.groups.flush(self._sum(self.groups.grads))
             self.groups.restart()
         total, self.total = self.total, None
