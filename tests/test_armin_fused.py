@@ -59,6 +59,22 @@ def test_fused_cell_gives_the_eager_outputs_and_gradients(options, width, hard):
         torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_fused_cell_splits_a_batch_over_threads_like_the_eager_cell():
+    """The kernels hand rows to threads in blocks of 16: a batch of 40 runs in three blocks."""
+    eager, fused = pair({"squash_state": True}, width=5)
+    x = torch.randn(40, 7, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y_eager, g_eager = run(eager, x)
+        y_fused, g_fused = run(fused, x)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    for name in g_eager:
+        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_fused_cell_in_evaluation_and_under_tracing_records_the_gates():
     eager, fused = pair({}, hard=True)
     eager.eval()

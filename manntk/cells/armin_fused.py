@@ -11,7 +11,9 @@ gradchecks the node in float64.
 The extension is compiled on first use with the system's C++ compiler
 (``torch.utils.cpp_extension``; cached under ``~/.cache/torch_extensions``, tens of
 seconds the first time), for the CPU it runs on (``-march=native``; ``-ffast-math`` and
-glibc's ``libmvec`` vectorize ``exp`` and ``tanh``). Layer norm is refused; under
+glibc's ``libmvec`` vectorize ``exp`` and ``tanh``), with OpenMP so that the kernels'
+``at::parallel_for`` spreads a batch over torch's threads (without ``-fopenmp`` it ran on
+one). Layer norm is refused; under
 autocast and on CUDA the cell takes its eager path.
 """
 
@@ -46,8 +48,8 @@ def extension() -> ModuleType:
             _extension = load(
                 name="manntk_armin_fused",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math"],
-                extra_ldflags=["-lmvec"],
+                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                extra_ldflags=["-lmvec", "-fopenmp"],
                 verbose=False,
             )
         except (OSError, RuntimeError, ImportError) as error:
