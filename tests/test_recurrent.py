@@ -141,7 +141,9 @@ def test_transposed_copies_in_blocks_to_the_plain_transpose(shape):
 
 
 @pytest.mark.skipif(not _MKL_PACKING, reason="this PyTorch has no MKL packed sgemm (torch.ops.mkl._mkl_linear)")
-def test_float32_steps_use_the_packed_columns_and_the_plain_numbers():
+@pytest.mark.parametrize("threads", [1, 2])  # the backward packs the columns only with more than one thread
+def test_float32_steps_use_the_packed_columns_and_the_plain_numbers(threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     shapes = {"out": 512, "d_h": 128, "d_r": 128, "batch": 4, "steps": 3}  # columns of 131,072 elements: packed
     scales = (256**-0.5, 1.0, 1.0, 1.0)  # outputs of order 1
     weight, bias, h0, reads = ((t.detach() * c).float().requires_grad_() for t, c in zip(tensors(**shapes), scales))
@@ -158,6 +160,8 @@ def test_float32_steps_use_the_packed_columns_and_the_plain_numbers():
     product = RecurrentWeight(weight, 2, [128, 128])
     product(bias, h0, reads[0])
     assert product._packed is not None  # the first step packed the columns for MKL
+    product.gradient_product(torch.randn(4, 512))
+    assert (product._packed_columns is not None) == (threads > 1)
     product(bias, h0[:1], reads[0][:1])  # a single row takes the plain product
     small = RecurrentWeight(torch.randn(6, 9), 2, [4, 3], sum_in_place=True)
     small(None, torch.randn(4, 4), torch.randn(4, 3))

@@ -114,10 +114,10 @@ class _FusedStep(torch.autograd.Function):
             _row_major(d_out), _row_major(d_h_new), act, h, r, h_new, squash, read_output,
             go_weight.step_gradient(ctx.t, act), d_x_hr[:, d_x:],
         )
-        d_x_gated = d_go.mm(go_weight.rows)
+        d_x_gated = go_weight.gradient_product(d_go)
         d_x_hr[:, :d_x] = d_x_gated[:, :d_x]
         d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:], sg, h, r, d_hr, ig_weight.step_gradient(ctx.t, sg))
-        d_x_hr.addmm_(d_ig, ig_weight.rows)
+        d_x_hr.add_(ig_weight.gradient_product(d_ig))
         needs = ctx.needs_input_grad
         d_ig_bias = d_ig.sum(0) if needs[6] else None
         d_go_bias = d_go.sum(0) if needs[7] else None
