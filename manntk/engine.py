@@ -21,8 +21,8 @@ from manntk import memory as mem
 from manntk.parts import Address, Addressing, Cell, Write
 from manntk.sampling import HardAddressing
 from manntk.state import State
+from manntk.tape import MemoryTape
 from manntk.trace import record, scope
-
 
 #: Inductor options of [`MemoryRNN.compile_layers`][manntk.engine.MemoryRNN.compile_layers].
 #: With its default ``realize_opcount_threshold`` Inductor's CPU code computes wrong
@@ -94,21 +94,53 @@ class MemoryLayer(nn.Module):
         discrete = self.discrete_eval and not self.training
         if discrete:
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
+        tape = MemoryTape.start(memory) if not discrete and self._keeps_tape(memory) else None
         outputs = []
         for t in range(x.shape[1]):
             extra = {"write_state": write_state} if self.addressing.reads_write_state else {}
             address, addressing_state = self.addressing.step(
-                prepared_addressing, t, cell_state["h"], memory, addressing_state, **extra
+                prepared_addressing, t, cell_state["h"], memory if tape is None else tape.memory, addressing_state, **extra
             )
             if address.weights is None and not discrete:
                 address = Address(address.dense(self.slots, memory.dtype), address.index)
-            read = mem.read(memory, address.weights) if address.weights is not None else mem.read_index(memory, address.index)
+            if tape is not None and address.index is None:  # a soft read: the plain path from here on
+                memory, tape = tape.end(), None
+            if tape is not None:
+                read = tape.read(address.weights, address.index)
+            elif address.weights is not None:
+                read = mem.read(memory, address.weights)
+            else:
+                read = mem.read_index(memory, address.index)
             record("read", lambda address=address: address.dense(self.slots, memory.dtype))
             output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
-            memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
+            replaced = None
+            if tape is not None:
+                replaced = self.write.replacement(prepared_write, t, cell_state["h"], address, write_state)
+                if replaced is None:
+                    memory, tape = tape.end(), None
+            if replaced is not None:
+                slot, value, write_state = replaced
+                tape.overwrite(slot, value)
+            else:
+                memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
             outputs.append(output)
+        if tape is not None:
+            memory = tape.end()
         new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory}
         return torch.stack(outputs, dim=1), new_state
+
+
+    def _keeps_tape(self, memory: Tensor) -> bool:
+        """Whether this chunk's memory goes on a [`MemoryTape`][manntk.tape.MemoryTape]: in a
+        pass that records gradients, when the addressing ignores the memory's values and
+        the write policy can replace slots; not under ``torch.compile`` or autocast."""
+        return (
+            torch.is_grad_enabled()
+            and not self.addressing.reads_content
+            and self.write.replaces_slots
+            and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(memory.device.type)
+        )
 
 
 class MemoryRNN(nn.Module):

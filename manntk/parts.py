@@ -87,10 +87,16 @@ class Addressing(Part):
             was after the previous step's write), e.g. DNC reads that follow the write
             head's temporal links: the engine then passes it as ``step(...,
             write_state=...)``.
+        reads_content: ``False`` for a part whose addresses never depend on the
+            memory's values (ARMIN auto-addressing). With a write policy that
+            ``replaces_slots``, training then keeps the memory on a
+            [`MemoryTape`][manntk.tape.MemoryTape] (in-place writes, undone in backward),
+            and ``step`` gets its current values outside autograd.
     """
 
     uses_memory: ClassVar[bool] = True
     reads_write_state: ClassVar[bool] = False
+    reads_content: ClassVar[bool] = True
 
     def step(
         self, prepared: Any, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
@@ -113,7 +119,26 @@ class Addressing(Part):
 
 
 class Write(Part):
-    """A write policy: ``(M, h_t, address) -> (M, state)``."""
+    """A write policy: ``(M, h_t, address) -> (M, state)``.
+
+    Attributes:
+        replaces_slots: ``True`` for a policy whose ``replacement`` can say, at least at
+            some steps, that the write replaces one slot per row with a value.
+    """
+
+    replaces_slots: ClassVar[bool] = False
+
+    def replacement(
+        self, prepared: Any, t: int, hidden: Tensor, address: Address, state: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
+        """This step's write as ``(slot [B], value [B, width], new state)`` when it
+        replaces slot ``slot_b`` of each row with ``value_b`` and changes nothing else;
+        ``None`` when it does not (then the engine calls ``step``).
+
+        Lets the engine write without the whole memory in hand: in place on a
+        [`MemoryTape`][manntk.tape.MemoryTape] in training. The arguments are those of ``step``.
+        """
+        return None
 
     def step(
         self, prepared: Any, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]

@@ -40,6 +40,8 @@ class _Prepared(NamedTuple):
 class AutoAddressing(HardAddressing):
     """Auto-addressing; ``W_s`` is a Linear over ``[x, h]`` giving the N slot logits."""
 
+    reads_content = False
+
     def __init__(self, config: AutoConfig, context: BuildContext) -> None:
         super().__init__(config)
         if context.slots < 1:

@@ -66,25 +66,36 @@ class Overwrite(Write):
     def prepare(self, x: Tensor) -> RecurrentWeight | None:
         return RecurrentWeight.of(self.W_v) if isinstance(self.W_v, nn.Linear) else None
 
-    def step(self, prepared: RecurrentWeight | None, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        value = hidden if prepared is None else prepared(self.W_v.bias, hidden)
+    replaces_slots = True
+
+    def replacement(self, prepared: RecurrentWeight | None, t: int, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
+        """With a hard address (or ``argmax``): the slot to replace, ``v`` and the new state."""
         index = address.index
         if index is None and self.argmax:
             index = address.weights.argmax(dim=-1)
-        if index is not None:  # replace one slot by index
-            slot = mem.fill_target(state["filled"], index, self.slots) if self.fill_empty_first else index
+        if index is None:
+            return None
+        slot = mem.fill_target(state["filled"], index, self.slots) if self.fill_empty_first else index
+        record("write", lambda: nn.functional.one_hot(slot, self.slots))
+        return slot, self._value(prepared, hidden), self._advance(state)
+
+    def step(self, prepared: RecurrentWeight | None, t: int, memory: Tensor, hidden: Tensor, address: Address, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        replaced = self.replacement(prepared, t, hidden, address, state)
+        if replaced is not None:  # replace one slot by index
+            slot, value, state = replaced
             write = mem.overwrite_index_ if address.weights is None else mem.overwrite_index
-            memory = write(memory, slot, value)
-            record("write", lambda: nn.functional.one_hot(slot, self.slots))
-        else:
-            weights = address.weights.detach()
-            if self.fill_empty_first:
-                weights = mem.fill_weights(state["filled"], weights)
-            memory = mem.overwrite(memory, weights, value)
-            record("write", weights)
+            return write(memory, slot, value), state
+        weights = address.weights.detach()
         if self.fill_empty_first:
-            state = {"filled": (state["filled"] + 1).clamp_max(self.slots)}
-        return memory, state
+            weights = mem.fill_weights(state["filled"], weights)
+        record("write", weights)
+        return mem.overwrite(memory, weights, self._value(prepared, hidden)), self._advance(state)
+
+    def _value(self, prepared: RecurrentWeight | None, hidden: Tensor) -> Tensor:
+        return hidden if prepared is None else prepared(self.W_v.bias, hidden)
+
+    def _advance(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"filled": (state["filled"] + 1).clamp_max(self.slots)} if self.fill_empty_first else state
 
 
 @hookimpl
