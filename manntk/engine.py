@@ -133,9 +133,11 @@ class MemoryLayer(nn.Module):
     def _keeps_tape(self, memory: Tensor) -> bool:
         """Whether this chunk's memory goes on a [`MemoryTape`][manntk.tape.MemoryTape]: in a
         pass that records gradients, when the addressing ignores the memory's values and
-        the write policy can replace slots; not under ``torch.compile`` or autocast."""
+        the write policy can replace slots, for memories large enough
+        (``MemoryTape.pays``); not under ``torch.compile`` or autocast."""
         return (
             torch.is_grad_enabled()
+            and MemoryTape.pays(memory)
             and not self.addressing.reads_content
             and self.write.replaces_slots
             and not torch.compiler.is_compiling()

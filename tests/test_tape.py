@@ -7,6 +7,7 @@ import torch
 
 import manntk
 from manntk import memory as mem
+from manntk import tape as tape_module
 from manntk.engine import MemoryLayer
 from manntk.tape import MemoryTape
 from tests.conftest import model_mapping
@@ -107,6 +108,7 @@ def test_tape_frees_its_graph_without_the_garbage_collector():
 
 
 def run(model, x, tape: bool, monkeypatch, seed=1):
+    monkeypatch.setattr(tape_module, "TAPE_FROM", 0)  # tiny memories take the tape too
     keeps = MemoryLayer._keeps_tape
     monkeypatch.setattr(MemoryLayer, "_keeps_tape", keeps if tape else lambda self, memory: False)
     torch.manual_seed(seed)
@@ -150,3 +152,10 @@ def test_soft_reads_and_content_addressing_take_the_plain_path(monkeypatch):
         model = manntk.build_model(mapping)
         _, _, _, node = run(model, torch.randn(2, 5, 3), True, monkeypatch)
         assert type(node).__name__ != "_EndBackward"
+
+
+def test_small_memories_take_the_plain_path():
+    model = manntk.build_model(model_mapping("armin"))  # 2 x 4 x 4 elements
+    _, state = model(torch.randn(2, 5, 3))
+    assert type(state["layers"][0]["memory"].grad_fn).__name__ != "_EndBackward"
+    assert MemoryTape.pays(torch.empty(128, 5, 500)) and not MemoryTape.pays(torch.empty(1, 50, 32))
