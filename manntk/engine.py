@@ -24,6 +24,7 @@ from manntk.state import State
 from manntk.tape import MemoryTape
 from manntk.trace import record, scope
 
+
 #: Inductor options of [`MemoryRNN.compile_layers`][manntk.engine.MemoryRNN.compile_layers].
 #: With its default ``realize_opcount_threshold`` Inductor's CPU code computes wrong
 #: gradients for ARMIN's gates (``[g_h * h, g_r * r]`` from one split gate: 25% off in
@@ -113,22 +114,19 @@ class MemoryLayer(nn.Module):
                 read = mem.read_index(memory, address.index)
             record("read", lambda address=address: address.dense(self.slots, memory.dtype))
             output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
-            replaced = None
-            if tape is not None:
-                replaced = self.write.replacement(prepared_write, t, cell_state["h"], address, write_state)
-                if replaced is None:
-                    memory, tape = tape.end(), None
+            replaced = None if tape is None else self.write.replacement(prepared_write, t, cell_state["h"], address, write_state)
             if replaced is not None:
                 slot, value, write_state = replaced
                 tape.overwrite(slot, value)
             else:
+                if tape is not None:  # a write the tape cannot hold: the plain path from here on
+                    memory, tape = tape.end(), None
                 memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
             outputs.append(output)
         if tape is not None:
             memory = tape.end()
         new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory}
         return torch.stack(outputs, dim=1), new_state
-
 
     def _keeps_tape(self, memory: Tensor) -> bool:
         """Whether this chunk's memory goes on a [`MemoryTape`][manntk.tape.MemoryTape]: in a

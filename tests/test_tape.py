@@ -159,3 +159,27 @@ def test_small_memories_take_the_plain_path():
     _, state = model(torch.randn(2, 5, 3))
     assert type(state["layers"][0]["memory"].grad_fn).__name__ != "_EndBackward"
     assert MemoryTape.pays(torch.empty(128, 5, 500)) and not MemoryTape.pays(torch.empty(1, 50, 32))
+
+
+def test_a_write_the_tape_cannot_hold_ends_it_and_the_chunk_goes_on_plainly(monkeypatch):
+    from manntk.writes.overwrite import Overwrite
+
+    replacement = Overwrite.replacement
+    calls = []
+
+    def until_step_4(self, prepared, t, hidden, address, state):
+        calls.append(t)
+        return replacement(self, prepared, t, hidden, address, state) if t < 4 else None
+
+    model = manntk.build_model(model_mapping("armin", width=4))
+    x = torch.randn(3, 9, 3)
+    y_plain, memory_plain, g_plain, _ = run(model, x, False, monkeypatch)
+    monkeypatch.setattr(Overwrite, "replacement", until_step_4)
+    y_mixed, memory_mixed, g_mixed, node = run(model, x, True, monkeypatch)
+    # the engine asked at steps 0-4, until it said no; Overwrite.step (plain writes) asks at 4-8
+    assert calls == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]
+    assert type(node).__name__ != "_EndBackward"
+    torch.testing.assert_close(y_mixed, y_plain, rtol=0, atol=0)
+    torch.testing.assert_close(memory_mixed, memory_plain, rtol=0, atol=0)
+    for name in g_plain:
+        torch.testing.assert_close(g_mixed[name], g_plain[name], rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
