@@ -13,6 +13,7 @@ from manntk.tape import MemoryTape
 from tests.conftest import model_mapping
 
 B, N, D = 3, 4, 5
+KEEPS_TAPE = MemoryLayer._keeps_tape
 
 
 def episode(make_tape: bool, memory, weights, values, slots, use_final: bool):
@@ -109,8 +110,7 @@ def test_tape_frees_its_graph_without_the_garbage_collector():
 
 def run(model, x, tape: bool, monkeypatch, seed=1):
     monkeypatch.setattr(tape_module, "TAPE_FROM", 0)  # tiny memories take the tape too
-    keeps = MemoryLayer._keeps_tape
-    monkeypatch.setattr(MemoryLayer, "_keeps_tape", keeps if tape else lambda self, memory: False)
+    monkeypatch.setattr(MemoryLayer, "_keeps_tape", KEEPS_TAPE if tape else lambda self, memory: False)
     torch.manual_seed(seed)
     model.zero_grad()
     y, state = model(x)
