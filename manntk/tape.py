@@ -56,7 +56,7 @@ class MemoryTape:
     def __init__(self, memory: Tensor) -> None:
         self.memory = memory.detach().clone(memory_format=torch.contiguous_format)
         self.rows = torch.arange(memory.shape[0], device=memory.device) * memory.shape[1]  # each row's first slot
-        self.writes: list[tuple[Tensor, Tensor, Tensor]] = []  # (slots, old rows, new rows), in order
+        self.writes: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows of slots(), old values, new values), in order
         self.applied = 0  # how many of `writes` are in `memory`
         self.grad: Tensor | None = None  # dM of the memory as `applied` writes leave it
         self.serial = 0  # operations recorded so far
@@ -114,11 +114,11 @@ class MemoryTape:
         """Undo or redo writes until the first ``applied`` of them are in ``memory``."""
         while self.applied > applied:
             self.applied -= 1
-            slots, old, _ = self.writes[self.applied]
-            self.slots().index_copy_(0, slots, old)
+            at, old, _ = self.writes[self.applied]
+            self.slots().index_copy_(0, at, old)
         while self.applied < applied:
-            slots, _, new = self.writes[self.applied]
-            self.slots().index_copy_(0, slots, new)
+            at, _, new = self.writes[self.applied]
+            self.slots().index_copy_(0, at, new)
             self.applied += 1
 
     def slots(self, tensor: Tensor | None = None) -> Tensor:
