@@ -324,6 +324,10 @@ class LMRunner(Runner):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4) if self.training else None
         self.state: Any = None
         self.work = case.batch * case.tbptt
+        from manntk.engine import MemoryRNN
+
+        # evaluation drops each chunk's old state, as manntk's evaluator does: manntk's models may write into it
+        self.eval_options = {"consume_state": True} if isinstance(self.model, MemoryRNN) else {}
 
     def run(self) -> None:
         if self.training:
@@ -335,7 +339,7 @@ class LMRunner(Runner):
             self.state = _detach(state)
         else:
             with torch.no_grad():
-                logits, self.state = self.model(self.inputs, self.state)
+                logits, self.state = self.model(self.inputs, self.state, **self.eval_options)
                 nn.functional.cross_entropy(logits.reshape(-1, VOCAB), self.targets.reshape(-1))
 
     def resident(self) -> Iterable[Tensor]:

@@ -74,6 +74,34 @@ def test_discrete_eval_path_equals_the_weighted_path(name):
     assert torch.equal(start["layers"][0]["memory"], model.init_state(B)["layers"][0]["memory"]), "caller's state was modified"
 
 
+def test_a_consumed_state_is_written_in_place_with_the_same_numbers():
+    model = build(model_mapping("armin", slots=3)).eval()
+    x = torch.randn(B, T, 3)
+    start = model.init_state(B)
+    start["layers"][0]["memory"].normal_()
+    y_copy, state_copy = model(x, start)
+    given = {"layers": [dict(layer) for layer in start["layers"]]}
+    given["layers"][0]["memory"] = start["layers"][0]["memory"].clone()
+    y_consumed, state_consumed = model(x, given, consume_state=True)
+    torch.testing.assert_close(y_consumed, y_copy)
+    assert_states_close(state_consumed, state_copy)
+    # no copy: the new memory is the given one, written in place
+    assert state_consumed["layers"][0]["memory"].data_ptr() == given["layers"][0]["memory"].data_ptr()
+    assert state_copy["layers"][0]["memory"].data_ptr() != start["layers"][0]["memory"].data_ptr()
+
+
+def test_a_fresh_state_never_shares_memory_init():
+    """``state=None`` is consumed (the layer writes into it): with one row, expand +
+    contiguous would have been a view of the learned initial memory."""
+    mapping = model_mapping("armin", slots=3)
+    mapping["memory"]["init"] = "learned"
+    model = build(mapping).eval()
+    initial = model.layers[0].memory_init.detach().clone()
+    with torch.no_grad():
+        model(torch.randn(1, T, 3))
+    torch.testing.assert_close(model.layers[0].memory_init.detach(), initial, rtol=0, atol=0)
+
+
 def test_discrete_path_reads_and_writes_by_index(monkeypatch):
     model = build(model_mapping("armin")).eval()
     calls = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from manntk.engine import MemoryRNN
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 
@@ -43,11 +44,13 @@ def evaluate(
     model.eval()
     sums: dict[str, float] = {}
     state: State | None = None
+    # each batch's old state is dropped: a MemoryRNN may write into it instead of copying it
+    options = {"consume_state": True} if isinstance(model, MemoryRNN) else {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch in task.eval_batches(split, batch_size):
             batch = batch.to(device)
             with autocast(device, precision):
-                outputs, state = model(batch.inputs, None if batch.fresh else state)
+                outputs, state = model(batch.inputs, None if batch.fresh else state, **options)
             state = detach_state(state)
             for key, value in task.score(outputs.float(), batch).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
