@@ -324,10 +324,9 @@ class LMRunner(Runner):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4) if self.training else None
         self.state: Any = None
         self.work = case.batch * case.tbptt
-        from manntk.engine import MemoryRNN
+        from manntk.engine import consuming
 
-        # evaluation drops each chunk's old state, as manntk's evaluator does: manntk's models may write into it
-        self.eval_options = {"consume_state": True} if isinstance(self.model, MemoryRNN) else {}
+        self.eval_options = consuming(self.model)  # evaluation drops each chunk's old state, as manntk's evaluator does
 
     def run(self) -> None:
         if self.training:

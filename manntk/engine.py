@@ -219,3 +219,10 @@ class MemoryRNN(nn.Module):
         for module in self.modules():
             if isinstance(module, HardAddressing):
                 module.schedule_step.fill_(step)
+
+
+def consuming(model: nn.Module) -> dict[str, bool]:
+    """The keyword arguments with which a loop that drops each chunk's old state calls
+    ``model``: ``consume_state=True`` for a [`MemoryRNN`][manntk.engine.MemoryRNN], none for
+    other modules (a baseline or a task's own model)."""
+    return {"consume_state": True} if isinstance(model, MemoryRNN) else {}

@@ -341,15 +341,15 @@ class RecurrentWeight:
         ``W_go``; 2-core Xeon). Only for large columns (``SUM_IN_PLACE_FROM``) and batches
         above 1: packing takes milliseconds, and a single row gains nothing from it.
         """
-        if not (self._packs and joined.shape[0] > 1 and joined.dtype == torch.float32):
+        if not self._packable(joined):
             return joined.mm(self.columns)
         if self._packed is None:
             self._packed = torch.ops.mkl._mkl_reorder_linear_weight(self.rows, joined.shape[0])
         return torch.ops.mkl._mkl_linear(joined, self._packed, self.rows, None, joined.shape[0])
 
-    def gradient_product(self, grad: Tensor) -> Tensor:
+    def gradient_product(self, grad: Tensor, into: Tensor | None = None) -> Tensor:
         """``grad @ W[:, a:b]`` (``[B, out] -> [B, in_rec]``) outside autograd: the inputs'
-        gradient of a step product.
+        gradient of a step product; added to ``into`` (and ``into`` returned) when given.
 
         The plain product uses ``rows``. Where ``joined_product`` packs and torch runs more
         than one thread, the columns are packed too (at the first backward step) and serve
@@ -358,12 +358,17 @@ class RecurrentWeight:
         ARMIN 500 takes 15 ms less; with one thread the product alone is level and the
         iteration 35 ms slower (the packed copy is one more 11 MB operand in cache).
         """
-        packs = self._packs and grad.shape[0] > 1 and grad.dtype == torch.float32 and torch.get_num_threads() > 1
-        if not packs:
-            return grad.mm(self.rows)
+        if not (self._packable(grad) and torch.get_num_threads() > 1):
+            return grad.mm(self.rows) if into is None else into.addmm_(grad, self.rows)
+        columns = self.columns.detach()
         if self._packed_columns is None:
-            self._packed_columns = torch.ops.mkl._mkl_reorder_linear_weight(self.columns.detach(), grad.shape[0])
-        return torch.ops.mkl._mkl_linear(grad, self._packed_columns, self.columns.detach(), None, grad.shape[0])
+            self._packed_columns = torch.ops.mkl._mkl_reorder_linear_weight(columns, grad.shape[0])
+        product = torch.ops.mkl._mkl_linear(grad, self._packed_columns, columns, None, grad.shape[0])
+        return product if into is None else into.add_(product)
+
+    def _packable(self, operand: Tensor) -> bool:
+        """Whether a product with ``operand`` ``[B, ...]`` runs on columns packed for MKL."""
+        return self._packs and operand.shape[0] > 1 and operand.dtype == torch.float32
 
     def __call__(self, base: Tensor | None, *inputs: Tensor) -> Tensor:
         """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""

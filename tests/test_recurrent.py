@@ -160,8 +160,12 @@ def test_float32_steps_use_the_packed_columns_and_the_plain_numbers(threads, mon
     product = RecurrentWeight(weight, 2, [128, 128])
     product(bias, h0, reads[0])
     assert product._packed is not None  # the first step packed the columns for MKL
-    product.gradient_product(torch.randn(4, 512))
+    grad, base = torch.randn(4, 512), torch.randn(4, 256)
+    torch.testing.assert_close(product.gradient_product(grad), grad @ product.rows, rtol=1e-4, atol=1e-4)
     assert (product._packed_columns is not None) == (threads > 1)
+    into = base.clone()
+    assert product.gradient_product(grad, into=into) is into  # added in place
+    torch.testing.assert_close(into, base + grad @ product.rows, rtol=1e-4, atol=1e-4)
     product(bias, h0[:1], reads[0][:1])  # a single row takes the plain product
     small = RecurrentWeight(torch.randn(6, 9), 2, [4, 3], sum_in_place=True)
     small(None, torch.randn(4, 4), torch.randn(4, 3))

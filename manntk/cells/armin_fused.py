@@ -67,7 +67,7 @@ class _FusedStep(torch.autograd.Function):
     columns, blocks ``[x, h, r]``: the input columns are applied at every step, in the same
     product as the recurrent ones, instead of once per chunk. The columns come in as inputs
     so that autograd routes their gradient to the weights; the products themselves use the
-    ``RecurrentWeight`` layouts (``joined_product`` forward, ``rows`` backward).
+    ``RecurrentWeight`` layouts (``joined_product`` forward, ``gradient_product`` backward).
     """
 
     @staticmethod
@@ -117,7 +117,7 @@ class _FusedStep(torch.autograd.Function):
         d_x_gated = go_weight.gradient_product(d_go)
         d_x_hr[:, :d_x] = d_x_gated[:, :d_x]
         d_ig = kernels.gates_in_backward(d_x_gated[:, d_x:], sg, h, r, d_hr, ig_weight.step_gradient(ctx.t, sg))
-        d_x_hr.add_(ig_weight.gradient_product(d_ig))
+        ig_weight.gradient_product(d_ig, into=d_x_hr)
         needs = ctx.needs_input_grad
         d_ig_bias = d_ig.sum(0) if needs[6] else None
         d_go_bias = d_go.sum(0) if needs[7] else None

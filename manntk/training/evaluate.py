@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from manntk.engine import MemoryRNN
+from manntk.engine import consuming
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 
@@ -44,8 +44,7 @@ def evaluate(
     model.eval()
     sums: dict[str, float] = {}
     state: State | None = None
-    # each batch's old state is dropped: a MemoryRNN may write into it instead of copying it
-    options = {"consume_state": True} if isinstance(model, MemoryRNN) else {}
+    options = consuming(model)  # each batch's old state is dropped: a MemoryRNN may write into it
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch in task.eval_batches(split, batch_size):
             batch = batch.to(device)
