@@ -784,7 +784,24 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["cudnn"] = torch.backends.cudnn.version()
     with contextlib.suppress(OSError, AttributeError):
         info["load_average"] = list(os.getloadavg())
+    info["allocator"] = allocator_settings()
     return info
+
+
+#: Environment variables that change how the C library allocates (glibc's ``MALLOC_*`` and
+#: tunables, a preloaded allocator such as jemalloc).
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES")
+
+
+def allocator_settings() -> dict[str, str]:
+    """The allocator settings of this process's environment (empty: the C library's defaults).
+
+    They move the reference: under glibc's defaults ``torch.nn.LSTM`` 1000 at batch 128
+    takes ~90k page faults per training iteration (its per-chunk buffers are above the mmap
+    threshold, fresh pages every time), 8-12% of its time on a 2-core Xeon, while manntk's
+    models take few. A report says which allocator it ran under (benchmarks/README.md).
+    """
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_") or name in ALLOCATOR_VARIABLES}
 
 
 def _evaluate_target(target: Target, results: dict[Case, Result], device: torch.device) -> dict[str, Any]:
@@ -927,6 +944,14 @@ def _mib(value: int | None) -> str:
     return "-" if not value else f"{value / 2**20:,.1f}"
 
 
+def _allocator_text(settings: dict[str, str] | None) -> str:
+    if settings is None:  # a report saved before the allocator was recorded
+        return "not recorded"
+    if not settings:
+        return "the C library's defaults"
+    return " ".join(f"{name}={value}" for name, value in settings.items())
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The plain-text report: the results table, the sweeps and the target checks."""
     machine, settings = report["machine"], report["settings"]
@@ -935,6 +960,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
         f"({machine['torch_threads']} threads), device {machine['device']} ({machine['device_name']}), "
         f"{settings['dtype']}; load average {', '.join(f'{x:.2f}' for x in machine.get('load_average', []))}",
+        f"allocator: {_allocator_text(machine.get('allocator'))}",
         f"repeats {settings['repeats']} (interleaved), warm-up {settings['warmup']}; "
         "rate: median over repeats, ±IQR/2 relative to it; x LSTM: median of per-repeat ratios to torch.nn.LSTM "
         "(min..max); peak: live tensor bytes of one iteration",

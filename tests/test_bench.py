@@ -6,6 +6,7 @@ No timing assertions: the figures of a benchmark are reports, not test results.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -25,11 +26,11 @@ def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp
     out = capsys.readouterr().out
     for kind in MODELS.values():
         assert kind.name in out
-    for heading in ("median", "x LSTM", "peak MiB", "mem x LSTM", "targets"):
+    for heading in ("median", "x LSTM", "peak MiB", "mem x LSTM", "targets", "allocator:"):
         assert heading in out
     report = json.loads(path.read_text())
     assert {"machine", "settings", "results", "targets", "sweeps", "preset", "memory_method"} <= set(report)
-    assert {"cpu", "cores", "torch", "device", "device_name"} <= set(report["machine"])
+    assert {"cpu", "cores", "torch", "device", "device_name", "allocator"} <= set(report["machine"])
     assert report["preset"] == "tiny"
     results = report["results"]
     expected = {(m, mode) for m in ALL_MODELS for mode in ("train", "eval", "algo")} | {("armin-compiled", "train")}
@@ -110,3 +111,21 @@ def test_bench_flushes_subnormals_like_the_trainer_and_restores_them(monkeypatch
     bench.run_benchmark(PRESETS["tiny"](), bench.Settings(flush_denormal=False), None)
     assert seen[0] == 0.0 and seen[1] == pytest.approx(1e-39)
     assert float(subnormal * 1.0) == pytest.approx(1e-39)
+
+
+def test_reports_say_which_allocator_they_ran_under(monkeypatch):
+    import torch
+
+    from manntk import bench
+
+    for name in [name for name in os.environ if name.startswith("MALLOC_") or name in bench.ALLOCATOR_VARIABLES]:
+        monkeypatch.delenv(name)
+    assert bench.machine_info(torch.device("cpu"))["allocator"] == {}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOCATOR", "not an allocator setting")
+    settings = bench.machine_info(torch.device("cpu"))["allocator"]
+    assert settings == {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+    assert bench._allocator_text(settings) == "LD_PRELOAD=/usr/lib/libjemalloc.so.2 MALLOC_TRIM_THRESHOLD_=68719476736"
+    assert bench._allocator_text({}) == "the C library's defaults"
+    assert bench._allocator_text(None) == "not recorded"  # a report saved before the allocator was recorded
