@@ -798,8 +798,8 @@ def allocator_settings() -> dict[str, str]:
 
     They move the reference: under glibc's defaults ``torch.nn.LSTM`` 1000 at batch 128
     takes ~90k page faults per training iteration (its per-chunk buffers are above the mmap
-    threshold, fresh pages every time), 8-12% of its time on a 2-core Xeon, while manntk's
-    models take few. A report says which allocator it ran under (benchmarks/README.md).
+    threshold, fresh pages every time), 8-13% of its time on a 2-core Xeon, against 0-4% for
+    ARMIN 500 fused. A report says which allocator it ran under (benchmarks/README.md).
     """
     return {name: value for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_") or name in ALLOCATOR_VARIABLES}
 
