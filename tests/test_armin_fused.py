@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -128,6 +130,40 @@ def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     with pytest.raises(RuntimeError, match="could not be built: g\\+\\+: command not found.*fused: false"):
         armin_fused.extension()
+
+
+def test_the_kernels_are_built_in_a_folder_named_by_their_source(monkeypatch, tmp_path):
+    """Two checkouts of the same source share one build (torch's per-name folder rebuilt at
+    every switch); another source gets its own; torch's appended flags stay out of ours."""
+    import torch.utils.cpp_extension
+
+    from manntk.cells import armin_fused
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    builds = []
+
+    def fake_load(**options):
+        options["extra_ldflags"].append("-ltorch")  # as torch's load does
+        builds.append(options)
+        return object()
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    for checkout, text in (("one", "// v1"), ("two", "// v1"), ("three", "// v2")):
+        source = tmp_path / checkout / "armin_fused.cpp"
+        source.parent.mkdir()
+        source.write_text(text)
+        monkeypatch.setattr(armin_fused, "_SOURCE", source)
+        monkeypatch.setattr(armin_fused, "_extension", None)
+        armin_fused.extension()
+    first, second, third = builds
+    assert first["sources"] == second["sources"] and first["build_directory"] == second["build_directory"]
+    assert third["build_directory"] != first["build_directory"]
+    for build, text in ((first, "// v1"), (third, "// v2")):
+        folder = Path(build["build_directory"])
+        assert folder.parent == tmp_path / "extensions" and folder.name.startswith("manntk_armin_fused_")
+        assert build["sources"] == [str(folder / "armin_fused.cpp")] and Path(build["sources"][0]).read_text() == text
+    assert armin_fused._LDFLAGS == ["-lmvec", "-fopenmp"]
+    assert armin_fused.build_directory(b"// v1") == Path(first["build_directory"])
 
 
 def test_fused_step_takes_broadcast_output_gradients():

@@ -9,8 +9,9 @@ rounding; ``tests/test_armin_fused.py`` checks outputs and gradients against it 
 gradchecks the node in float64.
 
 The extension is compiled on first use with the system's C++ compiler
-(``torch.utils.cpp_extension``; cached under ``~/.cache/torch_extensions``, tens of
-seconds the first time), for the CPU it runs on (``-march=native``; ``-ffast-math`` and
+(``torch.utils.cpp_extension``; tens of seconds the first time, then cached under torch's
+extensions folder, ``~/.cache/torch_extensions``, in a folder named by the source's
+content: ``build_directory``), for the CPU it runs on (``-march=native``; ``-ffast-math`` and
 glibc's ``libmvec`` vectorize ``exp`` and ``tanh``), with OpenMP so that the kernels'
 ``at::parallel_for`` spreads a batch over torch's threads (without ``-fopenmp`` it ran on
 one). Layer norm is refused; under
@@ -19,6 +20,9 @@ autocast and on CUDA the cell takes its eager path.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,11 +34,57 @@ from torch.autograd.function import once_differentiable
 from manntk.recurrent import RecurrentWeight
 
 _SOURCE = Path(__file__).with_name("armin_fused.cpp")
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+_LDFLAGS = ["-lmvec", "-fopenmp"]
 _extension: ModuleType | None = None
 
 
+def build_directory(source: bytes) -> Path:
+    """The folder the kernels are built in: one per source text, compiler flags, torch
+    installation, Python version and CPU, under torch's extensions root
+    (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``).
+
+    Named by content, not by the checkout: torch's own folder is one per extension name,
+    and ninja rebuilds there whenever the source's path or torch's include paths change,
+    ~30 s each time a user switches between clones or virtual environments. The source is
+    copied into this folder and built from there, so every checkout of the same file with
+    the same torch finds the same build. The CPU's feature flags are part of the key
+    because the build targets the CPU it runs on (``-march=native``): a home folder shared
+    by different machines gets one build per kind of CPU.
+    """
+    key = hashlib.sha256()
+    for part in (source, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, _cpu_flags()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+        key.update(b"\0")
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return Path(root) / f"manntk_armin_fused_{key.hexdigest()[:16]}"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (``/proc/cpuinfo``), or ``""`` where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            return next((line for line in file if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _source_in(folder: Path, source: bytes) -> Path:
+    """``source`` (the kernels') copied into ``folder``: written to a temporary name and
+    renamed, so that processes starting together never build from a half-written file."""
+    copy = folder / _SOURCE.name
+    if not copy.exists() or copy.read_bytes() != source:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{_SOURCE.name}.{os.getpid()}.tmp"
+        partial.write_bytes(source)
+        partial.replace(copy)
+    return copy
+
+
 def extension() -> ModuleType:
-    """The compiled kernels, built on the first call.
+    """The compiled kernels, built on the first call (in ``build_directory``).
 
     Raises:
         RuntimeError: when the extension cannot be built (no C++ compiler or ninja), with
@@ -45,11 +95,14 @@ def extension() -> ModuleType:
         from torch.utils.cpp_extension import load
 
         try:
+            source = _SOURCE.read_bytes()
+            folder = build_directory(source)
             _extension = load(
                 name="manntk_armin_fused",
-                sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-                extra_ldflags=["-lmvec", "-fopenmp"],
+                sources=[str(_source_in(folder, source))],
+                extra_cflags=list(_CFLAGS),  # copies: torch appends its own flags to these lists
+                extra_ldflags=list(_LDFLAGS),
+                build_directory=str(folder),
                 verbose=False,
             )
         except (OSError, RuntimeError, ImportError) as error:
