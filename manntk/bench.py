@@ -21,7 +21,8 @@ same embedding, head, loss and optimizer, measured in the same run.
 Timing: each case is built and warmed up, then the repeats are *interleaved*: repeat
 ``r`` times one block of every case in turn (the order rotating with ``r``), so a burst
 of load from other processes hits every case alike. A block is as many units of work as
-fill ``min_time`` seconds (one iteration for realistic sizes). The rate of a case is the
+fill ``min_time`` seconds (one iteration for realistic sizes), after ``settle`` untimed
+ones (the first iteration after another case pays for the heap that case left). The rate of a case is the
 median over repeats; the spread is reported as the interquartile range and min..max.
 A ratio against the reference is the median of the per-repeat ratios (each repeat's two
 blocks ran seconds apart), which holds better on a noisy machine than a ratio of medians.
@@ -198,6 +199,13 @@ class Settings:
     ``flush_denormal`` flushes subnormal floats to zero on the CPU while the cases run, as
     the trainer does by default (``train.flush_denormal``), so the rates are those of
     training; afterwards IEEE subnormals are restored.
+
+    ``settle``: untimed iterations of a case before each of its timed blocks. After
+    another case ran, the C library's heap is in that case's state, and the first
+    iteration pays for it: without one, ``torch.nn.LSTM`` 1000's training blocks in the
+    ``cpu-targets`` preset (two threads) ran at 5,900-8,200 chars/s against ~9,000 alone,
+    and ARMIN fused showed 1.41x instead of the 1.10x of a training-alone run; with one,
+    1.10x.
     """
 
     device: str = "cpu"
@@ -209,6 +217,7 @@ class Settings:
     threads: int | None = None
     measure_memory: bool = True
     flush_denormal: bool = True
+    settle: int = 1
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -556,6 +565,8 @@ def run_cases(cases: Sequence[Case], settings: Settings, progress: TextIO | None
         shift = repeat % len(order) if order else 0
         for case in order[shift:] + order[:shift]:
             runner, result = runners[case], results[case]
+            for _ in range(settings.settle):  # untimed: the heap is in the previous case's state
+                runner.run()
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(result.blocks):
@@ -961,7 +972,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"({machine['torch_threads']} threads), device {machine['device']} ({machine['device_name']}), "
         f"{settings['dtype']}; load average {', '.join(f'{x:.2f}' for x in machine.get('load_average', []))}",
         f"allocator: {_allocator_text(machine.get('allocator'))}",
-        f"repeats {settings['repeats']} (interleaved), warm-up {settings['warmup']}; "
+        f"repeats {settings['repeats']} (interleaved), warm-up {settings['warmup']}, "
+        f"settle {settings.get('settle', 0)} (untimed iterations before each timed block); "
         "rate: median over repeats, ±IQR/2 relative to it; x LSTM: median of per-repeat ratios to torch.nn.LSTM "
         "(min..max); peak: live tensor bytes of one iteration",
     ]
@@ -1140,6 +1152,10 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     bench.add_argument("--repeats", type=int, help="timed repeats per case (default: the preset's, else 5)")
     bench.add_argument("--warmup", type=int, help="warm-up iterations per case (default: the preset's, else 1)")
+    bench.add_argument(
+        "--settle", type=int, default=1,
+        help="untimed iterations of a case before each timed block, after the other cases ran (default 1)",
+    )
     bench.add_argument("--min-time", type=float, help="seconds a timed block lasts at least (default: the preset's, else 0)")
     bench.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     bench.add_argument("--seed", type=int, default=0)
@@ -1199,9 +1215,10 @@ def bench_command(args: Any) -> int:
             threads=args.threads if args.threads is not None else preset.threads,
             measure_memory=not args.no_memory,
             flush_denormal=not args.no_flush_denormal,
+            settle=args.settle,
         )
-        if settings.repeats < 1 or settings.warmup < 0 or settings.min_time < 0:
-            raise ValueError("--repeats must be >= 1, --warmup and --min-time >= 0")
+        if settings.repeats < 1 or settings.warmup < 0 or settings.min_time < 0 or settings.settle < 0:
+            raise ValueError("--repeats must be >= 1, --warmup, --settle and --min-time >= 0")
     except ValueError as error:
         raise UsageError(str(error)) from None
     report = run_benchmark(preset, settings, models, progress=None if args.quiet else sys.stderr)

@@ -129,3 +129,34 @@ def test_reports_say_which_allocator_they_ran_under(monkeypatch):
     assert bench._allocator_text(settings) == "LD_PRELOAD=/usr/lib/libjemalloc.so.2 MALLOC_TRIM_THRESHOLD_=68719476736"
     assert bench._allocator_text({}) == "the C library's defaults"
     assert bench._allocator_text(None) == "not recorded"  # a report saved before the allocator was recorded
+
+
+def test_each_timed_block_follows_untimed_settling_iterations(monkeypatch):
+    """On a fake clock: a case's first iteration after another case costs 10, the next ones
+    1 (the heap the other case left); the timed block starts after ``settle`` iterations."""
+    import types
+
+    import torch
+
+    from manntk import bench
+
+    clock, last = [0.0], [None]
+
+    class FakeRunner(bench.Runner):
+        work = 1.0
+
+        def __init__(self) -> None:
+            self.model = torch.nn.Linear(1, 1)
+
+        def run(self) -> None:
+            clock[0] += 10.0 if last[0] is not self else 1.0
+            last[0] = self
+
+    monkeypatch.setattr(bench, "make_runner", lambda *args: FakeRunner())
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cases = [Case("armin", "train", 4, 2, batch=2, tbptt=3), Case("torch-lstm", "train", 4, 0, batch=2, tbptt=3)]
+    settled = bench.run_cases(cases, bench.Settings(repeats=3, measure_memory=False))
+    assert [result.rates for result in settled.values()] == [[1.0] * 3, [1.0] * 3]
+    # without: the blocks run A B | B A | A B, and a block right after the other case is timed cold
+    unsettled = bench.run_cases(cases, bench.Settings(repeats=3, measure_memory=False, settle=0))
+    assert [result.rates for result in unsettled.values()] == [[0.1, 0.1, 1.0], [0.1, 1.0, 0.1]]
