@@ -22,10 +22,11 @@ Timing: each case is built and warmed up, then the repeats are *interleaved*: re
 ``r`` times one block of every case in turn (the order rotating with ``r``), so a burst
 of load from other processes hits every case alike. A block is as many units of work as
 fill ``min_time`` seconds (one iteration for realistic sizes), after ``settle`` untimed
-ones (the first iteration after another case pays for the heap that case left). The rate of a case is the
-median over repeats; the spread is reported as the interquartile range and min..max.
-A ratio against the reference is the median of the per-repeat ratios (each repeat's two
-blocks ran seconds apart), which holds better on a noisy machine than a ratio of medians.
+ones (the first iteration after another case pays for the heap that case left). The
+rate of a case is the median over repeats; the spread is reported as the interquartile
+range and min..max. A ratio against the reference is the median of the per-repeat ratios
+(each repeat's two blocks ran seconds apart), which holds better on a noisy machine than
+a ratio of medians.
 
 Peak memory (``peak_memory_bytes``): the peak of live tensor bytes during one iteration,
 counting what the iteration starts with (the case's parameters, buffers, optimizer
@@ -204,8 +205,7 @@ class Settings:
     another case ran, the C library's heap is in that case's state, and the first
     iteration pays for it: without one, ``torch.nn.LSTM`` 1000's training blocks in the
     ``cpu-targets`` preset (two threads) ran at 5,900-8,200 chars/s against ~9,000 alone,
-    and ARMIN fused showed 1.41x instead of the 1.10x of a training-alone run; with one,
-    1.10x.
+    and ARMIN fused showed 1.41x; with one, 1.07x (training-alone runs: 1.09-1.10x).
     """
 
     device: str = "cpu"
