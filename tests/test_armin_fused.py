@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,17 @@ def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(armin_fused, "_extension", None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     with pytest.raises(RuntimeError, match="could not be built: g\\+\\+: command not found.*fused: false"):
+        armin_fused.extension()
+
+
+def test_an_unwritable_build_folder_is_named_in_the_error(monkeypatch, tmp_path):
+    from manntk.cells import armin_fused
+
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked))
+    monkeypatch.setattr(armin_fused, "_extension", None)
+    with pytest.raises(RuntimeError, match=f"could not be built: .*{re.escape(str(blocked))}.*must be writable; TORCH_EXTENSIONS_DIR moves it"):
         armin_fused.extension()
 
 

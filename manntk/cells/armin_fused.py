@@ -56,10 +56,14 @@ def build_directory(source: bytes) -> Path:
     for part in (source, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, _cpu_flags()):
         key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
+    return _extensions_root() / f"manntk_armin_fused_{key.hexdigest()[:16]}"
+
+
+def _extensions_root() -> Path:
+    """torch's extensions root: ``$TORCH_EXTENSIONS_DIR``, else its default (``~/.cache/torch_extensions``)."""
     from torch.utils.cpp_extension import get_default_build_root
 
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    return Path(root) / f"manntk_armin_fused_{key.hexdigest()[:16]}"
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
 def _cpu_flags() -> str:
@@ -108,7 +112,8 @@ def extension() -> ModuleType:
         except (OSError, RuntimeError, ImportError) as error:
             raise RuntimeError(
                 f"model.cell.fused: the C++ kernels of the fused ARMIN cell ({_SOURCE.name}) could not be built: "
-                f"{error}. Install a C++ compiler and ninja, or set fused: false."
+                f"{error}. Install a C++ compiler and ninja (the build folder, {_extensions_root()}, must be "
+                "writable; TORCH_EXTENSIONS_DIR moves it), or set fused: false."
             ) from error
     return _extension
 
