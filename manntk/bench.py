@@ -57,6 +57,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from manntk.machine import cpu_info
+
 #: Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized).
 VOCAB = 50
 EMBEDDING = 128
@@ -772,13 +774,7 @@ def reference_for(case: Case, cases: Sequence[Case]) -> Case | None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """The machine: CPU model, cores, threads, torch version, device name, load."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),

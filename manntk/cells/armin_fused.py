@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from manntk.machine import cpu_info
 from manntk.recurrent import RecurrentWeight
 
 _SOURCE = Path(__file__).with_name("armin_fused.cpp")
@@ -53,7 +54,7 @@ def build_directory(source: bytes) -> Path:
     by different machines gets one build per kind of CPU.
     """
     key = hashlib.sha256()
-    for part in (source, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, _cpu_flags()):
+    for part in (source, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, cpu_info("flags") or ""):
         key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
     return _extensions_root() / f"manntk_armin_fused_{key.hexdigest()[:16]}"
@@ -64,15 +65,6 @@ def _extensions_root() -> Path:
     from torch.utils.cpp_extension import get_default_build_root
 
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature flags (``/proc/cpuinfo``), or ``""`` where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            return next((line for line in file if line.startswith("flags")), "")
-    except OSError:
-        return ""
 
 
 def _source_in(folder: Path, source: bytes) -> Path:
