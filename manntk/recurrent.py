@@ -39,6 +39,14 @@ SUM_IN_PLACE_FROM = 1 << 17
 
 _MKL_PACKING = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
+PACK_FROM_BATCH = 32
+"""Products with at least this many rows (the batch) run on columns packed for MKL. MKL's
+packed copy carries a fixed ~9 MB on top of the weight (a ``[512, 288]`` block packs into
+2.3 M floats), and below this batch the packing cost more than it saved: at batch 16
+ARMIN 128-256, the NTM-style model and their inference were 3-13% slower packed (2-core
+Xeon, one and two threads); at 32 and 128 packing gained 3-5% with two threads and was
+level with one."""
+
 GROUP_BYTES = 16 << 20
 """The most bytes of step gradients that one grouped weight-gradient product takes (16 MiB)."""
 
@@ -339,7 +347,8 @@ class RecurrentWeight:
         use the packed copy: MKL's sgemm otherwise packs its right-hand side again at every
         call, 0.7 of the 5.1 ms of a ``[128, 1128] x [1128, 2500]`` product (ARMIN 500's
         ``W_go``; 2-core Xeon). Only for large columns (``SUM_IN_PLACE_FROM``) and batches
-        above 1: packing takes milliseconds, and a single row gains nothing from it.
+        of ``PACK_FROM_BATCH`` rows or more: packing takes milliseconds and memory, which
+        small batches do not win back.
         """
         if not self._packable(joined):
             return joined.mm(self.columns)
@@ -368,7 +377,7 @@ class RecurrentWeight:
 
     def _packable(self, operand: Tensor) -> bool:
         """Whether a product with ``operand`` ``[B, ...]`` runs on columns packed for MKL."""
-        return self._packs and operand.shape[0] > 1 and operand.dtype == torch.float32
+        return self._packs and operand.shape[0] >= PACK_FROM_BATCH and operand.dtype == torch.float32
 
     def __call__(self, base: Tensor | None, *inputs: Tensor) -> Tensor:
         """``base + sum_i inputs[i] W_i^T``; ``base`` (``[B, out]`` or broadcastable, e.g. a bias) may be ``None``."""

@@ -10,7 +10,7 @@ import torch
 
 import manntk
 from manntk.cells.armin import ArminConfig
-from manntk.recurrent import RecurrentWeight
+from manntk.recurrent import _MKL_PACKING, RecurrentWeight
 from manntk.trace import tracing
 from tests.conftest import fused_kernels_error, model_mapping, soften
 
@@ -73,6 +73,42 @@ def test_fused_cell_splits_a_batch_over_threads_like_the_eager_cell():
         y_fused, g_fused = run(fused, x)
     finally:
         torch.set_num_threads(threads)
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    for name in g_eager:
+        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.skipif(not _MKL_PACKING, reason="this PyTorch has no MKL packed sgemm (torch.ops.mkl._mkl_linear)")
+def test_fused_cell_on_columns_packed_for_mkl_gives_the_eager_numbers(monkeypatch):
+    """Packing (forward, and the backward's columns with two threads) at toy sizes: the
+    thresholds lowered so that the cell's small weights and batch take the packed path."""
+    import manntk.recurrent as recurrent
+
+    monkeypatch.setattr(recurrent, "SUM_IN_PLACE_FROM", 1)
+    monkeypatch.setattr(recurrent, "PACK_FROM_BATCH", 4)
+    packed = []
+    joined_product, gradient_product = recurrent.RecurrentWeight.joined_product, recurrent.RecurrentWeight.gradient_product
+
+    def spy(product):
+        def wrapped(self, *args, **kwargs):
+            result = product(self, *args, **kwargs)
+            packed.append((product.__name__, self._packed is not None, self._packed_columns is not None))
+            return result
+        return wrapped
+
+    monkeypatch.setattr(recurrent.RecurrentWeight, "joined_product", spy(joined_product))
+    monkeypatch.setattr(recurrent.RecurrentWeight, "gradient_product", spy(gradient_product))
+    eager, fused = pair({"squash_state": True}, width=5)
+    x = torch.randn(4, 6, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y_eager, g_eager = run(eager, x)
+        y_fused, g_fused = run(fused, x)
+    finally:
+        torch.set_num_threads(threads)
+    assert {call for call in packed if call[0] == "joined_product"} == {("joined_product", True, False)}
+    assert ("gradient_product", True, True) in packed
     torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
     for name in g_eager:
         torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manntk.recurrent import _MKL_PACKING, TRANSPOSE_ROWS, RecurrentWeight, transposed
+from manntk.recurrent import _MKL_PACKING, PACK_FROM_BATCH, TRANSPOSE_ROWS, RecurrentWeight, transposed
 
 D = torch.float64
 
@@ -144,7 +144,7 @@ def test_transposed_copies_in_blocks_to_the_plain_transpose(shape):
 @pytest.mark.parametrize("threads", [1, 2])  # the backward packs the columns only with more than one thread
 def test_float32_steps_use_the_packed_columns_and_the_plain_numbers(threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    shapes = {"out": 512, "d_h": 128, "d_r": 128, "batch": 4, "steps": 3}  # columns of 131,072 elements: packed
+    shapes = {"out": 512, "d_h": 128, "d_r": 128, "batch": PACK_FROM_BATCH, "steps": 3}  # columns of 131,072 elements: packed
     scales = (256**-0.5, 1.0, 1.0, 1.0)  # outputs of order 1
     weight, bias, h0, reads = ((t.detach() * c).float().requires_grad_() for t, c in zip(tensors(**shapes), scales))
     y_fast = recurrence(weight, bias, h0, reads, fast=True)
@@ -160,13 +160,16 @@ def test_float32_steps_use_the_packed_columns_and_the_plain_numbers(threads, mon
     product = RecurrentWeight(weight, 2, [128, 128])
     product(bias, h0, reads[0])
     assert product._packed is not None  # the first step packed the columns for MKL
-    grad, base = torch.randn(4, 512), torch.randn(4, 256)
+    grad, base = torch.randn(PACK_FROM_BATCH, 512), torch.randn(PACK_FROM_BATCH, 256)
     torch.testing.assert_close(product.gradient_product(grad), grad @ product.rows, rtol=1e-4, atol=1e-4)
     assert (product._packed_columns is not None) == (threads > 1)
     into = base.clone()
     assert product.gradient_product(grad, into=into) is into  # added in place
     torch.testing.assert_close(into, base + grad @ product.rows, rtol=1e-4, atol=1e-4)
-    product(bias, h0[:1], reads[0][:1])  # a single row takes the plain product
+    smaller = RecurrentWeight(weight, 2, [128, 128])
+    smaller(bias, h0[1:], reads[0][1:])  # one row fewer than PACK_FROM_BATCH: the plain product
+    smaller.gradient_product(grad[1:])
+    assert smaller._packed is None and smaller._packed_columns is None
     small = RecurrentWeight(torch.randn(6, 9), 2, [4, 3], sum_in_place=True)
     small(None, torch.randn(4, 4), torch.randn(4, 3))
     assert small._packed is None  # small columns: packing would cost more than it saves
