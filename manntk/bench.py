@@ -51,6 +51,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import attrs
@@ -1081,15 +1082,17 @@ def _run_benchmark(preset: Preset, settings: Settings, models: Sequence[str] | N
 
 
 def write_json(report: dict[str, Any], path: str, out: TextIO) -> None:
+    """Write ``report`` as JSON to ``path`` (through a temporary name and a rename; its folder
+    is created), or to ``out`` when ``path`` is ``-``."""
+    from manntk.training.checkpoint import write_text_atomic
+
     text = json.dumps(report, indent=2, default=str)
     if path == "-":
         print(text, file=out)
     else:
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text + "\n")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(target, text + "\n")
 
 
 # --------------------------------------------------------------------------- command line
@@ -1160,6 +1163,11 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH ('-': JSON on stdout, table on stderr)")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     bench.add_argument("--show", metavar="JSON", help="print the table of a saved JSON report and exit (runs nothing)")
+    bench.add_argument(
+        "--plot", metavar="PNG",
+        help="also draw the growth sweeps (time and memory against N and the hidden size; --preset growth) "
+        "into PNG; with --show, from the saved report",
+    )
     bench.set_defaults(handler=bench_command)
 
 
@@ -1167,12 +1175,21 @@ def bench_command(args: Any) -> int:
     """The ``manntk bench`` handler."""
     from manntk.cli import UsageError
 
+    if args.plot:
+        from manntk.plot import PlotError, _pyplot
+
+        try:
+            _pyplot()  # before a run of minutes, not after it
+        except PlotError as error:
+            raise UsageError(f"--plot: {error}") from None
     if args.show:
         try:
             with open(args.show, encoding="utf-8") as file:
-                print(format_table(json.load(file)))
+                report = json.load(file)
+            print(format_table(report))
         except (OSError, ValueError, KeyError) as error:
             raise UsageError(f"--show {args.show}: not a readable manntk bench report ({error})") from None
+        _plot_report(report, args.plot)
         return 0
     try:
         models = _names(args.models, list(MODELS), "model") if args.models else None
@@ -1226,4 +1243,19 @@ def bench_command(args: Any) -> int:
         print(table)
         if args.json:
             write_json(report, args.json, sys.stdout)
+    _plot_report(report, args.plot)
     return 1 if any(entry["error"] for entry in report["results"]) else 0
+
+
+def _plot_report(report: dict[str, Any], path: str | None) -> None:
+    """``--plot``: draw the report's growth sweeps into ``path`` (nothing without one)."""
+    if not path:
+        return
+    from manntk.cli import UsageError
+    from manntk.plot import PlotError, plot_growth
+
+    try:
+        written = plot_growth(report, path)
+    except PlotError as error:
+        raise UsageError(f"--plot: {error}") from None
+    print(f"wrote {written}", file=sys.stderr)

@@ -245,7 +245,7 @@ def _panel_height(rows: int) -> float:
 
 def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> Path:
     """The figure of an inspection: one row per panel, time on a shared x axis."""
-    from manntk.plot import _pyplot
+    from manntk.plot import _pyplot, save_figure
 
     plt = _pyplot()
     from matplotlib.colors import PowerNorm
@@ -373,6 +373,4 @@ def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> P
     metrics = ", ".join(f"{key} {value:.4g}" for key, value in data["metrics"].items() if isinstance(value, (int, float)))
     figure.suptitle(f"{data['recipe'] or Path(data['run']).name}: {data['task']} {data['split']} example {data['index']}, "
                     f"{steps} steps ({data['checkpoint']}); {metrics}", fontsize=10, y=1.0 - 0.2 / total)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

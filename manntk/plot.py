@@ -1,4 +1,5 @@
-"""Learning curves of runs: ``manntk plot RUN [RUN...]``.
+"""Figures: learning curves of runs (``manntk plot RUN [RUN...]``) and the growth sweeps of a
+benchmark report (``manntk bench --plot PNG``).
 
 Each run directory holds ``metrics.jsonl`` (rows with ``step``, ``split``, ``time`` and the
 task's metrics), ``recipe.yaml`` (whose ``name`` labels the run) and, once finished,
@@ -6,14 +7,19 @@ task's metrics), ``recipe.yaml`` (whose ``name`` labels the run) and, once finis
 values faint behind it) and the validation points, against optimizer steps and against
 wall-clock training time (two panels by default).
 
-Needs matplotlib (``pip install manntk[plot]``); the figure is drawn with the Agg backend,
-so no display is needed.
+A benchmark report's sweeps ([`manntk.bench`][manntk.bench]: one model and mode measured at
+several slot counts N, or hidden sizes, with all else equal) are drawn as time and memory
+relative to the smallest point, against N and against the hidden size.
+
+Needs matplotlib (``pip install manntk[plot]``); the figures are drawn with the Agg backend,
+so no display is needed, and written through a temporary name and a rename.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +37,8 @@ SOLVED_BCE = 0.01
 
 
 class PlotError(ValueError):
-    """A run that cannot be plotted (no metrics, unknown metric, no matplotlib)."""
+    """Something that cannot be plotted (a run without metrics, an unknown metric, a report
+    without sweeps, no matplotlib)."""
 
 
 @attrs.frozen
@@ -252,13 +259,150 @@ def plot_runs(
     figure.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 4),
                   fontsize=9, frameon=False)
     figure.tight_layout()
+    return save_figure(figure, out)
+
+
+def save_figure(figure: Any, out: str | Path) -> Path:
+    """Write ``figure`` to ``out`` (its format from the suffix, PNG without one) through a
+    temporary name and a rename, so that a reader never finds half a file; creates the
+    folder and closes the figure."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    temporary = out.with_name(f".{out.name}.tmp")
+    try:
+        figure.savefig(temporary, format=out.suffix[1:].lower() or "png", dpi=110, bbox_inches="tight")
+        os.replace(temporary, out)
+    finally:
+        plt.close(figure)
+        temporary.unlink(missing_ok=True)
     return out
 
 
 def default_output(run_dirs: Sequence[str | Path]) -> Path:
     """``RUN/curves.png`` for one run; ``curves.png`` in the current folder for several."""
     return Path(run_dirs[0]) / "curves.png" if len(run_dirs) == 1 else Path("curves.png")
+
+
+@attrs.frozen
+class GrowthLine:
+    """One sweep of a benchmark report, ready to draw.
+
+    Attributes:
+        name: the model's display name (``ARMIN``, ``NTM-style``...), which picks the colour.
+        mode: ``train``, ``eval`` or ``algo``, which picks the line style.
+        axis: ``slots`` or ``hidden``: what the sweep varies.
+        fixed: what it holds fixed (``hidden 128``, ``N=16``, ``no memory``).
+        x: the values of ``axis``, ascending.
+        time: time per unit of work relative to the first point (1 / relative rate).
+        memory: peak memory relative to the first point (``None`` where not measured).
+    """
+
+    name: str
+    mode: str
+    axis: str
+    fixed: str
+    x: tuple[int, ...]
+    time: tuple[float, ...]
+    memory: tuple[float | None, ...]
+
+
+#: The axes a benchmark sweeps, and their labels.
+GROWTH_AXES = {"slots": "memory slots N", "hidden": "hidden size"}
+_MODE_STYLES = {"train": "-", "eval": "--", "algo": ":"}
+
+
+def growth_lines(report: dict[str, Any]) -> list[GrowthLine]:
+    """The sweeps of a ``manntk bench`` report (its ``sweeps``), as lines.
+
+    Raises:
+        PlotError: the report has no sweeps (no model was measured at two or more slot
+            counts or hidden sizes with all else equal).
+    """
+    sweeps = report.get("sweeps") or []
+    if not sweeps:
+        raise PlotError(
+            "the report has no sweeps to plot: run a preset that varies the memory or the hidden size "
+            "(--preset growth), or give several slot counts (--slots 4,16,64)"
+        )
+    lines = []
+    for sweep in sweeps:
+        axis, points = sweep["axis"], sweep["points"]
+        fixed = f"hidden {sweep['hidden']}" if axis == "slots" else (f"N={sweep['slots']}" if sweep["slots"] else "no memory")
+        lines.append(GrowthLine(
+            name=sweep["name"],
+            mode=sweep["mode"],
+            axis=axis,
+            fixed=fixed,
+            x=tuple(int(point[axis]) for point in points),
+            time=tuple(float(point["time_relative"]) for point in points),
+            memory=tuple(_number(point.get("memory_relative")) for point in points),
+        ))
+    return lines
+
+
+def plot_growth(report: dict[str, Any], out: str | Path, *, title: str | None = None) -> Path:
+    """Draw a benchmark report's growth sweeps into ``out``: time (top) and peak memory
+    (bottom) relative to the smallest point, against N and against the hidden size (one
+    column per axis the report sweeps), log-log, one colour per model and one line style
+    per mode. What a column holds fixed goes into its title when every line shares it,
+    else into the legend.
+
+    Args:
+        report: a ``manntk bench`` report (the JSON of ``--json``).
+        out: the image file to write (PNG unless its suffix names another format).
+        title: the figure title (default: the preset, the machine and the thread count).
+
+    Returns:
+        The path of the image.
+
+    Raises:
+        PlotError: the report has no sweeps.
+    """
+    lines = growth_lines(report)
+    columns = [axis for axis in GROWTH_AXES if any(line.axis == axis for line in lines)]
+    plt = _pyplot()
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    figure, grid = plt.subplots(2, len(columns), figsize=(6.0 * len(columns) + 0.6, 8.0), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    names = list(dict.fromkeys(line.name for line in lines))
+    for column, axis_kind in enumerate(columns):
+        time_axis, memory_axis = grid[0][column], grid[1][column]
+        drawn = [line for line in lines if line.axis == axis_kind]
+        shared = {line.fixed for line in drawn}
+        for line in drawn:
+            label = f"{line.name} {line.mode}" + ("" if len(shared) == 1 else f" ({line.fixed})")
+            style = dict(color=colors[names.index(line.name) % len(colors)], linestyle=_MODE_STYLES.get(line.mode, "-"),
+                         marker="o", markersize=3.5, linewidth=1.5, label=label)
+            time_axis.plot(line.x, line.time, **style)
+            measured = [(x, memory) for x, memory in zip(line.x, line.memory) if memory is not None]
+            if measured:
+                memory_axis.plot(*zip(*measured), **style)
+        smallest = "N" if axis_kind == "slots" else "hidden size"
+        for axis, what in ((time_axis, "time per unit of work"), (memory_axis, "peak memory")):
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log", base=2)
+            axis.xaxis.set_major_locator(FixedLocator(sorted({x for line in drawn for x in line.x})))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.xaxis.set_major_formatter(ScalarFormatter())
+            axis.yaxis.set_major_formatter(ScalarFormatter())
+            axis.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            axis.set_ylabel(f"{what} (x at the smallest {smallest})")
+            axis.grid(True, which="major", alpha=0.3)
+        memory_axis.set_xlabel(GROWTH_AXES[axis_kind])
+        time_axis.set_title(f"against {GROWTH_AXES[axis_kind]}" + (f" ({shared.pop()})" if len(shared) == 1 else ""), fontsize=11)
+        time_axis.legend(fontsize=8, frameon=False)
+    if title is None:
+        machine, settings = report.get("machine", {}), report.get("settings", {})
+        threads = machine.get("torch_threads")
+        where = ", ".join(str(part) for part in (
+            machine.get("device_name") or machine.get("device"),
+            f"{threads} thread{'s' if threads != 1 else ''}" if threads else None,
+            settings.get("dtype"),
+        ) if part)
+        title = f"manntk bench {report.get('preset', '')}: time and memory relative to the smallest point ({where})"
+    figure.suptitle(title, fontsize=12)
+    figure.tight_layout()
+    return save_figure(figure, out)
