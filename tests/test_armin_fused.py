@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -62,56 +63,62 @@ def test_fused_cell_gives_the_eager_outputs_and_gradients(options, width, hard):
         torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` torch threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same_numbers(fused: tuple, eager: tuple) -> None:
+    """``run``'s outputs and gradients of the fused model equal the eager model's."""
+    (y_fused, g_fused), (y_eager, g_eager) = fused, eager
+    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
+    assert g_fused.keys() == g_eager.keys()
+    for name in g_eager:
+        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_fused_cell_splits_a_batch_over_threads_like_the_eager_cell():
     """The kernels hand rows to threads in blocks of 16: a batch of 40 runs in three blocks."""
     eager, fused = pair({"squash_state": True}, width=5)
     x = torch.randn(40, 7, 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        y_eager, g_eager = run(eager, x)
-        y_fused, g_fused = run(fused, x)
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
-    for name in g_eager:
-        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    with torch_threads(2):
+        assert_same_numbers(run(fused, x), run(eager, x))
 
 
 @pytest.mark.skipif(not _MKL_PACKING, reason="this PyTorch has no MKL packed sgemm (torch.ops.mkl._mkl_linear)")
 def test_fused_cell_on_columns_packed_for_mkl_gives_the_eager_numbers(monkeypatch):
     """Packing (forward, and the backward's columns with two threads) at toy sizes: the
-    thresholds lowered so that the cell's small weights and batch take the packed path."""
+    fused model runs with the thresholds lowered so that its small weights and batch take
+    the packed path; the eager model, run first, takes the plain products."""
     import manntk.recurrent as recurrent
 
-    monkeypatch.setattr(recurrent, "SUM_IN_PLACE_FROM", 1)
-    monkeypatch.setattr(recurrent, "PACK_FROM_BATCH", 4)
-    packed = []
-    joined_product, gradient_product = recurrent.RecurrentWeight.joined_product, recurrent.RecurrentWeight.gradient_product
-
-    def spy(product):
-        def wrapped(self, *args, **kwargs):
-            result = product(self, *args, **kwargs)
-            packed.append((product.__name__, self._packed is not None, self._packed_columns is not None))
-            return result
-        return wrapped
-
-    monkeypatch.setattr(recurrent.RecurrentWeight, "joined_product", spy(joined_product))
-    monkeypatch.setattr(recurrent.RecurrentWeight, "gradient_product", spy(gradient_product))
     eager, fused = pair({"squash_state": True}, width=5)
     x = torch.randn(4, 6, 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        y_eager, g_eager = run(eager, x)
-        y_fused, g_fused = run(fused, x)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(2):
+        expected = run(eager, x)
+        monkeypatch.setattr(recurrent, "SUM_IN_PLACE_FROM", 1)
+        monkeypatch.setattr(recurrent, "PACK_FROM_BATCH", 4)
+        packed = []
+        joined_product, gradient_product = recurrent.RecurrentWeight.joined_product, recurrent.RecurrentWeight.gradient_product
+
+        def spy(product):
+            def wrapped(self, *args, **kwargs):
+                result = product(self, *args, **kwargs)
+                packed.append((product.__name__, self._packed is not None, self._packed_columns is not None))
+                return result
+            return wrapped
+
+        monkeypatch.setattr(recurrent.RecurrentWeight, "joined_product", spy(joined_product))
+        monkeypatch.setattr(recurrent.RecurrentWeight, "gradient_product", spy(gradient_product))
+        assert_same_numbers(run(fused, x), expected)
     assert {call for call in packed if call[0] == "joined_product"} == {("joined_product", True, False)}
-    assert ("gradient_product", True, True) in packed
-    torch.testing.assert_close(y_fused, y_eager, rtol=1e-5, atol=1e-6)
-    for name in g_eager:
-        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert ("gradient_product", True, True) in packed  # with two threads the backward packs the columns too
 
 
 def test_fused_cell_in_evaluation_and_under_tracing_records_the_gates():
