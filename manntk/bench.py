@@ -665,14 +665,15 @@ def _growth() -> Preset:
             cases += [_lm(model, mode, h, slots, batch, tbptt) for h in GROWTH_HIDDEN if h != hidden]
         cases += [_lm(REFERENCE, mode, h, 0, batch, tbptt) for h in GROWTH_HIDDEN]
     first, last = GROWTH_SLOTS[0], GROWTH_SLOTS[-1]
-    # auto-addressing on the discrete path should stay flat in N; the others only report
+    # reports only: the flat-in-N target (auto-addressing's discrete path >= 0.9) is
+    # cpu-targets' ARMIN 800; at hidden 128 the N slot logits alone are a fifth of a step's
+    # multiply-adds at N=256, so this ratio sits at 0.89-0.92 by arithmetic
     targets = tuple(
         Target(
             f"{mode} chars/s: {MODELS[model].name} h{hidden} N={last} / N={first}",
             "rate",
             _lm(model, mode, hidden, last, batch, tbptt),
             _lm(model, mode, hidden, first, batch, tbptt),
-            threshold=0.9 if (model, mode) == ("armin", "eval") else None,
         )
         for mode in ("train", "eval")
         for model in ("armin", "awta", "ntm")
