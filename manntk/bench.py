@@ -1167,7 +1167,7 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument(
         "--plot", metavar="PNG",
         help="also draw the growth sweeps (time and memory against N and the hidden size; --preset growth) "
-        "into PNG; with --show, from the saved report",
+        "into PNG (another suffix, such as .svg or .pdf, picks another format); with --show, from the saved report",
     )
     bench.set_defaults(handler=bench_command)
 
@@ -1177,10 +1177,10 @@ def bench_command(args: Any) -> int:
     from manntk.cli import UsageError
 
     if args.plot:
-        from manntk.plot import PlotError, _pyplot
+        from manntk.plot import PlotError, image_format
 
         try:
-            _pyplot()  # before a run of minutes, not after it
+            image_format(args.plot)  # matplotlib and the format, before a run of minutes rather than after it
         except PlotError as error:
             raise UsageError(f"--plot: {error}") from None
     if args.show:

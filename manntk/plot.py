@@ -262,17 +262,44 @@ def plot_runs(
     return save_figure(figure, out)
 
 
+def image_format(out: str | Path) -> str:
+    """The image format that ``out``'s suffix names (``png`` without a suffix).
+
+    Raises:
+        PlotError: matplotlib cannot write that format (checked before any work is done).
+    """
+    plt = _pyplot()
+    figure = plt.figure()
+    try:
+        supported = figure.canvas.get_supported_filetypes()
+    finally:
+        plt.close(figure)
+    kind = Path(out).suffix[1:].lower() or "png"
+    if kind not in supported:
+        raise PlotError(f"{out}: matplotlib cannot write .{kind} images; use one of {', '.join(sorted(supported))}")
+    return kind
+
+
 def save_figure(figure: Any, out: str | Path) -> Path:
     """Write ``figure`` to ``out`` (its format from the suffix, PNG without one) through a
     temporary name and a rename, so that a reader never finds half a file; creates the
-    folder and closes the figure."""
+    folder and closes the figure.
+
+    Raises:
+        PlotError: the suffix names a format that matplotlib cannot write.
+    """
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    try:
+        kind = image_format(out)
+    except PlotError:
+        plt.close(figure)
+        raise
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
     try:
-        figure.savefig(temporary, format=out.suffix[1:].lower() or "png", dpi=110, bbox_inches="tight")
+        figure.savefig(temporary, format=kind, dpi=110, bbox_inches="tight")
         os.replace(temporary, out)
     finally:
         plt.close(figure)

@@ -103,6 +103,15 @@ def test_bench_plot_from_a_run_and_from_a_saved_report(tmp_path, capsys):
     assert main(["bench", "--show", str(saved), "--plot", str(shown)]) == 0
     png_size(shown)
 
+    assert main(["bench", "--show", str(saved), "--plot", str(tmp_path / "shown.svg")]) == 0  # the format from the suffix
+    assert (tmp_path / "shown.svg").read_text().lstrip().startswith("<?xml")
+    capsys.readouterr()
+    assert main(["bench", "--preset", "tiny", "--plot", str(tmp_path / "growth.docx")]) == 2  # refused before the run
+    captured = capsys.readouterr()
+    assert "--plot: " in captured.err and "cannot write .docx images" in captured.err and "png" in captured.err
+    assert "manntk bench: preset" not in captured.out  # no table: nothing ran
+    assert not list(tmp_path.glob("*growth*"))
+
     saved.write_text(json.dumps({**report(), "sweeps": []}))
     assert main(["bench", "--show", str(saved), "--plot", str(tmp_path / "none.png")]) == 2
     assert "--plot: the report has no sweeps" in capsys.readouterr().err
