@@ -268,12 +268,10 @@ def image_format(out: str | Path) -> str:
     Raises:
         PlotError: matplotlib cannot write that format (checked before any work is done).
     """
-    plt = _pyplot()
-    figure = plt.figure()
-    try:
-        supported = figure.canvas.get_supported_filetypes()
-    finally:
-        plt.close(figure)
+    _pyplot()  # matplotlib is there, with the Agg backend
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
     kind = Path(out).suffix[1:].lower() or "png"
     if kind not in supported:
         raise PlotError(f"{out}: matplotlib cannot write .{kind} images; use one of {', '.join(sorted(supported))}")
@@ -291,14 +289,10 @@ def save_figure(figure: Any, out: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    try:
-        kind = image_format(out)
-    except PlotError:
-        plt.close(figure)
-        raise
-    out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
     try:
+        kind = image_format(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(temporary, format=kind, dpi=110, bbox_inches="tight")
         os.replace(temporary, out)
     finally:
