@@ -696,10 +696,9 @@ def _tiny() -> Preset:
     for mode in ("train", "eval"):
         cases += [_lm(model, mode, 8, 4, batch=2, tbptt=5) for model in ALL_MODELS]
     cases += [_algo(model, hidden=8, slots=4, width=4, sequences=2, max_length=3) for model in ALL_MODELS]
-    cases.append(_lm("armin-compiled", "train", 8, 4, batch=2, tbptt=5))
     targets = (Target("train chars/s: ARMIN / torch.nn.LSTM (tiny; no threshold)", "rate", cases[0], cases[5]),)
     # one thread: at toy sizes, OpenMP hand-offs on a busy machine cost more than the work
-    return Preset("tiny", "every model at toy sizes, for the test suite", tuple(cases), targets, repeats=2, warmup=1, threads=1)
+    return Preset("tiny", "every model at toy sizes but the compiled one (tests/test_compile.py), for the test suite", tuple(cases), targets, repeats=2, warmup=1, threads=1)
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from pathlib import Path
 
@@ -276,19 +277,42 @@ def test_fused_kernels_saturate_like_torch_for_large_pre_activations(dtype):
     without layer norm diverged at step 10 before the sigmoid's argument was clamped)."""
     torch.manual_seed(0)
     eager, fused = pair({}, width=4)
-    eager, fused = eager.to(dtype), fused.to(dtype)
     with torch.no_grad():
         for model in (eager, fused):
             for p in model.parameters():
                 p.mul_(200)
+    exact, single, fused = eager.double(), copy.deepcopy(eager).float(), fused.to(dtype)
     x = torch.randn(3, 6, 3, dtype=dtype) * 50
-    y_eager, g_eager = run(eager, x)
+    y_exact, g_exact = run(exact, x.double())
+    y_single, g_single = run(single, x.float())
     y_fused, g_fused = run(fused, x)
-    assert torch.isfinite(y_eager).all() and all(torch.isfinite(g).all() for g in g_fused.values())
-    torch.testing.assert_close(y_fused, y_eager)
-    # float32: a saturated tanh's derivative (1 - tanh^2) is 0 or 1.2e-7 depending on the
-    # last bit of tanh, and the state's scale (~1e4) amplifies it; compare at the gradients' scale
-    scale = max(g.abs().max() for g in g_eager.values())
-    atol = 1e-3 * scale if dtype == torch.float32 else 1e-12 * scale
-    for name in g_eager:
-        torch.testing.assert_close(g_fused[name], g_eager[name], rtol=0, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    assert torch.isfinite(y_fused).all() and all(torch.isfinite(g).all() for g in g_fused.values())
+    # Judged by the arithmetic, not by another CPU's last bits (the kernels are vectorised,
+    # so their exp and tanh round differently on different CPUs):
+    # - Outputs. With pre-activations near 1e4, one rounding of a pre-activation is ~1e4 eps;
+    #   a gate that happens to sit in its linear range passes that on and the head amplifies
+    #   it. How much depends on the inputs (the problem's condition), and torch's own float32
+    #   path measures it: its distance from float64, in units of float32's eps. The fused
+    #   kernels round elsewhere: an independent draw of the same size, whose largest error
+    #   over the outputs can exceed torch's several times (up to 3.6x over seeds 0-59 on an
+    #   AMD EPYC): allow eight times that, plus a few ulp of the outputs' magnitude where
+    #   torch's float32 happens to be exact.
+    # - Gradients, in addition: a saturated gate's derivative, s (1 - s) or 1 - tanh^2, is 0
+    #   in exact arithmetic but anything in [0, eps] from a rounded s or tanh, and each
+    #   rounding is scaled by the backward pass through one step's weights (at most their
+    #   largest absolute row or column sum) and summed over the B * T steps a weight gradient
+    #   gathers: eps * B * T * |W| relative to the gradients' magnitude.
+    # In float64 the same sensitivities times float64's eps.
+    steps = x.shape[0] * x.shape[1]
+    largest_weight_sum = max(max(w.abs().sum(0).max().item(), w.abs().sum(1).max().item()) for w in exact.parameters() if w.dim() == 2)
+    for what, exact_, single_, fused_, saturated in (
+        ("outputs", {"y": y_exact}, {"y": y_single}, {"y": y_fused}, 0),
+        ("gradients", g_exact, g_single, g_fused, steps * largest_weight_sum),
+    ):
+        assert fused_.keys() == exact_.keys()
+        sensitivity = max((single_[k].double() - exact_[k]).abs().max().item() for k in exact_) / torch.finfo(torch.float32).eps
+        magnitude = max(exact_[k].abs().max().item() for k in exact_)
+        bound = (8 * sensitivity + (16 + saturated) * magnitude) * torch.finfo(dtype).eps
+        for name in exact_:
+            error = (fused_[name].double() - exact_[name]).abs().max().item()
+            assert error <= bound, f"{what}, {name}: fused {error:.3g} from float64; bound {bound:.3g} (sensitivity {sensitivity:.3g})"

@@ -13,13 +13,38 @@
 
 namespace {
 
-// -ffast-math lets the compiler assume that nothing overflows: 1 / (1 + exp(-x)) with exp
-// at infinity became NaN (the division is a reciprocal estimate refined by a Newton step).
-// The argument is clamped where the result no longer changes: sigmoid(80) is 1 in float
-// and double, sigmoid(-80) is 1.8e-35.
+// Saturated activations are exactly +-1, as correctly rounded arithmetic gives: the
+// vectorised exp and tanh that -ffast-math allows may round them to 1 - ulp, and then the
+// derivatives s (1 - s) and 1 - t^2, which are ~0 in exact arithmetic, come out near eps
+// and, scaled by a large upstream gradient, leak into weights that should get none.
+// 1 - tanh(x) = 2 e^{-2x} / (1 + e^{-2x}) is under a quarter of eps (so tanh rounds to 1)
+// from x = ln(8 / eps) / 2 on, and 1 - sigmoid(x) ~ e^{-x} from x = ln(4 / eps):
+// 9.02 and 17.33 in float, 19.07 and 37.43 in double (rounded up).
+template <typename T>
+struct Saturation;
+template <>
+struct Saturation<float> {
+  static constexpr float tanh = 9.02f, sigmoid = 17.33f;
+};
+template <>
+struct Saturation<double> {
+  static constexpr double tanh = 19.07, sigmoid = 37.43;
+};
+
+template <typename T>
+inline T tanh(T x) {
+  constexpr T at = Saturation<T>::tanh;
+  return x >= at ? T(1) : x <= -at ? T(-1) : std::tanh(x);
+}
+
+// -ffast-math also lets the compiler assume that nothing overflows: 1 / (1 + exp(-x)) with
+// exp at infinity became NaN (the division is a reciprocal estimate refined by a Newton
+// step), so the argument is clamped below where the result no longer changes:
+// sigmoid(-80) is 1.8e-35.
 template <typename T>
 inline T sigmoid(T x) {
-  x = std::min(std::max(x, T(-80)), T(80));
+  if (x >= Saturation<T>::sigmoid) return T(1);
+  x = std::max(x, T(-80));
   return T(1) / (T(1) + std::exp(-x));
 }
 
@@ -63,15 +88,15 @@ void cell_out_row(const T* __restrict__ x, const T* __restrict__ bias, const T* 
   const int64_t rest = read_output ? dh + dr : dh;  // o_h (and o_r)
   for (int64_t j = 0; j < dh; ++j) a[j] = sigmoid(x[j] + bias[j]);
   for (int64_t j = 0; j < dh; ++j) a[dh + j] = sigmoid(x[dh + j] + bias[dh + j] + fb);
-  for (int64_t j = 0; j < dh; ++j) a[2 * dh + j] = std::tanh(x[2 * dh + j] + bias[2 * dh + j]);
+  for (int64_t j = 0; j < dh; ++j) a[2 * dh + j] = tanh(x[2 * dh + j] + bias[2 * dh + j]);
   for (int64_t j = 0; j < rest; ++j) a[3 * dh + j] = sigmoid(x[3 * dh + j] + bias[3 * dh + j]);
   for (int64_t j = 0; j < dh; ++j) hn[j] = a[dh + j] * h[j] + a[j] * a[2 * dh + j];
   if (squash) {
-    for (int64_t j = 0; j < dh; ++j) hn[j] = std::tanh(hn[j]);
+    for (int64_t j = 0; j < dh; ++j) hn[j] = tanh(hn[j]);
   }
-  for (int64_t j = 0; j < dh; ++j) o[j] = a[3 * dh + j] * std::tanh(hn[j]);
+  for (int64_t j = 0; j < dh; ++j) o[j] = a[3 * dh + j] * tanh(hn[j]);
   if (read_output) {
-    for (int64_t j = 0; j < dr; ++j) o[dh + j] = a[4 * dh + j] * std::tanh(r[j]);
+    for (int64_t j = 0; j < dr; ++j) o[dh + j] = a[4 * dh + j] * tanh(r[j]);
   }
 }
 
@@ -80,9 +105,9 @@ void cell_out_backward_row(const T* __restrict__ dout, const T* __restrict__ dhn
                            const T* __restrict__ h, const T* __restrict__ r, const T* __restrict__ hn, T* __restrict__ dg,
                            T* __restrict__ dhr, int64_t dh, int64_t dr, bool squash, bool read_output) {
   // tanh(h_new) and tanh(r) first, in the slots where they are used
-  for (int64_t j = 0; j < dh; ++j) dg[3 * dh + j] = std::tanh(hn[j]);
+  for (int64_t j = 0; j < dh; ++j) dg[3 * dh + j] = tanh(hn[j]);
   if (read_output) {
-    for (int64_t j = 0; j < dr; ++j) dhr[dh + j] = std::tanh(r[j]);
+    for (int64_t j = 0; j < dr; ++j) dhr[dh + j] = tanh(r[j]);
   }
   // dc, the gradient of c = f h + i g, kept in dhr[:d_h] until it becomes dc * f
   for (int64_t j = 0; j < dh; ++j) {
