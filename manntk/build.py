@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from manntk.config import AddressingSpec, CellSpec, ConfigError, TaskSpec, WriteSpec, non_negative, positive, probability, structure
 from manntk.context import BuildContext
@@ -21,20 +23,48 @@ if TYPE_CHECKING:
 class MemoryConfig:
     """The slot memory of each layer.
 
+    Every slot starting equal is a trap for content addressing: with equal slots and
+    uniform initial head weights every address is uniform, a uniform write keeps the
+    slots equal, and an NTM-style model never learns which slot is which.
+    [`manntk.testing.check_symmetry`][manntk.testing.check_symmetry] catches it.
+
     Attributes:
         slots: N, the number of slots.
         width: D, the width of a slot, which is the read size ``d_r`` (default: the
             cell's hidden size, as in the paper).
-        init: ``constant`` (every entry ``value``) or ``learned`` (a trained ``[N, D]``
-            parameter starting at ``value``, as the authors' code).
-        value: the initial value of every entry (NTM implementations use a small
-            constant such as 1e-6).
+        init: how the initial memory is made: ``constant`` (every entry ``value``; NTM
+            replications use a small constant such as 1e-6, with initial head weights
+            that are not uniform) or ``uniform`` (each entry drawn from
+            ``U(-1/sqrt(N + D), 1/sqrt(N + D))`` when the model is built, as pytorch-ntm;
+            saved with the weights).
+        learned: the initial memory is a trained ``[N, D]`` parameter (as the authors'
+            ARMIN code), starting from ``init``.
+        per_sequence: with ``init: uniform``, every new sequence draws a memory of its
+            own instead of sharing the one drawn at build time.
+        value: the entries of the ``constant`` start.
     """
 
     slots: int = attrs.field(default=20, validator=positive)
     width: int | None = attrs.field(default=None, validator=positive)
-    init: Literal["constant", "learned"] = attrs.field(default="constant", validator=attrs.validators.in_(("constant", "learned")))
+    init: Literal["constant", "uniform"] = attrs.field(default="constant", validator=attrs.validators.in_(("constant", "uniform")))
+    learned: bool = False
+    per_sequence: bool = False
     value: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.per_sequence and (self.init != "uniform" or self.learned):
+            raise ValueError("memory.per_sequence draws a uniform memory for every sequence: it needs init: uniform and learned: false")
+
+    def start(self, slots: int, width: int) -> Tensor:
+        """The ``[N, D]`` initial memory of a layer (drawn from torch's generator for ``uniform``)."""
+        if self.init == "uniform":
+            return torch.empty(slots, width).uniform_(-self.uniform_bound(slots, width), self.uniform_bound(slots, width))
+        return torch.full((slots, width), float(self.value))
+
+    @staticmethod
+    def uniform_bound(slots: int, width: int) -> float:
+        """``1 / sqrt(N + D)``, the bound of the ``uniform`` start."""
+        return 1.0 / math.sqrt(slots + width) if slots + width else 0.0
 
 
 @attrs.define
@@ -120,7 +150,10 @@ def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, in
     write = context.build(config.write, path="model.write")
     return MemoryLayer(
         cell, addressing, write, slots, width,
-        memory_init=config.memory.init, memory_value=config.memory.value, discrete_eval=config.discrete_eval,
+        memory_start=config.memory.start(slots, width),
+        learned_start=config.memory.learned,
+        resample_bound=config.memory.uniform_bound(slots, width) if config.memory.per_sequence else None,
+        discrete_eval=config.discrete_eval,
     )
 
 

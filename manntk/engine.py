@@ -53,16 +53,21 @@ class MemoryLayer(nn.Module):
         write: Write,
         slots: int,
         width: int,
-        memory_init: str = "constant",
-        memory_value: float = 0.0,
+        memory_start: Tensor | None = None,
+        learned_start: bool = False,
+        resample_bound: float | None = None,
         discrete_eval: bool = True,
     ) -> None:
+        """``memory_start``: the ``[N, D]`` initial memory (zeros when ``None``), a trained
+        parameter with ``learned_start``; with ``resample_bound`` every fresh state draws
+        its own memory uniformly from ``[-bound, bound]`` instead."""
         super().__init__()
         self.cell, self.addressing, self.write = cell, addressing, write
         self.slots, self.width = slots, width
         self.discrete_eval = discrete_eval
-        initial = torch.full((slots, width), float(memory_value))
-        if memory_init == "learned":
+        self.resample_bound = resample_bound
+        initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
+        if learned_start:
             self.memory_init = nn.Parameter(initial)
         else:
             self.register_buffer("memory_init", initial)
@@ -82,9 +87,15 @@ class MemoryLayer(nn.Module):
             "cell": self.cell.init_state(batch_size, device, dtype),
             "addressing": self.addressing.init_state(batch_size, device, dtype),
             "write": self.write.init_state(batch_size, device, dtype),
-            # a copy of its own even for one row (expand + contiguous would then be a view of memory_init)
-            "memory": self.memory_init.to(device=device, dtype=dtype).expand(batch_size, -1, -1).clone(memory_format=torch.contiguous_format),
+            "memory": self._initial_memory(batch_size, device, dtype),
         }
+
+    def _initial_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        if self.resample_bound is not None:
+            bound = self.resample_bound
+            return torch.empty(batch_size, self.slots, self.width, device=device, dtype=dtype).uniform_(-bound, bound)
+        # a copy of its own even for one row (expand + contiguous would then be a view of memory_init)
+        return self.memory_init.to(device=device, dtype=dtype).expand(batch_size, -1, -1).clone(memory_format=torch.contiguous_format)
 
     def forward(self, x: Tensor, state: State, consume_state: bool = False) -> tuple[Tensor, State]:
         """Run the chunk ``x`` ``[B, T, input_size]`` from ``state``; returns ``o`` ``[B, T, output_size]`` and the new state.

@@ -18,7 +18,7 @@ import attrs
 import yaml
 
 from manntk.build import ModelConfig
-from manntk.config import ConfigError, PartSpec, TaskSpec, non_negative, positive, structure
+from manntk.config import ConfigError, PartSpec, TaskSpec, non_negative, positive, probability, structure
 from manntk.plugins import Plugins, default_plugins
 
 _in = attrs.validators.in_
@@ -35,6 +35,8 @@ class OptimizerConfig:
         momentum: momentum of ``sgd`` and ``rmsprop``.
         betas: Adam's ``(beta1, beta2)``.
         eps: the optimizer's epsilon.
+        alpha: ``rmsprop``'s smoothing constant of the squared gradients (torch's
+            default 0.99; the ARMIN authors and pytorch-ntm use 0.95).
     """
 
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = attrs.field(default="adam", validator=_in(("adam", "adamw", "rmsprop", "sgd")))
@@ -43,6 +45,7 @@ class OptimizerConfig:
     momentum: float = attrs.field(default=0.0, validator=non_negative)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = attrs.field(default=1e-8, validator=positive)
+    alpha: float = attrs.field(default=0.99, validator=[positive, probability])
 
 
 @attrs.define

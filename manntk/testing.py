@@ -70,7 +70,7 @@ from manntk.plugins import Plugins, default_plugins
 from manntk.registry import Registry
 from manntk.state import flatten_state, load_state, map_state, save_state
 
-__all__ = ["CheckReport", "check_address", "check_addressing", "check_cell", "check_model", "check_write"]
+__all__ = ["CheckReport", "check_address", "check_addressing", "check_cell", "check_model", "check_symmetry", "check_write"]
 
 #: ``factory(config, context) -> nn.Module``, as registered through the hooks.
 PartFactory = Callable[[Any, BuildContext], nn.Module]
@@ -992,6 +992,102 @@ def check_model(
                     cuda_model = copy.deepcopy(model).to(_PARITY_DEVICE).eval()
                     y_cuda, _ = cuda_model(x.to(_PARITY_DEVICE))
                     torch.testing.assert_close(y_cuda.cpu(), y_full, rtol=1e-4, atol=1e-5, msg=lambda m: f"outputs differ between CPU and CUDA: {m}")
+    return checks.report()
+
+
+#: Smallest spread ``max_i w_i - min_i w_i`` of the weights over the slots, relative to
+#: the uniform weight ``1/N``, and smallest difference between slots, relative to the
+#: memory's largest entry, that count as broken symmetry (far above float32 rounding).
+SYMMETRY_TOLERANCE = 1e-3
+
+
+def check_symmetry(
+    mapping: Mapping[str, Any] | Any,
+    plugins: Plugins | None = None,
+    *,
+    batch: int = 2,
+    steps: int = 4,
+    seed: int = 0,
+) -> CheckReport:
+    """Check that a model's slots become distinguishable: after a few steps from a fresh
+    state on random (non-uniform) inputs, the read weights (and the write weights, where
+    the write policy records them) are not uniform over the slots, and the slots of the
+    memory differ.
+
+    A model that fails cannot learn to use its memory, whatever the training: if every
+    slot starts equal and the first weights are uniform, content addressing gives
+    uniform weights, interpolation, shifting and sharpening keep them uniform, and a
+    uniform write keeps every slot equal, forever (an NTM with a constant memory start
+    and uniform initial weights). Break the symmetry in the memory's start
+    (``memory.init: uniform``) or in the first weights (``ntm``'s ``start``).
+
+    Args:
+        mapping: what [`build_model`][manntk.build.build_model] takes; it must give
+            ``input_size``. Layers without memory are skipped.
+        plugins: where the parts are looked up (default: the installed plugins).
+        batch: B.
+        steps: T, the steps run from the fresh state.
+        seed: seeds the model's initialisation and the inputs.
+
+    Returns:
+        The checks that ran (``read_weights``, ``write_weights``, ``slots_differ``), and
+        the skipped ones with the reason.
+
+    Raises:
+        AssertionError: the symmetry was not broken; the message names the model, the
+            layer, the step and the spread found.
+    """
+    from manntk.build import ModelConfig, build_model
+    from manntk.config import structure
+    from manntk.trace import tracing
+
+    checks = _Checks(f"model {_model_label(mapping)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with checks.check("build"):
+            config = mapping if isinstance(mapping, ModelConfig) else structure(dict(mapping), ModelConfig, _registry(plugins))
+            _require(config.input_size is not None, "the mapping gives no input_size")
+            model = build_model(config, plugins)
+        generator = torch.Generator().manual_seed(seed + 1)
+        if model.embedding is not None:
+            x = torch.randint(0, config.input_size, (batch, steps), generator=generator)
+        else:
+            x = torch.randn(batch, steps, config.input_size, generator=generator)
+        model.train()
+        with torch.no_grad(), tracing() as trace:
+            _, state = model(x)
+    layers = [(index, layer) for index, layer in enumerate(model.layers) if layer.slots > 1]
+    if not layers:
+        for name in ("read_weights", "write_weights", "slots_differ"):
+            checks.skip(name, "no layer has a memory of two or more slots")
+        return checks.report()
+    for kind in ("read", "write"):
+        name = f"{kind}_weights"
+        recorded = [(index, trace.get(f"layer{index}.{kind}")) for index, _ in layers]
+        if all(weights is None for _, weights in recorded):
+            checks.skip(name, f"no layer records {kind} weights")
+            continue
+        with checks.check(name):
+            for index, weights in recorded:
+                if weights is None:
+                    continue
+                spread = weights[-1].amax(-1) - weights[-1].amin(-1)  # [B], at the last step
+                slots = weights.shape[-1]
+                _require(
+                    bool((spread > SYMMETRY_TOLERANCE / slots).all()),
+                    f"layer {index}: the {kind} weights are uniform over the {slots} slots after {steps} steps "
+                    f"(largest minus smallest weight: {spread.min().item():.3g}); the slots cannot be told apart",
+                )
+    with checks.check("slots_differ"):
+        for index, _ in layers:
+            memory = state["layers"][index]["memory"]  # [B, N, D]
+            difference = (memory - memory[:, :1]).abs().amax(dim=(1, 2))
+            scale = memory.abs().amax(dim=(1, 2)).clamp_min(torch.finfo(memory.dtype).tiny)
+            _require(
+                bool((difference > SYMMETRY_TOLERANCE * scale).all()),
+                f"layer {index}: every slot of the memory holds the same values after {steps} steps "
+                f"(largest difference from slot 0: {difference.min().item():.3g})",
+            )
     return checks.report()
 
 

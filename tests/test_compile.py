@@ -15,7 +15,7 @@ from manntk.state import detach_state
 from manntk.training import train
 from tests.test_training import tiny_lm, train_rows
 
-MEMORY = {"slots": 4, "width": 6, "init": "learned"}
+MEMORY = {"slots": 4, "width": 6, "learned": True}
 
 #: One composition per addressing and write policy, each with its usual cell. Each takes
 #: 7-50 s to compile on 2 cores: soft ARMIN (the Inductor bug's ground) runs by default,

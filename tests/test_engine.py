@@ -94,7 +94,7 @@ def test_a_fresh_state_never_shares_memory_init():
     """``state=None`` is consumed (the layer writes into it): with one row, expand +
     contiguous would have been a view of the learned initial memory."""
     mapping = model_mapping("armin", slots=3)
-    mapping["memory"]["init"] = "learned"
+    mapping["memory"]["learned"] = True
     model = build(mapping).eval()
     initial = model.layers[0].memory_init.detach().clone()
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_embedding_takes_token_ids():
 
 
 def test_learned_memory_init_gets_gradient():
-    model = build(model_mapping("armin", memory_override={"slots": 4, "width": 4, "init": "learned", "value": 0.5}))
+    model = build(model_mapping("armin", memory_override={"slots": 4, "width": 4, "learned": True, "value": 0.5}))
     assert torch.equal(model.layers[0].memory_init, torch.full((4, 4), 0.5))
     y, _ = model(torch.randn(B, T, 3))
     y.sum().backward()

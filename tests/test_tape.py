@@ -121,16 +121,16 @@ def run(model, x, tape: bool, monkeypatch, seed=1):
 
 
 @pytest.mark.parametrize(
-    "write, memory_init",
+    "write, learned",
     [
-        ({"name": "overwrite"}, "constant"),
-        ({"name": "overwrite", "fill_empty_first": False, "projection": True}, "learned"),
+        ({"name": "overwrite"}, False),
+        ({"name": "overwrite", "fill_empty_first": False, "projection": True}, True),
     ],
 )
-def test_armin_trains_on_the_tape_with_the_plain_numbers(write, memory_init, monkeypatch):
+def test_armin_trains_on_the_tape_with_the_plain_numbers(write, learned, monkeypatch):
     mapping = model_mapping("armin", width=4, write=write)
     mapping["write"] = write
-    mapping["memory"]["init"] = memory_init
+    mapping["memory"]["learned"] = learned
     model = manntk.build_model(mapping)
     x = torch.randn(3, 11, 3)  # 11 steps, 4 slots
     y_tape, memory_tape, g_tape, node = run(model, x, True, monkeypatch)
@@ -140,7 +140,7 @@ def test_armin_trains_on_the_tape_with_the_plain_numbers(write, memory_init, mon
     torch.testing.assert_close(y_tape, y_plain, rtol=0, atol=0)
     torch.testing.assert_close(memory_tape, memory_plain, rtol=0, atol=0)
     assert g_tape.keys() == g_plain.keys()
-    assert ("layers.0.memory_init" in g_plain) == (memory_init == "learned")
+    assert ("layers.0.memory_init" in g_plain) == learned
     for name in g_plain:
         torch.testing.assert_close(g_tape[name], g_plain[name], rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
 

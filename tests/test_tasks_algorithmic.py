@@ -329,7 +329,7 @@ def test_invalid_batch_size_is_rejected(generate, config) -> None:
 
 
 def test_paper_defaults() -> None:
-    assert attrs.astuple(CopyConfig()) == (6, 1, 50)
+    assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end")
     assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None)
     assert attrs.astuple(AssociativeRecallConfig()) == (6, 3, 2, 6)
     assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30)

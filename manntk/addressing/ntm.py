@@ -11,11 +11,17 @@ From ``[x_t, h]`` a head emits a key ``k``, a strength ``beta``, an interpolatio
 
 Norms and powers carry an ``eps`` so an all-zero memory gives finite weights and
 finite gradients.
+
+The weights ``w_0`` before the first step (``start``) matter: uniform weights over a
+memory whose slots are all equal give uniform content weights, which interpolation,
+shifting and sharpening keep uniform, and the write then keeps the slots equal: the model
+cannot learn. Either the memory (``model.memory.init: uniform``) or ``w_0``
+(``first_slot``, ``learned``) must break the symmetry.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
@@ -38,12 +44,18 @@ class NtmConfig:
         shift: largest location shift ``k`` (shifts ``-k..k``); 0 turns shifting off.
         sharpen: sharpen with an exponent ``gamma >= 1``.
         eps: added to norms and to the weights before sharpening.
+        start: the weights before the first step: ``uniform`` (1/N on every slot),
+            ``first_slot`` (all on slot 0, as a tape head starts) or ``learned`` (the
+            softmax of trained logits, drawn from N(0, 1) when the model is built).
     """
 
     interpolation: bool = True
     shift: int = attrs.field(default=1, validator=non_negative)
     sharpen: bool = True
     eps: float = attrs.field(default=1e-6, validator=positive)
+    start: Literal["uniform", "first_slot", "learned"] = attrs.field(
+        default="first_slot", validator=attrs.validators.in_(("uniform", "first_slot", "learned"))
+    )
 
 
 def cosine_similarity(key: Tensor, memory: Tensor, eps: float) -> Tensor:
@@ -80,9 +92,18 @@ class NtmAddressing(Addressing):
         self.input_size, self.slots, self.width = context.input_size, context.slots, context.width
         self.sizes = [context.width, 1, 1 if config.interpolation else 0, 2 * config.shift + 1 if config.shift else 0, 1 if config.sharpen else 0]
         self.W_head = nn.Linear(context.input_size + context.hidden_size, sum(self.sizes))
+        if config.start == "learned":
+            self.start_logits = nn.Parameter(torch.randn(self.slots))
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        return {"weights": torch.full((batch_size, self.slots), 1.0 / self.slots, device=device, dtype=dtype)}
+        if self.config.start == "learned":
+            start = torch.softmax(self.start_logits.to(device=device, dtype=dtype), dim=0)
+        elif self.config.start == "first_slot":
+            start = torch.zeros(self.slots, device=device, dtype=dtype)
+            start[0] = 1.0
+        else:
+            start = torch.full((self.slots,), 1.0 / self.slots, device=device, dtype=dtype)
+        return {"weights": start.expand(batch_size, -1).clone()}
 
     def prepare(self, x: Tensor) -> _Prepared:
         w_x, w_h = split_input_weight(self.W_head, self.input_size, [self.W_head.in_features - self.input_size])

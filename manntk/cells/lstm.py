@@ -36,12 +36,15 @@ class LstmConfig:
         layer_norm: normalise each gate block's pre-activation and ``c_t`` before the
             output ``tanh`` (Ba et al., 2016).
         zoneout: probability that a unit of ``h`` and of ``c`` keeps its previous value.
+        learned_state: ``h_0`` and ``c_0`` are trained parameters (starting at zero, as
+            pytorch-ntm's controller) instead of zeros.
     """
 
     hidden_size: int = attrs.field(validator=positive)
     forget_bias: float = 0.0
     layer_norm: bool = False
     zoneout: float = attrs.field(default=0.0, validator=probability)
+    learned_state: bool = False
 
 
 class _Prepared(NamedTuple):
@@ -61,8 +64,13 @@ class LstmCell(Cell):
         self.W = nn.Linear(d_i + d_h + d_r, 4 * d_h)
         self.norm_gates = GateNorm([d_h] * 4) if config.layer_norm else nn.Identity()
         self.norm_cell = nn.LayerNorm(d_h) if config.layer_norm else nn.Identity()
+        if config.learned_state:
+            self.h_0 = nn.Parameter(torch.zeros(d_h))
+            self.c_0 = nn.Parameter(torch.zeros(d_h))
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        if self.config.learned_state:
+            return {name: start.to(device=device, dtype=dtype).expand(batch_size, -1).clone() for name, start in (("h", self.h_0), ("c", self.c_0))}
         zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
         return {"h": zeros, "c": zeros.clone()}
 

@@ -18,7 +18,7 @@ def make_optimizer(config: OptimizerConfig, parameters: Iterable[torch.nn.Parame
     if config.name == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
     if config.name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum, eps=config.eps, weight_decay=config.weight_decay)
+        return torch.optim.RMSprop(parameters, lr=config.lr, alpha=config.alpha, momentum=config.momentum, eps=config.eps, weight_decay=config.weight_decay)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 

@@ -1,14 +1,15 @@
 """The NTM write: a head with its own addressing, then erase and add.
 
 ``M_i <- M_i * (1 - w_i e) + w_i a`` with ``e = sigmoid(W_e h_t)``, ``a = tanh(W_a h_t)``
-and ``w`` the write head's weights. The head is any addressing plugin (``ntm`` by
+(or ``a = W_a h_t`` with ``add: linear``, as pytorch-ntm) and ``w`` the write head's
+weights. The head is any addressing plugin (``ntm`` by
 default); it sees ``[x_t, h_t]`` and ``M_{t-1}``. Unlike the overwrite policy the weights
 are not detached: the write is fully differentiable.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import attrs
 import torch
@@ -29,9 +30,12 @@ class EraseAddConfig:
 
     Attributes:
         addressing: the write head's addressing (a plugin node, like ``model.addressing``).
+        add: the add vector's activation: ``tanh`` (bounded, Graves et al.) or ``linear``
+            (pytorch-ntm).
     """
 
     addressing: AddressingSpec = attrs.field(factory=lambda: AddressingSpec("ntm"))
+    add: Literal["tanh", "linear"] = attrs.field(default="tanh", validator=attrs.validators.in_(("tanh", "linear")))
 
 
 class _Prepared(NamedTuple):
@@ -49,6 +53,7 @@ class EraseAdd(Write):
         self.slots, self.width = context.slots, context.width
         self.head = context.build(config.addressing, path=f"{context.path}.addressing")
         self.W_ea = nn.Linear(context.hidden_size, 2 * context.width)
+        self.bounded_add = config.add == "tanh"
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         return {"head": self.head.init_state(batch_size, device, dtype)}
@@ -61,7 +66,7 @@ class EraseAdd(Write):
         erase, add = prepared.W_ea(self.W_ea.bias, hidden).chunk(2, dim=-1)
         weights = head_address.dense(self.slots, memory.dtype)
         record("write", weights)
-        return mem.erase_add(memory, weights, torch.sigmoid(erase), torch.tanh(add)), {"head": head_state}
+        return mem.erase_add(memory, weights, torch.sigmoid(erase), torch.tanh(add) if self.bounded_add else add), {"head": head_state}
 
 
 @hookimpl

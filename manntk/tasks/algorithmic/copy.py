@@ -13,7 +13,9 @@ Layout of one example of length ``L`` (``W = width``), ``2L + 2`` steps:
 | ``L + 2 .. 2L + 1`` | 0                                  | the bits | True  |
 
 ``input_size = W + 2``, ``output_size = W``. The two marker channels match the authors'
-code (``seq_width + 2`` inputs).
+code (``seq_width + 2`` inputs). With ``markers: end`` (pytorch-ntm's layout) there is no
+start marker: the bits come first and a delimiter on channel ``W`` ends them
+(``input_size = W + 1``, ``2L + 1`` steps).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class CopyConfig:
         width: bits per vector (paper: 6).
         min_length: the shortest sequence, in vectors (paper: 1).
         max_length: the longest sequence, in vectors (paper: 50); ``>= min_length``.
+        markers: ``start_end`` (a start and an end marker channel, as the ARMIN authors'
+            code) or ``end`` (one delimiter channel after the bits, as pytorch-ntm).
     """
 
     width: int = attrs.field(default=6, validator=positive_int)
@@ -52,11 +56,13 @@ class CopyConfig:
     max_length: int = attrs.field(
         default=50, validator=[positive_int, at_least_field("min_length")]
     )
+    markers: str = attrs.field(default="start_end", validator=attrs.validators.in_(("start_end", "end")))
 
     @property
     def input_size(self) -> int:
-        """``width + 2``: the bits, the start marker and the end marker."""
-        return self.width + 2
+        """``width + 2``: the bits, the start marker and the end marker (``width + 1``
+        with ``markers: end``)."""
+        return self.width + (2 if self.markers == "start_end" else 1)
 
     @property
     def output_size(self) -> int:
@@ -82,6 +88,8 @@ def _example(config: CopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
     bits = random_bits(length, config.width, generator)
     size = config.input_size
-    start, end = marker(size, config.width), marker(size, config.width + 1)
-    presented = torch.cat([start, widen(bits, size), end])
+    if config.markers == "end":
+        presented = torch.cat([widen(bits, size), marker(size, config.width)])
+    else:
+        presented = torch.cat([marker(size, config.width), widen(bits, size), marker(size, config.width + 1)])
     return two_phase(presented, bits)

@@ -1,0 +1,146 @@
+"""Slots that can be told apart: the symmetry check of ``manntk.testing``, the memory
+starts and the NTM-style options that pytorch-ntm's setup needs, each checked so that
+ignoring the option fails."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import manntk
+from manntk import memory as mem
+from manntk.context import BuildContext
+from manntk.parts import Address
+from manntk.plugins import default_plugins
+from manntk.recipe import OptimizerConfig
+from manntk.tasks.algorithmic import copy
+from manntk.tasks.algorithmic.copy import CopyConfig
+from manntk.testing import check_symmetry
+from manntk.training.optim import make_optimizer
+from manntk.writes.erase_add import EraseAdd, EraseAddConfig
+from tests.conftest import COMPOSITIONS, model_mapping
+
+MEMORY_MODELS = [name for name in COMPOSITIONS if COMPOSITIONS[name][1]["name"] != "none"]
+
+
+def ntm(slots: int = 8, start: str = "first_slot", **memory) -> dict:
+    """The NTM-style composition with both heads starting from ``start``."""
+    mapping = model_mapping("ntm", slots=slots, width=4)
+    mapping["addressing"]["start"] = start
+    mapping["write"]["addressing"] = {"name": "ntm", "start": start}
+    mapping["memory"].update(memory)
+    return mapping
+
+
+@pytest.mark.parametrize("name", MEMORY_MODELS)
+def test_every_builtin_composition_breaks_the_symmetry_between_slots(name):
+    report = check_symmetry(model_mapping(name, slots=8, width=4))
+    assert {"read_weights", "write_weights", "slots_differ"} <= set(report.checks)
+
+
+def test_the_symmetry_check_skips_a_model_without_memory():
+    assert "read_weights" in check_symmetry(model_mapping("lstm")).skipped
+
+
+def test_equal_slots_and_uniform_first_weights_fail_the_symmetry_check():
+    """The NTM-style start that could not learn: every slot 1e-6, every weight 1/N."""
+    with pytest.raises(AssertionError, match=r"read_weights.*uniform over the 8 slots"):
+        check_symmetry(ntm(start="uniform", init="constant", value=1e-6))
+
+
+@pytest.mark.parametrize("start, memory", [("first_slot", {"value": 1e-6}), ("learned", {"value": 1e-6}), ("uniform", {"init": "uniform"})])
+def test_either_the_memory_or_the_first_weights_break_the_symmetry(start, memory):
+    check_symmetry(ntm(start=start, **memory))
+
+
+def test_the_uniform_start_is_drawn_once_within_the_bound_and_saved_with_the_weights():
+    model = manntk.build_model(ntm(slots=8, init="uniform"))
+    start = model.layers[0].memory_init
+    bound = 1 / math.sqrt(8 + 4)
+    assert start.abs().max() <= bound and start.std() > bound / 4  # spread over the range, not a constant
+    assert "layers.0.memory_init" in model.state_dict()
+    first, second = model.init_state(2), model.init_state(2)
+    assert torch.equal(first["layers"][0]["memory"], second["layers"][0]["memory"])
+    assert torch.equal(first["layers"][0]["memory"][1], start)
+
+
+def test_a_start_per_sequence_is_drawn_afresh_for_every_state():
+    model = manntk.build_model(ntm(slots=8, init="uniform", per_sequence=True))
+    first, second = (model.init_state(2)["layers"][0]["memory"] for _ in range(2))
+    assert not torch.equal(first, second) and not torch.equal(first[0], first[1])
+    assert first.abs().max() <= 1 / math.sqrt(8 + 4)
+
+
+def test_a_start_per_sequence_needs_the_uniform_init():
+    with pytest.raises(manntk.ConfigError, match=r"per_sequence.*init: uniform and learned: false @ \$\.model\.memory"):
+        manntk.build_model(ntm(per_sequence=True))
+
+
+@pytest.mark.parametrize("start", ["uniform", "first_slot", "learned"])
+def test_the_first_weights_of_an_ntm_head(start):
+    model = manntk.build_model(ntm(slots=5, start=start))
+    weights = model.init_state(3)["layers"][0]["addressing"]["weights"]
+    assert weights.shape == (3, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    if start == "uniform":
+        assert torch.equal(weights, torch.full((3, 5), 0.2))
+    elif start == "first_slot":
+        assert torch.equal(weights, torch.eye(5)[[0, 0, 0]])
+    else:
+        head = model.layers[0].addressing
+        torch.testing.assert_close(weights[0], torch.softmax(head.start_logits, 0))
+        y, _ = model(torch.randn(1, 3, 3))
+        y.square().sum().backward()
+        assert head.start_logits.grad is not None and head.start_logits.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("add", ["tanh", "linear"])
+def test_the_add_vector_is_tanh_or_linear(add):
+    plugins = default_plugins()
+    context = BuildContext(2, 3, 4, 5, plugins.registry, path="model.write")
+    write = EraseAdd(EraseAddConfig(add=add), context)
+    with torch.no_grad():
+        write.W_ea.weight.mul_(20)  # pre-activations where tanh is far from linear
+    x, hidden, memory = torch.randn(2, 1, 2), torch.randn(2, 3), torch.randn(2, 4, 5)
+    state = write.init_state(2, "cpu", torch.float32)
+    new_memory, _ = write.step(write.prepare(x), 0, memory, hidden, Address(None, torch.tensor([0, 0])), state)
+    head_address, _ = write.head.step(write.head.prepare(x), 0, hidden, memory, state["head"])
+    erase, pre_add = write.W_ea(hidden).chunk(2, 1)
+    expected_add = torch.tanh(pre_add) if add == "tanh" else pre_add
+    torch.testing.assert_close(new_memory, mem.erase_add(memory, head_address.weights, torch.sigmoid(erase), expected_add))
+
+
+def test_rmsprop_takes_alpha():
+    optimizer = make_optimizer(OptimizerConfig(name="rmsprop", lr=1e-4, momentum=0.9, alpha=0.95), [torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.param_groups[0]["alpha"] == 0.95
+
+
+def test_a_learned_controller_state_starts_the_sequence_and_is_trained():
+    mapping = ntm()
+    mapping["cell"]["learned_state"] = True
+    model = manntk.build_model(mapping)
+    cell = model.layers[0].cell
+    with torch.no_grad():
+        cell.h_0.fill_(0.25)
+        cell.c_0.fill_(-0.5)
+    state = model.init_state(2)["layers"][0]["cell"]
+    assert torch.equal(state["h"], torch.full((2, 5), 0.25)) and torch.equal(state["c"], torch.full((2, 5), -0.5))
+    y, _ = model(torch.randn(2, 3, 3))
+    y.square().sum().backward()
+    assert cell.h_0.grad.abs().max() > 0 and cell.c_0.grad.abs().max() > 0
+
+
+def test_copy_with_one_delimiter_after_the_bits():
+    config = CopyConfig(width=8, min_length=1, max_length=20, markers="end")
+    assert config.input_size == 9
+    batch = copy.generate(config, 16, torch.Generator().manual_seed(0))
+    for b in range(16):
+        length = int(batch.mask[b].sum())
+        assert int(batch.lengths[b]) == 2 * length + 1
+        x, y = batch.inputs[b], batch.targets[b]
+        assert not bool(x[:length, 8].any())  # the bits come first, no marker beside them
+        assert torch.equal(x[length], torch.eye(9)[8])  # the delimiter alone
+        assert torch.equal(y[length + 1 : 2 * length + 1], x[:length, :8])
+        assert torch.equal(batch.mask[b, length + 1 : 2 * length + 1], torch.ones(length, dtype=torch.bool))
