@@ -5,7 +5,7 @@ Run: ``python examples/compose_paper_models.py`` (the same as ``manntk demo``).
 
 import sys
 
-from manntk.demo import run_demo
+from manntk.tools.demo import run_demo
 
 if __name__ == "__main__":
     run_demo(out=sys.stdout)

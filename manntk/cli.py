@@ -1,4 +1,6 @@
-"""The ``manntk`` command."""
+"""The ``manntk`` command: the core commands (``train``, ``eval``, ``recipes``,
+``plugins``) and every command a plugin adds through the ``register_commands`` hook
+(manntk's own tools in ``manntk/tools/`` among them)."""
 
 from __future__ import annotations
 
@@ -8,19 +10,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from manntk.config import ConfigError
+from manntk.config import ConfigError, UsageError
 from manntk.data.files import DataError
-from manntk.plugins import Plugins, load_plugins
+from manntk.plugins import PluginFailure, Plugins, default_plugins, load_plugins
 from manntk.training.checkpoint import CheckpointError
 from manntk.training.trainer import TrainingDiverged
 
-
-class UsageError(ValueError):
-    """A command line that cannot work as given."""
+__all__ = ["UsageError", "build_parser", "format_plugins", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``manntk`` command (also the source of the CLI reference)."""
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``manntk`` command (also the source of the CLI reference),
+    with the commands of ``plugins`` (default: the installed plugins)."""
+    loaded = plugins or default_plugins()
     parser = argparse.ArgumentParser(prog="manntk", description="Memory-augmented recurrent networks from interchangeable parts.")
     parser.add_argument("--version", action="store_true", help="print the manntk version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,42 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate = recipe_commands.add_parser("validate", help="validate recipe files; every problem is reported")
     validate.add_argument("paths", nargs="+", help="recipe files")
     validate.set_defaults(handler=_recipes_validate)
-    demo = commands.add_parser("demo", help="build ARMIN, AwTA, TARDIS, NTM-style and LSTM models and run each forward and backward")
-    demo.add_argument("--batch-size", type=int, default=4, help="sequences in the batch (default: 4)")
-    demo.add_argument("--steps", type=int, default=20, help="sequence length (default: 20)")
-    demo.set_defaults(handler=_demo)
-    plot = commands.add_parser("plot", help="learning curves of one or several runs as a PNG")
-    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    plot.add_argument("--out", help="PNG file (default: RUN/curves.png for one run, ./curves.png for several)")
-    plot.add_argument("--metric", help="metric to draw (default: the task's: bce, bpc or accuracy)")
-    plot.add_argument("--x", default="both", choices=["step", "time", "both"], help="x axis: steps, wall time, or both panels (default)")
-    plot.add_argument("--title", help="figure title")
-    plot.set_defaults(handler=_plot)
-    inspect = commands.add_parser("inspect", help="draw what a trained model's memory did on one example (PNG + JSON)")
-    inspect.add_argument("run", help="run directory")
-    inspect.add_argument("--split", default="valid", help="split to take the example from (default: valid)")
-    inspect.add_argument("--index", type=int, default=0, help="which example of the split (default: 0)")
-    inspect.add_argument("--steps", type=int, help="show at most this many steps (language models: 100 by default)")
-    inspect.add_argument("--out", help="folder for inspect.png and inspect.json (default: the run directory)")
-    inspect.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
-    inspect.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    inspect.set_defaults(handler=_inspect)
-    reproduce = commands.add_parser("reproduce", help="run a named set of recipes with a budget, resumably, and tabulate the results")
-    reproduce.add_argument("set", help="set name (reproduce/<name>.yaml: table1-copy, table1-armin, pmnist, ptb-cpu) or a set file")
-    reproduce.add_argument("--budget-steps", type=int, metavar="N", help="steps per run (replaces the set's budget)")
-    reproduce.add_argument("--budget-minutes", type=float, metavar="M", help="training minutes per run (replaces the set's budget)")
-    reproduce.add_argument("--parallel", type=int, metavar="K", help="runs at once (default: the set's, else the CPU count)")
-    reproduce.add_argument("--threads", type=int, metavar="T", help="train.threads per run (default: 1 when runs are parallel)")
-    reproduce.add_argument("--runs-root", default="runs/reproduce", help="runs go in RUNS_ROOT/<set>/<label> (default: runs/reproduce)")
-    reproduce.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
-    reproduce.add_argument("--only", nargs="+", metavar="LABEL", help="run only these labels of the set")
-    reproduce.add_argument("--fresh", action="store_true", help="delete the set's run directories and start every run again")
-    reproduce.add_argument("--dry-run", action="store_true", help="print what would run (and the commands), run nothing")
-    reproduce.set_defaults(handler=_reproduce)
-    from manntk.bench import add_bench_command
-
-    add_bench_command(commands)
+    add_plugin_commands(commands, loaded)
     return parser
+
+
+def add_plugin_commands(commands: argparse._SubParsersAction, plugins: Plugins) -> None:
+    """Let every plugin add its commands; one that fails is recorded in ``plugins.failures``
+    (and listed by ``manntk plugins``) without breaking the others."""
+    for impl in plugins.manager.hook.register_commands.get_hookimpls():
+        before = set(commands.choices)
+        try:
+            impl.function(commands=commands)
+        except Exception as error:  # a broken plugin must not break the command line
+            plugins.failures.append(PluginFailure(name=impl.plugin_name, error=f"register_commands: {type(error).__name__}: {error}"))
+            continue
+        added = [("commands", name) for name in commands.choices if name not in before]
+        contributed = plugins.contributions.setdefault(impl.plugin_name, [])
+        contributed += [entry for entry in added if entry not in contributed]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +117,7 @@ def format_plugins(plugins: Plugins) -> str:
 
 def _plugins(args: argparse.Namespace) -> int:
     plugins = load_plugins(strict=args.strict)
+    add_plugin_commands(argparse.ArgumentParser().add_subparsers(), plugins)  # to find commands that fail to register
     print(format_plugins(plugins))
     return 1 if plugins.failures else 0
 
@@ -201,56 +185,6 @@ def _recipes_validate(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: valid")
     return 1 if failed else 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from manntk.demo import run_demo
-
-    run_demo(batch_size=args.batch_size, steps=args.steps, out=sys.stdout)
-    return 0
-
-
-def _plot(args: argparse.Namespace) -> int:
-    from manntk.plot import PlotError, default_output, plot_runs
-
-    try:
-        path = plot_runs(args.runs, args.out or default_output(args.runs), metric=args.metric, x=args.x, title=args.title)
-    except PlotError as error:
-        raise UsageError(str(error)) from None
-    print(f"wrote {path}")
-    return 0
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from manntk.inspect import InspectError, inspect_run
-
-    if not (Path(args.run) / "recipe.yaml").exists():
-        raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
-    try:
-        result = inspect_run(args.run, split=args.split, index=args.index, out=args.out, steps=args.steps,
-                             device=args.device, data_root=args.data)
-    except InspectError as error:
-        raise UsageError(str(error)) from None
-    print(f"wrote {result.png} and {result.json}")
-    return 0
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    from manntk.reproduce import ReproduceError, reproduce
-
-    try:
-        report = reproduce(args.set, budget_steps=args.budget_steps, budget_minutes=args.budget_minutes,
-                           parallel=args.parallel, runs_root=args.runs_root, threads=args.threads, data_root=args.data,
-                           fresh=args.fresh, only=args.only or (), dry_run=args.dry_run)
-    except ReproduceError as error:
-        raise UsageError(str(error)) from None
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    if report.get("failed"):
-        print(f"failed runs: {', '.join(report['failed'])} (see their train.log)", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ from manntk.registry import Registry, RegistryError
 T = TypeVar("T")
 
 
+class UsageError(ValueError):
+    """A command line that cannot work as given (``manntk`` prints it and exits with status 2)."""
+
+
 class ConfigError(ValueError):
     """One or more problems in a configuration mapping, each with its path.
 

@@ -1,10 +1,11 @@
 """The plugin contract: pluggy hook specifications of manntk.
 
-Plugins (the built-ins included) implement these hooks to add parts to the registry.
-Hooks run while a model is *built*, never inside ``forward``: they register factories,
-and the engine then calls plain ``torch.nn.Module`` objects.
+Plugins (the built-ins included) implement these hooks to add parts to the registry and
+commands to the ``manntk`` command line. Hooks run while a model is *built*, never inside
+``forward``: they register factories, and the engine then calls plain
+``torch.nn.Module`` objects.
 
-Every hook receives a ``register`` callback::
+Every part hook receives a ``register`` callback::
 
     register(name: str, factory: Callable[[Config, BuildContext], nn.Module],
              config: type | None = None) -> None
@@ -17,6 +18,7 @@ names both plugins.
 
 from __future__ import annotations
 
+import argparse
 from typing import Callable
 
 import pluggy
@@ -66,7 +68,7 @@ def register_writes(register: Register) -> None:
     ``[B, slots, width]``, the new controller state ``h_t`` ``[B, hidden_size]``, the
     input ``x_t`` and the read [`Address`][manntk.parts.Address] it computes the new
     memory and its own state. Its factory gets the same context as an addressing, and
-    ``context.build_addressing(mapping)`` to build a head of its own.
+    ``context.build(spec, path=...)`` to build a head of its own.
 
     Args:
         register: ``register(name, factory, config=None)``.
@@ -84,4 +86,22 @@ def register_tasks(register: Register) -> None:
 
     Args:
         register: ``register(name, factory, config=None)``.
+    """
+
+
+@hookspec
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``manntk`` command line.
+
+    manntk's own tools (``bench``, ``plot``, ``inspect``, ``reproduce``, ``demo``) are
+    added through this hook, as a third-party plugin's would be. A command failing to
+    register is reported by ``manntk plugins`` and does not break the other commands.
+
+    Args:
+        commands: the sub-parsers of ``manntk``'s argparse parser. Add a command with
+            ``parser = commands.add_parser(name, help=...)`` and give it a handler with
+            ``parser.set_defaults(handler=function)``: ``function(args) -> int`` runs
+            the command and returns the exit status; raising
+            [`UsageError`][manntk.config.UsageError] prints ``manntk NAME: error: ...``
+            and exits with status 2.
     """

@@ -1,7 +1,8 @@
-"""The plugin manager: the built-in parts and every entry point of group ``manntk``.
+"""The plugin manager: the built-in parts and tools and every entry point of group ``manntk``.
 
-Built-in parts register through the same hooks as third-party plugins, so there is
-one path into the registry. Each entry point is loaded and registered in isolation: a
+Built-in parts and tools register through the same hooks as third-party plugins, so
+there is one path into the registry and into the command line. The tools are named here,
+not imported: the core never imports them. Each entry point is loaded and registered in isolation: a
 plugin that fails to import or to register is recorded as a
 [`PluginFailure`][manntk.plugins.PluginFailure] and the others load as usual (a
 ``strict`` switch re-raises instead).
@@ -36,6 +37,12 @@ BUILTIN_PLUGINS = (
     "manntk.tasks.algorithmic.plugin",
     "manntk.tasks.char_lm",
     "manntk.tasks.pmnist",
+    # tools: commands only (register_commands)
+    "manntk.tools.bench",
+    "manntk.tools.demo",
+    "manntk.tools.inspect_memory",
+    "manntk.tools.plot",
+    "manntk.tools.reproduce",
 )
 
 HOOKS = {

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from manntk.bench import ALL_MODELS, MODELS, PRESETS, Case, format_table
+from manntk.tools.bench import ALL_MODELS, MODELS, PRESETS, Case, format_table
 from manntk.cli import main
 from tests.conftest import fused_kernels_error
 
@@ -100,7 +100,7 @@ def test_presets_define_their_cases_and_targets():
 def test_bench_flushes_subnormals_like_the_trainer_and_restores_them(monkeypatch):
     import torch
 
-    from manntk import bench
+    from manntk.tools import bench
 
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormal floats")
@@ -116,7 +116,7 @@ def test_bench_flushes_subnormals_like_the_trainer_and_restores_them(monkeypatch
 def test_reports_say_which_allocator_they_ran_under(monkeypatch):
     import torch
 
-    from manntk import bench
+    from manntk.tools import bench
 
     for name in [name for name in os.environ if name.startswith("MALLOC_") or name in bench.ALLOCATOR_VARIABLES]:
         monkeypatch.delenv(name)
@@ -138,7 +138,7 @@ def test_each_timed_block_follows_untimed_settling_iterations(monkeypatch):
 
     import torch
 
-    from manntk import bench
+    from manntk.tools import bench
 
     clock, last = [0.0], [None]
 

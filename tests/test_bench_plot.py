@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from manntk.cli import main
-from manntk.plot import PlotError, growth_lines, plot_growth, save_figure
+from manntk.tools.plot import PlotError, growth_lines, plot_growth, save_figure
 from tests.test_plot_inspect import png_size
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from manntk.cli import main
-from manntk.demo import PAPER_MODELS, run_demo
+from manntk.tools.demo import PAPER_MODELS, run_demo
 
 
 def test_demo_runs_every_paper_model_forward_and_backward(capsys):

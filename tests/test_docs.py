@@ -343,7 +343,7 @@ def test_recipes_shown_in_the_docs_are_valid():
 
 def test_reproduction_sets_shown_in_the_docs_are_valid(tmp_path):
     from manntk.recipe import load_recipe
-    from manntk.reproduce import load_set
+    from manntk.tools.reproduce import load_set
 
     blocks = titled_yaml_blocks("reproduce/")
     assert blocks

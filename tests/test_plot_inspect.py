@@ -13,8 +13,8 @@ pytest.importorskip("matplotlib")
 
 from manntk.build import build_experiment
 from manntk.cli import main
-from manntk.inspect import take_example
-from manntk.plot import headline_metric, load_run, smooth
+from manntk.tools.inspect_memory import take_example
+from manntk.tools.plot import headline_metric, load_run, smooth
 from manntk.recipe import load_recipe, recipe_from_mapping
 from manntk.trace import tracing
 from manntk.training import train

@@ -12,7 +12,7 @@ import yaml
 pytest.importorskip("matplotlib")
 
 from manntk.cli import main
-from manntk.reproduce import SETS_FOLDER, find_set, load_set, paper_text, plan_runs, recipe_differences
+from manntk.tools.reproduce import SETS_FOLDER, find_set, load_set, paper_text, plan_runs, recipe_differences
 from manntk.training.metrics import read_metrics
 
 TINY = {

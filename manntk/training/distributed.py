@@ -1,4 +1,5 @@
-"""Distributed data parallel under ``torchrun``: process group, ranks and reductions."""
+"""Where a run computes: the device, and distributed data parallel under ``torchrun``
+(process group, ranks and reductions)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,12 @@ class Distributed:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is cuda but no CUDA device is available (use device: auto or cpu)")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")

@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     from manntk.build import build_experiment
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_weights
-    from manntk.training.trainer import pick_device
+    from manntk.training.distributed import pick_device
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")

@@ -34,7 +34,7 @@ from manntk.sampling import HardAddressing
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
-from manntk.training.distributed import Distributed
+from manntk.training.distributed import Distributed, pick_device
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
@@ -63,15 +63,6 @@ class TrainResult:
     solved_step: int | None
     seconds: float
     stop_reason: str
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available (use device: auto or cpu)")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def total_steps(recipe: Recipe, task: Task) -> int:

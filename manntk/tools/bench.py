@@ -42,6 +42,7 @@ measure for every model, ``torch.nn.LSTM`` included.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -58,6 +59,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from manntk.config import UsageError
+from manntk.hookspecs import hookimpl
 from manntk.machine import cpu_info
 
 #: Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized).
@@ -1130,8 +1133,9 @@ def _hidden(text: str) -> dict[str, int] | int:
     return sizes
 
 
-def add_bench_command(commands: Any) -> None:
-    """Register ``manntk bench`` on the subcommand action of the ``manntk`` parser."""
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk bench``."""
     bench = commands.add_parser(
         "bench",
         help="measure training/inference throughput and peak memory of every model against torch.nn.LSTM",
@@ -1173,10 +1177,8 @@ def add_bench_command(commands: Any) -> None:
 
 def bench_command(args: Any) -> int:
     """The ``manntk bench`` handler."""
-    from manntk.cli import UsageError
-
     if args.plot:
-        from manntk.plot import PlotError, image_format
+        from manntk.tools.plot import PlotError, image_format
 
         try:
             image_format(args.plot)  # matplotlib and the format, before a run of minutes rather than after it
@@ -1251,8 +1253,7 @@ def _plot_report(report: dict[str, Any], path: str | None) -> None:
     """``--plot``: draw the report's growth sweeps into ``path`` (nothing without one)."""
     if not path:
         return
-    from manntk.cli import UsageError
-    from manntk.plot import PlotError, plot_growth
+    from manntk.tools.plot import PlotError, plot_growth
 
     try:
         written = plot_growth(report, path)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from typing import Any, TextIO
 
 import torch
 
 from manntk.build import build_model
+from manntk.hookspecs import hookimpl
 
 #: The paper's models: (cell, addressing, write) with the algorithmic-task sizes.
 PAPER_MODELS: dict[str, dict[str, Any]] = {
@@ -49,3 +52,17 @@ def run_demo(batch_size: int = 4, steps: int = 20, out: TextIO | None = None, se
                 file=out,
             )
     return losses
+
+
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk demo``."""
+    demo = commands.add_parser("demo", help="build ARMIN, AwTA, TARDIS, NTM-style and LSTM models and run each forward and backward")
+    demo.add_argument("--batch-size", type=int, default=4, help="sequences in the batch (default: 4)")
+    demo.add_argument("--steps", type=int, default=20, help="sequence length (default: 20)")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    run_demo(batch_size=args.batch_size, steps=args.steps, out=sys.stdout)
+    return 0

@@ -14,6 +14,7 @@ default), drawn with the characters as labels; a pMNIST image is its 784 pixels.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,8 @@ import attrs
 import torch
 from torch import Tensor
 
+from manntk.config import UsageError
+from manntk.hookspecs import hookimpl
 from manntk.trace import tracing
 
 #: Steps shown of a language-model chunk unless told otherwise.
@@ -54,7 +57,7 @@ class Example:
 
 @attrs.frozen
 class Inspection:
-    """The result of [`inspect_run`][manntk.inspect.inspect_run].
+    """The result of [`inspect_run`][manntk.tools.inspect_memory.inspect_run].
 
     Attributes:
         png: the figure.
@@ -188,7 +191,7 @@ def inspect_run(
     from manntk.build import build_experiment
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_weights
-    from manntk.training.trainer import pick_device
+    from manntk.training.distributed import pick_device
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
@@ -245,7 +248,7 @@ def _panel_height(rows: int) -> float:
 
 def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> Path:
     """The figure of an inspection: one row per panel, time on a shared x axis."""
-    from manntk.plot import _pyplot, save_figure
+    from manntk.tools.plot import _pyplot, save_figure
 
     plt = _pyplot()
     from matplotlib.colors import PowerNorm
@@ -374,3 +377,29 @@ def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> P
     figure.suptitle(f"{data['recipe'] or Path(data['run']).name}: {data['task']} {data['split']} example {data['index']}, "
                     f"{steps} steps ({data['checkpoint']}); {metrics}", fontsize=10, y=1.0 - 0.2 / total)
     return save_figure(figure, path)
+
+
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk inspect``."""
+    inspect = commands.add_parser("inspect", help="draw what a trained model's memory did on one example (PNG + JSON)")
+    inspect.add_argument("run", help="run directory")
+    inspect.add_argument("--split", default="valid", help="split to take the example from (default: valid)")
+    inspect.add_argument("--index", type=int, default=0, help="which example of the split (default: 0)")
+    inspect.add_argument("--steps", type=int, help="show at most this many steps (language models: 100 by default)")
+    inspect.add_argument("--out", help="folder for inspect.png and inspect.json (default: the run directory)")
+    inspect.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    inspect.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    inspect.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if not (Path(args.run) / "recipe.yaml").exists():
+        raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
+    try:
+        result = inspect_run(args.run, split=args.split, index=args.index, out=args.out, steps=args.steps,
+                             device=args.device, data_root=args.data)
+    except InspectError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {result.png} and {result.json}")
+    return 0

@@ -22,7 +22,7 @@ their latest checkpoint (``manntk train --resume``) and starts the rest. Runs ar
 subprocesses (``python -m manntk train``), ``parallel`` at a time, each logging to
 ``train.log`` in its directory. At the end (also after an interruption) the set's folder
 gets ``results.md`` and ``results.json`` (the paper's figures beside the measured ones)
-and ``curves.png`` (every run's validation curve, by :mod:`manntk.plot`).
+and ``curves.png`` (every run's validation curve, by :mod:`manntk.tools.plot`).
 
 ``paper`` keys that the table knows: ``iterations_k`` (solved in that many thousand
 iterations), ``final_loss`` (unsolved: the mean loss of the last 10 validations),
@@ -32,6 +32,7 @@ string is shown as it is.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -48,10 +49,11 @@ from typing import Any, Sequence, TextIO
 import attrs
 import yaml
 
-from manntk.config import ConfigError
+from manntk.config import ConfigError, UsageError
+from manntk.hookspecs import hookimpl
 
 #: Where the shipped sets live: ``reproduce/`` beside the ``manntk`` package (a source checkout).
-SETS_FOLDER = Path(__file__).resolve().parents[1] / "reproduce"
+SETS_FOLDER = Path(__file__).resolve().parents[2] / "reproduce"
 #: Recipe keys that do not change what a run computes (ignored when comparing recipes).
 IRRELEVANT_KEYS = ("train.threads", "train.device")
 #: Validations averaged for the "final loss" of an unsolved run (the paper's protocol).
@@ -381,7 +383,7 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def measure(run_dir: Path, metric: str | None = None) -> dict[str, Any]:
     """The measured figures of a run directory (whatever exists of them)."""
-    from manntk.plot import _number, headline_metric, load_run
+    from manntk.tools.plot import _number, headline_metric, load_run
 
     if not (run_dir / "metrics.jsonl").exists():
         return {"status": "not started"}
@@ -487,7 +489,7 @@ def measured_text(measured: dict[str, Any]) -> str:
 
 def write_results(repro: ReproSet, plans: Sequence[Plan], root: Path, budget: list[str], metric: str | None = None) -> dict[str, Any]:
     """``results.json``, ``results.md`` and ``curves.png`` of a set in ``root``."""
-    from manntk.plot import PlotError, plot_runs
+    from manntk.tools.plot import PlotError, plot_runs
 
     metric = metric or repro.metric
     rows = []
@@ -603,3 +605,36 @@ def reproduce(
         print(f"results: {root / 'results.md'}, {root / 'results.json'}", file=out)
     report["failed"] = sorted(label for label, code in statuses.items() if code != 0)
     return report
+
+
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk reproduce``."""
+    reproduce = commands.add_parser("reproduce", help="run a named set of recipes with a budget, resumably, and tabulate the results")
+    reproduce.add_argument("set", help="set name (reproduce/<name>.yaml: table1-copy, table1-armin, pmnist, ptb-cpu) or a set file")
+    reproduce.add_argument("--budget-steps", type=int, metavar="N", help="steps per run (replaces the set's budget)")
+    reproduce.add_argument("--budget-minutes", type=float, metavar="M", help="training minutes per run (replaces the set's budget)")
+    reproduce.add_argument("--parallel", type=int, metavar="K", help="runs at once (default: the set's, else the CPU count)")
+    reproduce.add_argument("--threads", type=int, metavar="T", help="train.threads per run (default: 1 when runs are parallel)")
+    reproduce.add_argument("--runs-root", default="runs/reproduce", help="runs go in RUNS_ROOT/<set>/<label> (default: runs/reproduce)")
+    reproduce.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    reproduce.add_argument("--only", nargs="+", metavar="LABEL", help="run only these labels of the set")
+    reproduce.add_argument("--fresh", action="store_true", help="delete the set's run directories and start every run again")
+    reproduce.add_argument("--dry-run", action="store_true", help="print what would run (and the commands), run nothing")
+    reproduce.set_defaults(handler=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    try:
+        report = reproduce(args.set, budget_steps=args.budget_steps, budget_minutes=args.budget_minutes,
+                           parallel=args.parallel, runs_root=args.runs_root, threads=args.threads, data_root=args.data,
+                           fresh=args.fresh, only=args.only or (), dry_run=args.dry_run)
+    except ReproduceError as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if report.get("failed"):
+        print(f"failed runs: {', '.join(report['failed'])} (see their train.log)", file=sys.stderr)
+        return 1
+    return 0

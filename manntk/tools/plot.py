@@ -7,7 +7,7 @@ task's metrics), ``recipe.yaml`` (whose ``name`` labels the run) and, once finis
 values faint behind it) and the validation points, against optimizer steps and against
 wall-clock training time (two panels by default).
 
-A benchmark report's sweeps ([`manntk.bench`][manntk.bench]: one model and mode measured at
+A benchmark report's sweeps ([`manntk.tools.bench`][manntk.tools.bench]: one model and mode measured at
 several slot counts N, or hidden sizes, with all else equal) are drawn as time and memory
 relative to the smallest point, against N and against the hidden size.
 
@@ -17,6 +17,7 @@ so no display is needed, and written through a temporary name and a rename.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from typing import Any, Sequence
 import attrs
 import yaml
 
+from manntk.config import UsageError
+from manntk.hookspecs import hookimpl
 from manntk.training.metrics import read_metrics
 
 #: Headline metrics of the built-in tasks, in the order they are looked for.
@@ -427,3 +430,24 @@ def plot_growth(report: dict[str, Any], out: str | Path, *, title: str | None = 
     figure.suptitle(title, fontsize=12)
     figure.tight_layout()
     return save_figure(figure, out)
+
+
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk plot``."""
+    plot = commands.add_parser("plot", help="learning curves of one or several runs as a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    plot.add_argument("--out", help="PNG file (default: RUN/curves.png for one run, ./curves.png for several)")
+    plot.add_argument("--metric", help="metric to draw (default: the task's: bce, bpc or accuracy)")
+    plot.add_argument("--x", default="both", choices=["step", "time", "both"], help="x axis: steps, wall time, or both panels (default)")
+    plot.add_argument("--title", help="figure title")
+    plot.set_defaults(handler=_plot)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    try:
+        path = plot_runs(args.runs, args.out or default_output(args.runs), metric=args.metric, x=args.x, title=args.title)
+    except PlotError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}")
+    return 0
