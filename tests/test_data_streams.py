@@ -115,4 +115,5 @@ def test_bits_per_char_over_a_stream_with_a_uniform_model() -> None:
     for inputs, targets, mask in stream:
         logits = torch.zeros(*inputs.shape, vocab)
         nll += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
-    assert bits_per_char(nll, stream.n_targets) == pytest.approx(3.0)
+    # n_targets float32 roundings of log(8), summed in torch's (CPU-dependent) order: n eps apart at most
+    assert bits_per_char(nll, stream.n_targets) == pytest.approx(3.0, rel=stream.n_targets * torch.finfo(torch.float32).eps)

@@ -120,6 +120,17 @@ def run(model, x, tape: bool, monkeypatch, seed=1):
     return y.detach(), memory.detach(), grads, memory.grad_fn
 
 
+def assert_same_gradients(got: dict, expected: dict, x, model) -> None:
+    """float32 gradients summed in another order (the tape's backward): a step's products
+    sum ``terms`` terms and a weight gradient sums B * T steps' contributions; allow that
+    many roundings (eps) of the gradient's largest magnitude (a bug is off by O(1))."""
+    B, T = x.shape[:2]
+    terms = max(w.shape[1] for w in model.parameters() if w.dim() == 2)
+    for name in expected:
+        bound = B * T * terms * torch.finfo(torch.float32).eps * expected[name].abs().max().item()
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=bound, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize(
     "write, learned",
     [
@@ -141,8 +152,7 @@ def test_armin_trains_on_the_tape_with_the_plain_numbers(write, learned, monkeyp
     torch.testing.assert_close(memory_tape, memory_plain, rtol=0, atol=0)
     assert g_tape.keys() == g_plain.keys()
     assert ("layers.0.memory_init" in g_plain) == learned
-    for name in g_plain:
-        torch.testing.assert_close(g_tape[name], g_plain[name], rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    assert_same_gradients(g_tape, g_plain, x, model)
 
 
 def test_soft_reads_and_content_addressing_take_the_plain_path(monkeypatch):
@@ -181,5 +191,4 @@ def test_a_write_the_tape_cannot_hold_ends_it_and_the_chunk_goes_on_plainly(monk
     assert type(node).__name__ != "_EndBackward"
     torch.testing.assert_close(y_mixed, y_plain, rtol=0, atol=0)
     torch.testing.assert_close(memory_mixed, memory_plain, rtol=0, atol=0)
-    for name in g_plain:
-        torch.testing.assert_close(g_mixed[name], g_plain[name], rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    assert_same_gradients(g_mixed, g_plain, x, model)
