@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk import memory as mem
-from manntk.parts import Address, Addressing, Cell, Write
-from manntk.sampling import HardAddressing
+from manntk.parts import Address, Addressing, Cell, Part, Write
 from manntk.state import State
 from manntk.tape import MemoryTape
 from manntk.trace import record, scope
@@ -222,14 +221,28 @@ class MemoryRNN(nn.Module):
         algorithmic tasks' variable lengths, which fall back to eager once
         ``torch._dynamo``'s cache limit is reached.
         """
+        refused = sorted({type(part).__name__ for part in self.parts() if not part.compiles})
+        if refused:
+            raise ValueError(f"torch.compile cannot trace {', '.join(refused)} as configured (custom kernels)")
         for layer in self.layers:
             layer.compile(dynamic=False, options=INDUCTOR_OPTIONS)
 
+    def parts(self) -> list[Part]:
+        """Every part of every layer (heads that parts build for themselves included)."""
+        return [module for module in self.modules() if isinstance(module, Part)]
+
     def set_schedule_step(self, step: int) -> None:
-        """Move every schedule (e.g. the Gumbel-softmax temperature) to training step ``step``."""
-        for module in self.modules():
-            if isinstance(module, HardAddressing):
-                module.schedule_step.fill_(step)
+        """Move every part's schedules (e.g. the Gumbel-softmax temperature) to training step ``step``."""
+        for part in self.parts():
+            part.set_training_step(step)
+
+    def training_metrics(self) -> dict[str, float]:
+        """What the parts ask to log beside the training loss (the first part to name a value gives it)."""
+        metrics: dict[str, float] = {}
+        for part in self.parts():
+            for name, value in part.training_metrics().items():
+                metrics.setdefault(name, value)
+        return metrics
 
 
 def consuming(model: nn.Module) -> dict[str, bool]:

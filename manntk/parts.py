@@ -36,7 +36,23 @@ class Address(NamedTuple):
 
 
 class Part(nn.Module):
-    """What every part has: a fresh state and a per-chunk preparation."""
+    """What every part has: a fresh state, a per-chunk preparation, and hooks into the
+    training loop (so that the trainer knows no part by name).
+
+    Attributes:
+        compiles: ``False`` for a part whose step ``torch.compile`` cannot trace (custom
+            C++ kernels): ``train.compile`` is then refused with the part named.
+    """
+
+    compiles: bool = True
+
+    def set_training_step(self, step: int) -> None:
+        """Move the part's per-step schedules (a temperature, say) to training step
+        ``step``; called before every training step and on resume. Default: nothing."""
+
+    def training_metrics(self) -> dict[str, float]:
+        """Values to log beside the training loss (the current temperature, say). Default: none."""
+        return {}
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The state at the start of a sequence (default: no state)."""

@@ -128,6 +128,12 @@ class HardAddressing(Addressing):
         self.temperature = config.temperature
         self.register_buffer("schedule_step", torch.zeros((), dtype=torch.long))
 
+    def set_training_step(self, step: int) -> None:
+        self.schedule_step.fill_(step)
+
+    def training_metrics(self) -> dict[str, float]:
+        return {"temperature": float(self.tau())}
+
     def tau(self) -> float | Tensor:
         """The temperature at the current training step (under ``torch.compile`` a 0-d
         tensor, so that the compiled chunk does not depend on its value)."""

@@ -378,10 +378,6 @@ def _resolve(kind: str, factory: PartFactory | str, config: Any, registry: Regis
     return factory, config, repr(getattr(factory, "__name__", type(factory).__name__))
 
 
-def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    return map_state(value, lambda t: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device))
-
-
 def _state_check(state: Any, where: str, dtype: torch.dtype, reference: dict[str, Tensor] | None) -> dict[str, Tensor]:
     """The flat state; fails when it is not a dict of tensors or changes structure."""
     _require(isinstance(state, dict), f"{where}: the state is a {type(state).__name__}, expected a dict of tensors")

@@ -84,6 +84,7 @@ class ArminCell(Cell):
 
     def __init__(self, config: ArminConfig, context: BuildContext) -> None:
         super().__init__()
+        self.compiles = not config.fused  # the fused step calls C++ kernels
         d_i, d_h, d_r = context.input_size, config.hidden_size, context.width
         self.config = config
         self.input_size, self.hidden_size, self.read_size = d_i, d_h, d_r

@@ -70,7 +70,6 @@ EMBEDDING = 128
 #: The key of the reference model.
 REFERENCE = "torch-lstm"
 
-Mode = Literal["train", "eval", "algo"]
 MODES: tuple[str, ...] = ("train", "eval", "algo")
 UNITS = {"train": "chars/s", "eval": "chars/s", "algo": "it/s"}
 
@@ -593,7 +592,6 @@ def _algo(model: str, hidden: int = 100, slots: int = 50, width: int = 32, seque
     return Case(model, "algo", hidden, slots, width, sequences=sequences, max_length=max_length)
 
 
-MEMORY_MODELS = ("armin", "awta", "tardis", "ntm")
 #: Every model but ``armin-compiled``: the copy protocol's sequences have many lengths, and
 #: each new length would compile again (minutes each).
 ALL_MODELS = ("armin", "armin-fused", "awta", "tardis", "ntm", "lstm", REFERENCE)

@@ -30,7 +30,6 @@ from manntk.build import build_experiment
 from manntk.config import ConfigError
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
-from manntk.sampling import HardAddressing
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
@@ -108,8 +107,6 @@ class Trainer:
         self.device = pick_device(train.device, self.dist.local_rank)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
-        if train.compile and getattr(recipe.model.cell.config, "fused", False):
-            raise ConfigError(["compile: true and the fused ARMIN cell do not combine; set one to false @ $.train.compile"])
         if train.threads is not None:
             torch.set_num_threads(train.threads)
         flush_subnormals(self.device, train.flush_denormal)
@@ -117,7 +114,10 @@ class Trainer:
         self.task, self.model = build_experiment(recipe, data_root, self.plugins)
         self.model.to(self.device)
         if train.compile:
-            self.model.compile_layers()
+            try:
+                self.model.compile_layers()
+            except ValueError as error:
+                raise ConfigError([f"{error}: turn off their fast path or compile @ $.train.compile"]) from None
         if self.dist.rank:
             torch.manual_seed(train.seed + self.dist.rank)  # each process its own sampling noise
         self.trained = self.model
@@ -213,9 +213,7 @@ class Trainer:
     def log_train(self, step: int, elapsed: float, window: dict[str, float], units_per_s: float) -> dict[str, Any]:
         row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
-        taus = [m.tau() for m in self.model.modules() if isinstance(m, HardAddressing)]
-        if taus:
-            row["temperature"] = taus[0]
+        row.update(self.model.training_metrics())
         if self.metrics is not None:
             self.metrics.write(row)
         return row
