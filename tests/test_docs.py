@@ -466,6 +466,56 @@ def test_mkdocs_build_strict(tmp_path):
     if mkdocs is None:
         pytest.skip("the docs extra is not installed (pip install -e '.[docs]')")
     done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "site" / "reference" / "recipe" / "index.html").exists()
+    site = tmp_path / "site"
+    assert (site / "reference" / "recipe" / "index.html").exists()
+    built = {path: path.read_text(encoding="utf-8") for path in site.rglob("*.html")}
+    external = {str(path.relative_to(site)): found for path, text in built.items() if (found := EXTERNAL_SCRIPT.findall(text))}
+    assert external == {}, "pages load scripts from elsewhere: the site must read the same offline"
+    assert sum(text.count("<math") for text in built.values()) > 50  # the equations are there, as MathML
+    assert not [path for path, text in built.items() if 'class="arithmatex"' in text], "TeX left unconverted"
+
+
+#: A ``<script src=...>`` that points off the site.
+EXTERNAL_SCRIPT = re.compile(r"<script[^>]*\ssrc=[\"']?(?:https?:)?//[^\s\"'>]+")
+
+
+def test_the_site_config_loads_no_script_from_elsewhere():
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_IgnoreTags)
+    scripts = [str(script) for script in config.get("extra_javascript", [])]
+    assert not [script for script in scripts if "//" in script], scripts
+
+
+def test_the_external_script_pattern_finds_cdn_scripts():
+    assert EXTERNAL_SCRIPT.search('<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>')
+    assert EXTERNAL_SCRIPT.search("<script defer src=//example.org/a.js></script>")
+    assert not EXTERNAL_SCRIPT.search('<script src="../assets/javascripts/bundle.js"></script>')
+
+
+def test_equations_become_mathml_at_build_time():
+    pytest.importorskip("latex2mathml", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    hooks = load_docs_hooks()
+    page = '<p><span class="arithmatex">\\(a &lt; \\frac{1}{N}\\)</span></p><div class="arithmatex">\\[\\arg\\max_i w_i\\]</div>'
+    converted = hooks.equations_to_mathml(page)
+    assert "arithmatex" not in converted
+    assert '<math xmlns="http://www.w3.org/1998/Math/MathML" display="inline">' in converted and "<mfrac>" in converted
+    assert 'display="block"' in converted and "<mo>arg</mo>" in converted and "&#x0003C;" in converted  # &lt; unescaped, then re-encoded
+    with pytest.raises(ValueError, match=r"does not know \\notacommand"):
+        hooks.tex_to_mathml("x = \\notacommand y")
+
+
+def test_every_equation_in_the_docs_converts():
+    pytest.importorskip("latex2mathml", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    hooks = load_docs_hooks()
+    equations = [
+        (page, match.group(1) or match.group(2))
+        for page in pages()
+        for match in re.finditer(r"\$\$(.*?)\$\$|(?<![\\$])\$([^$\n]+?)\$", page.read_text(encoding="utf-8"), re.DOTALL)
+    ]
+    assert len(equations) > 50
+    for page, tex in equations:
+        try:
+            hooks.tex_to_mathml(tex, display=True)
+        except Exception as error:
+            pytest.fail(f"{page.relative_to(ROOT)}: {type(error).__name__}: {error}: {tex.strip()[:120]}")

@@ -9,6 +9,9 @@
   command, walked from [`build_parser`][manntk.cli.build_parser].
 - Fragments inside hand-written pages: a line ``<!-- manntk:data-files -->`` becomes the
   table of known data files with their sizes and SHA-256 (from ``KNOWN_FILES``).
+- Equations: the TeX that ``pymdownx.arithmatex`` leaves in its ``arithmatex`` spans and
+  blocks becomes MathML at build time (latex2mathml), which browsers render natively: the site
+  needs no script from a CDN and reads the same offline.
 
 MkDocs loads this file through ``hooks:`` in ``mkdocs.yml``; ``tests/test_docs.py``
 imports it too (the generators need no MkDocs, only manntk).
@@ -17,6 +20,7 @@ imports it too (the generators need no MkDocs, only manntk).
 from __future__ import annotations
 
 import argparse
+import html
 import inspect
 import re
 import sys
@@ -532,3 +536,48 @@ def on_files(files: Any, config: Any) -> Any:
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Expand the generated fragments of a page (MkDocs event)."""
     return expand_fragments(markdown)
+
+
+# --------------------------------------------------------------------------- equations
+
+#: What ``pymdownx.arithmatex`` (generic mode) writes for inline and display equations.
+ARITHMATEX = re.compile(
+    r'<span class="arithmatex">\\\((?P<inline>.*?)\\\)</span>|<div class="arithmatex">\\\[(?P<display>.*?)\\\]</div>',
+    re.DOTALL,
+)
+
+
+#: TeX commands latex2mathml does not know, and what to write instead.
+TEX_SUBSTITUTES = {r"\arg": r"\operatorname{arg}"}
+
+
+def tex_to_mathml(tex: str, display: bool = False) -> str:
+    """One equation's TeX (HTML-escaped, as arithmatex leaves it) as a MathML element.
+
+    Raises:
+        ValueError: the TeX uses a command the converter left as text (the strict build fails).
+    """
+    from latex2mathml.converter import convert
+
+    source = html.unescape(tex).strip()
+    for command, substitute in TEX_SUBSTITUTES.items():
+        source = re.sub(re.escape(command) + r"(?![A-Za-z])", lambda _: substitute, source)
+    mathml = convert(source, display="block" if display else "inline")
+    unknown = re.findall(r">(\\[A-Za-z]+)<", mathml)
+    if unknown:
+        raise ValueError(f"latex2mathml does not know {', '.join(sorted(set(unknown)))} in: {source}")
+    return mathml
+
+
+def equations_to_mathml(page_html: str) -> str:
+    """Every arithmatex equation of a page replaced by MathML."""
+
+    def replace(match: re.Match[str]) -> str:
+        display = match.group("display") is not None
+        return tex_to_mathml(match.group("display") if display else match.group("inline"), display)
+
+    return ARITHMATEX.sub(replace, page_html)
+
+
+def on_page_content(html_text: str, page: Any, config: Any, files: Any) -> str:
+    return equations_to_mathml(html_text)
