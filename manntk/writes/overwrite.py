@@ -35,7 +35,7 @@ class OverwriteConfig:
             one-hot read would, instead of blending ``h_t`` into every slot by its
             weight. The write address carries no gradient either way; the blend slowly
             overwrites slots that are still to be read (the copy task's longest
-            sequences, DEV_NOTES.md).
+            sequences, docs/architecture.md).
     """
 
     fill_empty_first: bool = True
