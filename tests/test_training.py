@@ -55,6 +55,31 @@ def test_a_run_writes_its_directory_and_evaluates(tmp_path, capsys):
     assert f"bce {result.metrics['test']['bce']:.4f}" in printed
 
 
+def test_the_run_seed_drives_the_data_unless_the_task_names_its_own(tmp_path):
+    from manntk.build import build_task
+    from manntk.recipe import recipe_from_mapping as recipe
+    from manntk.tasks.base import TaskContext
+
+    def first_batch(seed: int, task_seed: int | None = None):
+        mapping = tiny_copy(seed=seed)
+        if task_seed is not None:
+            mapping["task"]["seed"] = task_seed
+        task = build_task(recipe(mapping).task, TaskContext(seed=seed))
+        return task.data_seed, task.train_batch(0, 2).inputs
+
+    (seed_a, a), (seed_b, b) = first_batch(1), first_batch(2)
+    assert (seed_a, seed_b) == (1, 2) and not torch.equal(a, b)  # another run seed, other data
+    (seed_c, c), (seed_d, d) = first_batch(1, task_seed=7), first_batch(2, task_seed=7)
+    assert seed_c == seed_d == 7 and torch.equal(c, d)  # task.seed pins the data
+
+
+def test_results_record_the_seeds_and_whether_the_test_set_agrees(tmp_path):
+    result = train(recipe_from_mapping(tiny_copy(seed=3)), tmp_path / "run", progress=False)
+    summary = json.loads((result.run_dir / "results.json").read_text())
+    assert summary["seeds"] == {"model": 3, "data": 3}
+    assert summary["solved"] is False and summary["solved_step"] is None  # six steps solve nothing
+
+
 def test_resume_continues_exactly(tmp_path):
     """N steps straight equals N/2 steps, a stop, a resume and N/2 more (Gumbel noise included)."""
     straight = train(recipe_from_mapping(tiny_copy(checkpoint_every=3)), tmp_path / "straight", progress=False).run_dir

@@ -77,6 +77,8 @@ class Task:
             ``accuracy``, ...).
         higher_is_better: whether a larger ``metric`` is better.
         unit: what a scored unit is, for throughput (``chars``, ``sequences``, ...).
+        data_seed: the seed of generated training data (recorded in ``results.json``);
+            ``None`` for data read from files.
     """
 
     input_size: int
@@ -85,6 +87,7 @@ class Task:
     metric: str = "loss"
     higher_is_better: bool = False
     unit: str = "steps"
+    data_seed: int | None = None
 
     def steps_per_epoch(self, batch_size: int) -> int | None:
         """Training batches in one pass over the data; ``None`` for generated data."""

@@ -234,7 +234,13 @@ class Trainer:
             for split in self.recipe.eval.splits:
                 results[split] = evaluate(self.model, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
                 self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), "final": True, **results[split]})
-            summary = {"step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason, "metrics": results}
+            summary = {
+                "step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason,
+                "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": results,
+            }
+            if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
+                # solved on validation counts only if every final split (the test set too) agrees
+                summary["solved"] = solved_step is not None and all(bool(m.get("solved", 1.0)) for m in results.values())
             ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
             self.metrics.close()
         self.dist.barrier()
