@@ -14,6 +14,9 @@ from manntk.config import ConfigError, UsageError
 from manntk.data.files import DataError
 from manntk.plugins import PluginFailure, Plugins, default_plugins, load_plugins
 from manntk.training.checkpoint import CheckpointError
+from manntk.training.metrics import MetricsError
+from manntk.training.ownership import RunDirectoryError
+from manntk.training.signals import TrainingInterrupted
 from manntk.training.trainer import TrainingDiverged
 
 __all__ = ["UsageError", "build_parser", "format_plugins", "main"]
@@ -92,9 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as error:
         print(f"manntk {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (CheckpointError, DataError, TrainingDiverged) as error:
+    except (CheckpointError, DataError, MetricsError, RunDirectoryError, TrainingDiverged) as error:
         print(f"manntk {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as error:
+        print(f"manntk {args.command}: stopped: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print(f"manntk {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def format_plugins(plugins: Plugins) -> str:

@@ -3,11 +3,19 @@
 A checkpoint is a folder ``checkpoints/step-00001234/`` holding ``weights.safetensors``
 (the model), ``state-rank<r>.safetensors`` (each process's recurrent state) and
 ``trainer.pt`` (optimizer, schedules, RNG states, step, elapsed time). It is written under
-a temporary name and renamed when complete; ``checkpoints/latest`` names the newest.
+a temporary name and renamed when complete; ``checkpoints/latest`` names the newest (a
+pointer file replaced in one ``os.replace``, never removed first).
+
+``manifest.json`` lists every file of the checkpoint with its SHA-256; loading checks it,
+so a truncated, flipped or deleted file is an error naming the file, not a silent reset.
+The pickled files are read with ``weights_only=True``: a checkpoint someone shared can hold
+tensors, numbers and containers, never code that runs on loading.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +28,7 @@ from manntk.state import State, flatten_state, unflatten_state
 
 WEIGHTS = "weights.safetensors"
 TRAINER = "trainer.pt"
+MANIFEST = "manifest.json"
 
 
 class CheckpointError(RuntimeError):
@@ -69,7 +78,7 @@ def save_rng(directory: Path, rank: int, device: torch.device) -> None:
 
 def load_rng(path: Path, rank: int, device: torch.device) -> None:
     """Restore process ``rank``'s random number generator states from checkpoint ``path``."""
-    rng = _read(path / f"rng-rank{rank}.pt", lambda file: torch.load(file, weights_only=False))
+    rng = _read(path / f"rng-rank{rank}.pt", lambda file: torch.load(file, weights_only=True))
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
@@ -79,6 +88,8 @@ def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> P
     """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it."""
     staging = staging_dir(root, step)
     torch.save(trainer_state, staging / TRAINER)
+    manifest = {file.name: sha256(file) for file in sorted(staging.iterdir()) if file.is_file()}
+    write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     final = root / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
@@ -87,6 +98,42 @@ def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> P
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def sha256(file: Path) -> str:
+    """The SHA-256 of a file, in hex."""
+    digest = hashlib.sha256()
+    with file.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, ranks: int = 1) -> None:
+    """Check checkpoint ``path`` against its manifest: every listed file present with its
+    SHA-256, and every file a resume of ``ranks`` processes needs listed.
+
+    Raises:
+        CheckpointError: naming the first file that is missing or does not match.
+    """
+    listing = path / MANIFEST
+    if not listing.exists():
+        raise CheckpointError(f"{listing} is missing: the checkpoint cannot be checked (written by an older manntk, or incomplete)")
+    manifest = _read(listing, lambda file: json.loads(file.read_text(encoding="utf-8")))
+    needed = [WEIGHTS, TRAINER, *(f"rng-rank{rank}.pt" for rank in range(ranks))]
+    needed += [name for name in manifest if name.startswith("state-rank")]
+    for name in needed:
+        if name not in manifest:
+            raise CheckpointError(f"{path / name} is not in {listing}: the checkpoint is incomplete")
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"checkpoint file {file} is missing (listed in {listing})")
+        if sha256(file) != expected:
+            raise CheckpointError(
+                f"checkpoint file {file} does not match its SHA-256 in {listing}: it was changed or corrupted "
+                f"after it was written. Resume from an earlier checkpoint by pointing {path.parent / 'latest'} at it."
+            )
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -102,7 +149,12 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The model weights of checkpoint ``path``."""
+    """The model weights of checkpoint ``path``, checked against its manifest when it has one."""
+    listing = path / MANIFEST
+    if listing.exists() and (path / WEIGHTS).exists():
+        expected = _read(listing, lambda file: json.loads(file.read_text(encoding="utf-8"))).get(WEIGHTS)
+        if expected is not None and sha256(path / WEIGHTS) != expected:
+            raise CheckpointError(f"checkpoint file {path / WEIGHTS} does not match its SHA-256 in {listing}: it was changed or corrupted after it was written")
     return _read(path / WEIGHTS, lambda file: load_file(str(file), device=str(device)))
 
 
@@ -116,7 +168,7 @@ def load_recurrent_state(path: Path, rank: int, device: torch.device | str = "cp
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     """Optimizer, schedule and RNG states of checkpoint ``path``."""
-    return _read(path / TRAINER, lambda file: torch.load(file, map_location="cpu", weights_only=False))
+    return _read(path / TRAINER, lambda file: torch.load(file, map_location="cpu", weights_only=True))
 
 
 def _read(file: Path, reader: Any) -> Any:

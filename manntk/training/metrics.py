@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class MetricsLog:
@@ -37,10 +38,11 @@ class MetricsLog:
                     self._writer.add_scalar(f"{row.get('split', 'train')}/{key}", value, row.get("step", 0))
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows of steps after ``step`` (written after the checkpoint a run resumes from)."""
+        """Drop rows of steps after ``step`` (written after the checkpoint a run resumes from),
+        and a last line that a kill or a full disk cut short (with a warning)."""
         if not self.path.exists():
             return
-        kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
+        kept = [line for line in read_metrics(self.path, torn_tail="drop") if line.get("step", 0) <= step]
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         temporary.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
         os.replace(temporary, self.path)
@@ -50,6 +52,29 @@ class MetricsLog:
             self._writer.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+class MetricsError(ValueError):
+    """A ``metrics.jsonl`` with a line that is not JSON (other than a torn last line)."""
+
+
+def read_metrics(path: Path, torn_tail: Literal["drop", "raise"] = "drop") -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl``.
+
+    A last line without its newline that is not valid JSON is what a kill or a full disk
+    leaves behind: it is dropped with a warning (``torn_tail="raise"``: an error). Any
+    other line that is not JSON is an error naming the file and the line.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            torn = number == len(lines) and not text.endswith("\n")
+            if torn and torn_tail == "drop":
+                warnings.warn(f"{path}: dropped line {number}, cut short ({len(line)} characters, no newline)", stacklevel=2)
+                continue
+            raise MetricsError(f"{path}, line {number}: not a JSON row ({error})") from None
+    return rows

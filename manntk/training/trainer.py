@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import signal
 import sys
 import time
 from datetime import datetime
@@ -37,6 +38,8 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
+from manntk.training.ownership import RunLock, check_new_run_dir
+from manntk.training.signals import StopOnSignals, TrainingInterrupted
 
 
 class TrainingDiverged(RuntimeError):
@@ -134,8 +137,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self, resume: bool = False) -> TrainResult:
-        """Train to the end of the budget (or until solved), evaluate, and save."""
+    def run(self, resume: bool = False, stop: StopOnSignals | None = None) -> TrainResult:
+        """Train to the end of the budget (or until solved), evaluate, and save; once ``stop``
+        has received a signal, save after the current step and raise
+        [`TrainingInterrupted`][manntk.training.signals.TrainingInterrupted]."""
         train = self.recipe.train
         step, elapsed, state, solved_step = 0, 0.0, None, None
         if resume:
@@ -157,7 +162,7 @@ class Trainer:
                 window[key] = window.get(key, 0.0) + value
             window_units += self.task.units(batch) * self.dist.world_size
             if not math.isfinite(sums["loss"]):
-                self.diverged(step, sums["loss"])
+                self.diverged(step, f"the training loss became {sums['loss']}")
             bar.update(1)
             if step % train.log_every == 0 or step == self.total_steps:
                 seconds = time.perf_counter() - window_start
@@ -174,10 +179,28 @@ class Trainer:
                 self.save(step, elapsed, state, solved_step)
             if train.max_minutes is not None and elapsed >= 60 * train.max_minutes and step < self.total_steps:
                 stop_reason = "time"
+            if self.signalled(stop):
+                stop_reason = "interrupted"
         bar.close()
         self.save(step, elapsed, state, solved_step)
+        if stop_reason == "interrupted":
+            if self.metrics is not None:
+                self.metrics.close()
+            received = stop.received or signal.SIGTERM  # another process of the job got it
+            raise TrainingInterrupted(
+                f"{received.name} at step {step}: checkpoint written to {ckpt.latest_checkpoint(self.run_dir)}; "
+                f"continue with: manntk train --resume {self.run_dir}",
+                status=128 + int(received),
+            )
         results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def signalled(self, stop: StopOnSignals | None) -> bool:
+        """Whether any process of the job received a stop signal (all stop at the same step)."""
+        received = stop is not None and stop.received is not None
+        if not self.dist.enabled:
+            return received
+        return bool(self.dist.sum(torch.tensor([float(received)], device=self.device)).item() > 0)
 
     def train_step(self, step: int, batch: Any, state: State | None) -> tuple[State, dict[str, float]]:
         """One optimizer step on ``batch``; returns the detached state and the global score sums."""
@@ -200,13 +223,21 @@ class Trainer:
         self.scheduler.step()
         return detach_state(state), dict(zip(names, totals.tolist()))
 
-    def diverged(self, step: int, loss: float) -> None:
+    def diverged(self, step: int, what: str) -> None:
         last = self.checkpoints / "latest"
         kept = f"the last good checkpoint is {self.checkpoints / last.read_text().strip()}" if last.exists() else "no checkpoint was written yet"
         raise TrainingDiverged(
-            f"the training loss became {loss} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, "
-            f"or use precision fp32."
+            f"{what} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, or use precision fp32."
         )
+
+    def check_finite(self, step: int) -> None:
+        """Raise [`TrainingDiverged`][manntk.training.trainer.TrainingDiverged] when a weight or an optimizer state is not finite."""
+        tensors = [(name, p) for name, p in self.model.named_parameters()]
+        tensors += [(f"optimizer state {key}", value) for state in self.optimizer.state.values() for key, value in state.items()
+                    if isinstance(value, torch.Tensor) and value.is_floating_point()]
+        for name, tensor in tensors:
+            if not bool(torch.isfinite(tensor).all()):
+                self.diverged(step, f"{name} became non-finite (not saved)")
 
     # -- logging and evaluation --------------------------------------------------------
 
@@ -249,6 +280,9 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------
 
     def save(self, step: int, elapsed: float, state: State | None, solved_step: int | None) -> None:
+        """Write a checkpoint, after checking that the weights and the optimizer state are
+        finite (a checkpoint kept as the last good one must be good)."""
+        self.check_finite(step)
         staging = ckpt.staging_dir(self.checkpoints, step)
         if self.dist.is_main:
             staging.mkdir(parents=True, exist_ok=True)
@@ -272,6 +306,7 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{path} was written by {trainer_state['world_size']} process(es); resume it with the same number (now {self.dist.world_size})"
             )
+        ckpt.verify(path, self.dist.world_size)
         self.model.load_state_dict(ckpt.load_weights(path, self.device))
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
@@ -328,11 +363,18 @@ def train(
         shared = [str(path)]
         torch.distributed.broadcast_object_list(shared, src=0)
         path = Path(shared[0])
+    lock = RunLock(path)
     try:
-        if dist.is_main and not resume:
-            write_run_files(path, recipe, plugins)
+        if dist.is_main:
+            if not resume:
+                check_new_run_dir(path)
+            lock.acquire()
+            if not resume:
+                write_run_files(path, recipe, plugins)
         dist.barrier()
         trainer = Trainer(recipe, path, dist=dist, plugins=plugins, data_root=data_root, progress=progress)
-        return trainer.run(resume=resume)
+        with StopOnSignals() as stop:
+            return trainer.run(resume=resume, stop=stop)
     finally:
+        lock.release()
         dist.shutdown()
