@@ -10,6 +10,10 @@ M_t, s = write(M_{t-1}, h_t, w_t, s)
 The engine follows ``torch.nn.LSTM``: ``model(x, state=None) -> (y, state)``, batch
 first. Layers run one after another over the whole chunk, so every part can ``prepare``
 its input projections for all T steps at once.
+
+The step is the same four lines on every path; where the memory lives (dense slots, the
+discrete evaluation path, the tape) is a backend chosen once per chunk from what the parts
+can do ([`manntk.backends`][manntk.backends]).
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from manntk import memory as mem
-from manntk.parts import Address, Addressing, Cell, Part, Write
+from manntk.backends import backend_for, tape_capable
+from manntk.parts import Addressing, Cell, Part, Write
 from manntk.state import State
-from manntk.tape import MemoryTape
 from manntk.trace import record, scope
 
 
@@ -64,6 +67,7 @@ class MemoryLayer(nn.Module):
         self.cell, self.addressing, self.write = cell, addressing, write
         self.slots, self.width = slots, width
         self.discrete_eval = discrete_eval
+        self.tape_capable = tape_capable(addressing, write)
         self.resample_bound = resample_bound
         initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
         if learned_start:
@@ -103,60 +107,24 @@ class MemoryLayer(nn.Module):
         its memory in place instead of into a copy (for ARMIN 800 with 256 slots at batch
         128 the copy is 105 MB per chunk).
         """
-        prepared_cell = self.cell.prepare(x)
-        prepared_addressing = self.addressing.prepare(x)
-        prepared_write = self.write.prepare(x)
+        prepared_cell, prepared_addressing, prepared_write = self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x)
         cell_state, addressing_state = state["cell"], state.get("addressing", {})
         write_state, memory = state.get("write", {}), state["memory"]
         discrete = self.discrete_eval and not self.training
         if discrete and not consume_state:
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
-        tape = MemoryTape.start(memory) if not discrete and self._keeps_tape(memory) else None
+        memory = backend_for(memory, discrete=discrete, tape_capable=self.tape_capable)
         outputs = []
         for t in range(x.shape[1]):
             extra = {"write_state": write_state} if self.addressing.reads_write_state else {}
-            address, addressing_state = self.addressing.step(
-                prepared_addressing, t, cell_state["h"], memory if tape is None else tape.memory, addressing_state, **extra
-            )
-            if address.weights is None and not discrete:
-                address = Address(address.dense(self.slots, memory.dtype), address.index)
-            if tape is not None and address.index is None:  # a soft read: the plain path from here on
-                memory, tape = tape.end(), None
-            if tape is not None:
-                read = tape.read(address.weights, address.index)
-            elif address.weights is not None:
-                read = mem.read(memory, address.weights)
-            else:
-                read = mem.read_index(memory, address.index)
-            record("read", lambda address=address: address.dense(self.slots, memory.dtype))
+            address, addressing_state = self.addressing.step(prepared_addressing, t, cell_state["h"], memory.values, addressing_state, **extra)
+            address, read, memory = memory.read(address)
+            record("read", lambda address=address: address.dense(self.slots, read.dtype))
             output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
-            replaced = None if tape is None else self.write.replacement(prepared_write, t, cell_state["h"], address, write_state)
-            if replaced is not None:
-                slot, value, write_state = replaced
-                tape.overwrite(slot, value)
-            else:
-                if tape is not None:  # a write the tape cannot hold: the plain path from here on
-                    memory, tape = tape.end(), None
-                memory, write_state = self.write.step(prepared_write, t, memory, cell_state["h"], address, write_state)
+            memory, write_state = memory.write(self.write, prepared_write, t, cell_state["h"], address, write_state)
             outputs.append(output)
-        if tape is not None:
-            memory = tape.end()
-        new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory}
+        new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory.end()}
         return torch.stack(outputs, dim=1), new_state
-
-    def _keeps_tape(self, memory: Tensor) -> bool:
-        """Whether this chunk's memory goes on a [`MemoryTape`][manntk.tape.MemoryTape]: in a
-        pass that records gradients, when the addressing ignores the memory's values and
-        the write policy can replace slots, for memories large enough
-        (``MemoryTape.pays``); not under ``torch.compile`` or autocast."""
-        return (
-            torch.is_grad_enabled()
-            and MemoryTape.pays(memory)
-            and not self.addressing.reads_content
-            and self.write.replaces_slots
-            and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(memory.device.type)
-        )
 
 
 class MemoryRNN(nn.Module):

@@ -8,12 +8,11 @@ import torch
 import manntk
 from manntk import memory as mem
 from manntk import tape as tape_module
-from manntk.engine import MemoryLayer
+from manntk.backends import tape_capable
 from manntk.tape import MemoryTape
 from tests.conftest import model_mapping
 
 B, N, D = 3, 4, 5
-KEEPS_TAPE = MemoryLayer._keeps_tape
 
 
 def episode(make_tape: bool, memory, weights, values, slots, use_final: bool):
@@ -110,7 +109,8 @@ def test_tape_frees_its_graph_without_the_garbage_collector():
 
 def run(model, x, tape: bool, monkeypatch, seed=1):
     monkeypatch.setattr(tape_module, "TAPE_FROM", 0)  # tiny memories take the tape too
-    monkeypatch.setattr(MemoryLayer, "_keeps_tape", KEEPS_TAPE if tape else lambda self, memory: False)
+    for layer in model.layers:  # the plain path: the layer as if its parts could not use the tape
+        monkeypatch.setattr(layer, "tape_capable", tape and tape_capable(layer.addressing, layer.write))
     torch.manual_seed(seed)
     model.zero_grad()
     y, state = model(x)
