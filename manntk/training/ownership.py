@@ -23,13 +23,13 @@ class RunDirectoryError(RuntimeError):
 
 
 def check_new_run_dir(path: Path) -> None:
-    """Refuse to start a new run in ``path`` when it already holds a run (or anything else)."""
+    """Refuse to start a new run in ``path`` when it already holds a run (other files, such
+    as the ``train.log`` a launcher opens first, are left alone)."""
     if path.exists() and not path.is_dir():
         raise RunDirectoryError(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        what = "a run" if any((path / name).exists() for name in RUN_FILES) else "files"
+    if path.is_dir() and any((path / name).exists() for name in RUN_FILES):
         raise RunDirectoryError(
-            f"{path} already holds {what}; a new run would overwrite its checkpoints and metrics. "
+            f"{path} already holds a run; a new run would overwrite its checkpoints and metrics. "
             f"Continue it with --resume {path}, or give a new --run-dir"
         )
 
