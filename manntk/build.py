@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -13,6 +15,7 @@ from manntk.config import AddressingSpec, CellSpec, ConfigError, TaskSpec, Write
 from manntk.context import BuildContext
 from manntk.engine import MemoryLayer, MemoryRNN
 from manntk.plugins import Plugins, default_plugins
+from manntk.registry import Registry
 from manntk.tasks.base import Task, TaskContext
 
 if TYPE_CHECKING:
@@ -121,6 +124,7 @@ def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None =
     config = mapping if isinstance(mapping, ModelConfig) else structure(mapping, ModelConfig, registry)
     if config.input_size is None:
         raise ConfigError(["required key missing @ $.model.input_size"])
+    check_memory_fits(config, 1, torch.device("cpu"), plugins)  # the initial memories are built on the CPU
     input_size = config.embedding or config.input_size
     layers = []
     for index in range(config.layers):
@@ -133,16 +137,7 @@ def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None =
 
 
 def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, index: int) -> MemoryLayer:
-    addressing_entry = context.registry.get("addressing", config.addressing.name)
-    uses_memory = getattr(addressing_entry.factory, "uses_memory", True)
-    hidden_size = getattr(config.cell.config, "hidden_size", None)
-    if uses_memory:
-        slots = config.memory.slots
-        width = config.memory.width or hidden_size
-        if width is None:
-            raise ValueError(f"model.memory.width is required: cell {config.cell.name!r} has no hidden_size option")
-    else:
-        slots = width = 0
+    slots, width = memory_shape(config, context.registry)
     context = context.with_(input_size=input_size, slots=slots, width=width)
     cell = context.build(config.cell, path="model.cell")
     context = context.with_(hidden_size=cell.hidden_size)
@@ -157,6 +152,54 @@ def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, in
     )
 
 
+def memory_shape(config: ModelConfig, registry: Registry) -> tuple[int, int]:
+    """``(slots, width)`` of each layer's memory; ``(0, 0)`` when the addressing uses none."""
+    addressing_entry = registry.get("addressing", config.addressing.name)
+    if not getattr(addressing_entry.factory, "uses_memory", True):
+        return 0, 0
+    width = config.memory.width or getattr(config.cell.config, "hidden_size", None)
+    if width is None:
+        raise ConfigError([f"required: cell {config.cell.name!r} has no hidden_size option to take it from @ $.model.memory.width"])
+    return config.memory.slots, width
+
+
+def check_memory_fits(config: ModelConfig, batch_size: int, device: torch.device, plugins: Plugins | None = None) -> None:
+    """Raise [`ConfigError`][manntk.config.ConfigError] when the slot memories of a batch
+    (layers x batch x slots x width float32 numbers) alone need more than ``device`` has
+    free: said with the estimate before anything is allocated, instead of an allocator's
+    traceback (or the machine swapping) once the run has started."""
+    slots, width = memory_shape(config, (plugins or default_plugins()).registry)
+    needed = 4 * config.layers * batch_size * slots * width
+    available = available_bytes(device)
+    if needed > available:
+        raise ConfigError([
+            f"the memory cannot fit: {config.layers} layer(s) x batch {batch_size} x {slots} slots x {width} wide x 4 bytes "
+            f"= {_bytes(needed)}, but {device.type} has {_bytes(available)} free; lower model.memory.slots, "
+            f"model.memory.width or the batch size @ $.model.memory"
+        ])
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: CUDA's free bytes, or the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no way to tell (Windows): assume it fits
+        return sys.maxsize
+
+
+def _bytes(count: int) -> str:
+    return f"{count:,} bytes ({count / 2**30:,.1f} GiB)"
+
+
 def build_task(spec: TaskSpec, context: TaskContext | None = None, plugins: Plugins | None = None) -> Task:
     """Build the task that a ``task:`` node names."""
     registry = (plugins or default_plugins()).registry
@@ -164,8 +207,10 @@ def build_task(spec: TaskSpec, context: TaskContext | None = None, plugins: Plug
     config = spec.config if spec.config is not None or entry.config is None else entry.config()
     try:
         return entry.factory(config, context or TaskContext())
-    except ValueError as error:
-        raise ValueError(f"task ({spec.name!r}): {error}") from error
+    except ConfigError:
+        raise
+    except ValueError as error:  # options the task's data cannot take
+        raise ConfigError([f"task {spec.name!r}: {error} @ $.task"]) from None
 
 
 def model_config_for(config: ModelConfig, task: Task) -> ModelConfig:
@@ -183,4 +228,8 @@ def build_experiment(recipe: "Recipe", data_root: str | None = None, plugins: Pl
     """The task and the model of a recipe (the model sized by the task)."""
     context = TaskContext.from_environment(data_root, recipe.train.seed, recipe.train.tbptt)
     task = build_task(recipe.task, context, plugins)
+    unknown = [split for split in recipe.eval.splits if split not in task.splits]
+    if unknown:
+        raise ConfigError([f"unknown split {split!r}; task {recipe.task.name!r} has: {', '.join(task.splits)} @ $.eval.splits"
+                           for split in unknown])
     return task, build_model(model_config_for(recipe.model, task), plugins)

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from manntk.config import ConfigError, UsageError
 from manntk.data.files import DataError
-from manntk.plugins import PluginFailure, Plugins, default_plugins, load_plugins
+from manntk.plugins import PluginFailure, Plugins, default_plugins, describe_failure, load_plugins
 from manntk.training.checkpoint import CheckpointError
 from manntk.training.metrics import MetricsError
 from manntk.training.ownership import RunDirectoryError
@@ -67,8 +69,8 @@ def add_plugin_commands(commands: argparse._SubParsersAction, plugins: Plugins) 
         before = set(commands.choices)
         try:
             impl.function(commands=commands)
-        except Exception as error:  # a broken plugin must not break the command line
-            plugins.failures.append(PluginFailure(name=impl.plugin_name, error=f"register_commands: {type(error).__name__}: {error}"))
+        except (Exception, SystemExit) as error:  # a broken plugin must not break the command line
+            plugins.failures.append(PluginFailure(name=impl.plugin_name, error=f"register_commands: {describe_failure(error)}"))
             continue
         added = [("commands", name) for name in commands.choices if name not in before]
         contributed = plugins.contributions.setdefault(impl.plugin_name, [])
@@ -93,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ConfigError, UsageError) as error:
-        print(f"manntk {args.command}: error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same problem: rank 0 says it
+            print(f"manntk {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (CheckpointError, DataError, MetricsError, RunDirectoryError, TrainingDiverged) as error:
         print(f"manntk {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
@@ -104,6 +107,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         print(f"manntk {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # disk full, a read-only or missing directory, permission denied
+        print(f"manntk {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        print(
+            f"manntk {args.command}: error: out of memory: {allocator_message(error)}\n"
+            "  lower train.batch_size (or eval.batch_size), or the model's sizes (model.memory.slots, "
+            "model.memory.width, the cell's hidden_size, model.layers)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OS error as one line: the path(s) and the system's words (``strerror``)."""
+    paths = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{paths}: {reason}" if paths else reason
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator's failure (CUDA's, or the CPU's "can't allocate")."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "DefaultCPUAllocator" in text
+
+
+def allocator_message(error: BaseException) -> str:
+    """The allocator's own first line (it holds the size that failed), without the C++ source location."""
+    text = str(error).strip() or type(error).__name__
+    if "DefaultCPUAllocator" in text:
+        text = text[text.index("DefaultCPUAllocator"):]
+    return text.splitlines()[0]
 
 
 def format_plugins(plugins: Plugins) -> str:
@@ -132,9 +169,10 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from manntk.build import build_experiment
+    from manntk.build import build_experiment, check_memory_fits
     from manntk.recipe import load_recipe
     from manntk.training import train
+    from manntk.training.distributed import pick_device
 
     if args.resume:
         if args.recipe or args.overrides:
@@ -146,6 +184,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("give a recipe file, or --resume RUN")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.dry_run:
+            check_memory_fits(recipe.model, recipe.train.batch_size, pick_device(recipe.train.device))
             _, model = build_experiment(recipe, args.data)
             count = sum(p.numel() for p in model.parameters())
             print(f"{args.recipe}: valid; task {recipe.task.name}; model {count:,} parameters")

@@ -7,11 +7,12 @@ swapping ``name`` swaps the part and its options together.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+import math
+from typing import Any, Callable, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from manntk.registry import Registry, RegistryError
 
@@ -79,6 +80,7 @@ class TaskSpec(PartSpec):
 def make_converter(registry: Registry) -> cattrs.Converter:
     """A strict converter: extra keys forbidden, no silent coercion, plugin nodes by name."""
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook_factory(attrs.has, lambda cls: _attrs_hook(converter, cls))
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
@@ -107,6 +109,61 @@ def _format(exc: BaseException, type_: type | None) -> str:
     if isinstance(exc, (ValueError, TypeError)) and str(exc):
         return str(exc)
     return cattrs.v.format_exception(exc, type_)
+
+
+def _attrs_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any, type], Any]:
+    """Structure an attrs class collecting every problem of the mapping: unknown keys, each
+    field that does not structure, and each field whose validator fails (cattrs alone stops
+    at the first failing validator of a class, because attrs runs them in ``__init__``).
+    Keys are the field names, as with cattrs' own hooks."""
+    fields = [field for field in attrs.fields(attrs.resolve_types(cls)) if field.init]
+    known = {field.name for field in fields}
+
+    def hook(mapping: Any, _: type) -> Any:
+        if isinstance(mapping, cls):
+            return mapping
+        if not isinstance(mapping, dict):
+            raise TypeError(f"expected a mapping of keys, got {mapping!r}")
+        errors: list[Exception] = []
+        extra = set(mapping) - known
+        if extra:
+            errors.append(ForbiddenExtraKeysError(None, cls, {str(key) for key in extra}))
+        values, failed = {}, set()
+        for field in fields:
+            if field.name in mapping:
+                try:
+                    values[field.alias] = converter.structure(mapping[field.name], field.type)
+                except Exception as error:  # collected with its path, reported with the rest
+                    errors.append(_at(error, field))
+                    failed.add(field.name)
+            elif field.default is attrs.NOTHING:
+                errors.append(_at(KeyError(field.name), field))
+                failed.add(field.name)
+        if any(field.name in failed for field in fields if field.default is attrs.NOTHING):
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        try:
+            with attrs.validators.disabled():  # they run one by one below
+                instance = cls(**values)
+        except (ValueError, TypeError) as error:  # a cross-field check of __attrs_post_init__
+            errors.append(error)
+        else:  # each validator on its own; a field that did not structure is reported already
+            for field in fields:
+                if field.validator is not None and field.name not in failed:
+                    try:
+                        field.validator(instance, field, getattr(instance, field.name))
+                    except (ValueError, TypeError) as error:
+                        errors.append(_at(error, field))
+        if errors:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        return instance
+
+    return hook
+
+
+def _at(error: Exception, field: attrs.Attribute) -> Exception:
+    """``error`` tagged with its field, so that its path ends in the field's key."""
+    error.__notes__ = [*getattr(error, "__notes__", []), AttributeValidationNote(f"@ attribute {field.name}", field.name, field.type)]
+    return error
 
 
 def _part_hook(converter: cattrs.Converter, registry: Registry, spec_type: type[PartSpec]) -> Any:
@@ -146,6 +203,8 @@ def _strict_int(value: Any, _: type) -> int:
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {value!r}")
+    if not math.isfinite(value):  # YAML's .nan and .inf: no setting means anything with them
+        raise ValueError(f"expected a finite number, got {value!r}")
     return float(value)
 
 

@@ -149,12 +149,19 @@ def _collect(plugins: Plugins, plugin_name: str, hooks: list[tuple[str, Any]]) -
 def _guard(plugins: Plugins, name: str, strict: bool, action: Any) -> None:
     try:
         action()
-    except Exception as error:  # a broken plugin must not break the others
+    except (Exception, SystemExit) as error:  # a broken plugin (one calling sys.exit() too) must not break the others
         if strict:
             raise
-        plugins.failures.append(PluginFailure(name=name, error=f"{type(error).__name__}: {error}"))
+        plugins.failures.append(PluginFailure(name=name, error=describe_failure(error)))
         if plugins.manager.get_plugin(name) is not None:
             plugins.manager.unregister(name=name)
+
+
+def describe_failure(error: BaseException) -> str:
+    """What went wrong in a plugin, in one line (``sys.exit()`` named as such)."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({error.code!r})"
+    return f"{type(error).__name__}: {error}"
 
 
 def _plugin_label(plugin: Any) -> str:

@@ -164,16 +164,52 @@ class Recipe:
 PLUGIN_NODES = ("task", "model.cell", "model.addressing", "model.write", "model.write.addressing")
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error naming
+    both lines (plain PyYAML keeps the last silently, so a setting could vanish unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides on purpose
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: the safe loader reports it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r}: first on line {first}, again on line {line}", key_node.start_mark,
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data, with duplicate keys refused (see [`RecipeLoader`][manntk.recipe.RecipeLoader])."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: no tags that run code
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """One YAML file as a mapping, with a clear error for a missing file or bad YAML."""
+    """One YAML file as a mapping, with a clear error for a missing file, a file that is not
+    UTF-8 (naming the byte offset), bad YAML and duplicate keys (naming the lines)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data_bytes = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"recipe file not found: {path}"]) from None
     except OSError as error:
-        raise ConfigError([f"cannot read recipe file {path}: {error}"]) from None
+        raise ConfigError([f"cannot read recipe file {path}: {error.strerror or error}"]) from None
     try:
-        data = yaml.safe_load(text)
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([
+            f"recipe file {path} is not UTF-8 text: byte 0x{data_bytes[error.start]:02x} at byte offset {error.start} "
+            f"({error.reason}); save it as UTF-8"
+        ]) from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
@@ -248,7 +284,7 @@ def _apply_one(mapping: dict[str, Any], override: str) -> None:
     key, text = override.split("=", 1)
     *parents, leaf = _keys(key, override)
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError as error:
         raise ValueError(f"override {override!r}: the value is not valid YAML ({getattr(error, 'problem', error)})") from None
     node = _walk(mapping, parents, override, create=True)

@@ -1,5 +1,7 @@
 """Faults a run must survive without losing work: a reused run directory, two trainers on
-one directory, torn and tampered files, signals, non-finite weights, planted pickles.
+one directory, torn and tampered files, signals, non-finite weights, planted pickles, and
+every error a user can cause (bad recipe values, OS errors, out of memory, broken plugins,
+a batch torchrun cannot split) as one clear message.
 ``python -m pytest -k fault`` runs them (docs/runs.md lists each fault and its test)."""
 
 from __future__ import annotations
@@ -181,3 +183,168 @@ def test_fault_a_signal_ends_the_run_with_a_checkpoint_and_a_resume_hint(tmp_pat
     assert step > 0
     rows = train_rows(run)
     assert rows[-1]["step"] == step  # the checkpoint is at the last logged step
+
+
+# -- every error a user can cause is one clear message ----------------------------------
+
+
+def recipe_file(tmp_path: Path, text: str | None = None, **changes) -> Path:
+    """``tiny_copy`` as a YAML file, with top-level sections replaced by ``changes``, or ``text`` as given."""
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump({**tiny_copy(), **changes}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_dirs(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "runs").glob("*"))
+
+
+def train_cli(tmp_path: Path, recipe: Path, *overrides: str) -> tuple[int, str]:
+    """``manntk train RECIPE OVERRIDES`` with runs under ``tmp_path/runs``: the exit status and stderr."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["train", str(recipe), *overrides, "--runs-root", str(tmp_path / "runs"), "--no-progress"])
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.optimizer.lr=.nan", "expected a finite number, got nan @ $.train.optimizer.lr"),
+    ("train.optimizer.lr=.inf", "expected a finite number, got inf @ $.train.optimizer.lr"),
+    ("train.optimizer.betas=[0.9, -.inf]", "expected a finite number, got -inf @ $.train.optimizer.betas[1]"),
+    ("train.max_minutes=.nan", "expected a finite number, got nan @ $.train.max_minutes"),
+    ("model.memory.slots=1e9", "expected an integer, got '1e9' @ $.model.memory.slots"),  # YAML 1.1 reads 1e9 as text
+    ("model.memory.slots=1000000000", "the memory cannot fit: 1 layer(s) x batch 2 x 1000000000 slots x 8 wide x 4 bytes "
+                                      "= 64,000,000,000 bytes (59.6 GiB)"),
+    ("eval.splits=[valid, tset]", "unknown split 'tset'; task 'copy' has: valid, test @ $.eval.splits"),
+])
+def test_fault_a_bad_recipe_value_is_one_message_before_any_run_directory(tmp_path, monkeypatch, override, message):
+    import manntk.build
+
+    monkeypatch.setattr(manntk.build, "available_bytes", lambda device: 2**34)  # 16 GiB, whatever this machine has
+    status, err = train_cli(tmp_path, recipe_file(tmp_path), override)
+    assert status == 2 and message in err, err
+    assert err.startswith("manntk train: error: 1 problem(s)") and "Traceback" not in err
+    assert run_dirs(tmp_path) == []  # found before the run's directory was made (or kept)
+
+
+def test_fault_every_bad_value_of_a_section_is_reported_at_once(tmp_path):
+    status, err = train_cli(tmp_path, recipe_file(tmp_path), "train.optimizer.lr=-1", "train.optimizer.eps=0",
+                            "train.batch_size=0", "train.log_every=0", "model.cell.hidden_size=x", "model.memory.slots=-4")
+    assert status == 2 and "6 problem(s)" in err, err
+    for line in ("lr must be positive, got -1.0 @ $.train.optimizer.lr", "eps must be positive, got 0.0 @ $.train.optimizer.eps",
+                 "batch_size must be positive, got 0 @ $.train.batch_size", "log_every must be positive, got 0 @ $.train.log_every",
+                 "expected an integer, got 'x' @ $.model.cell.hidden_size", "slots must be positive, got -4 @ $.model.memory.slots"):
+        assert line in err
+
+
+def test_fault_a_duplicate_key_names_both_lines(tmp_path):
+    text = recipe_file(tmp_path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    first = next(number for number, line in enumerate(lines, 1) if line.strip().startswith("steps:"))
+    path = recipe_file(tmp_path, text.replace("  log_every: 1\n", "  log_every: 1\n  steps: 60\n"))
+    again = next(number for number, line in enumerate(path.read_text().splitlines(), 1) if line == "  steps: 60")
+    status, err = train_cli(tmp_path, path)
+    assert status == 2 and f"{path} (line {again}, column 3): duplicate key 'steps': first on line {first}, again on line {again}" in err
+    assert main(["train", str(path), "train.optimizer={lr: 0.1, lr: 0.2}", "--dry-run"]) == 2  # an override's value too
+
+
+def test_fault_a_recipe_that_is_not_utf8_names_the_file_and_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("description: caf\u00e9\n".encode("latin-1"))
+    status, err = train_cli(tmp_path, path)
+    assert status == 2 and f"recipe file {path} is not UTF-8 text: byte 0xe9 at byte offset 16" in err, err
+
+
+def test_fault_a_missing_text_file_is_named_before_any_run_directory(tmp_path):
+    missing = tmp_path / "corpus.txt"
+    path = recipe_file(tmp_path, task={"name": "char_lm", "dataset": "text", "path": str(missing)})
+    status, err = train_cli(tmp_path, path)
+    assert status == 1 and f"DataError: task.path (the text file to model): {missing} does not exist" in err, err
+    assert run_dirs(tmp_path) == []
+
+
+def test_fault_os_errors_are_one_line_with_the_path(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    status, err = train_cli(tmp_path, recipe_file(tmp_path), "--run-dir", str(tmp_path / "file" / "run"))
+    assert (status, err) == (1, f"manntk train: error: {tmp_path / 'file' / 'run'}: Not a directory\n")
+
+    from safetensors import SafetensorError
+
+    def disk_full(tensors, filename):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    status, err = train_cli(tmp_path, recipe_file(tmp_path), "--run-dir", str(tmp_path / "full"))
+    weights = tmp_path / "full" / "checkpoints" / ".step-00000006.tmp" / ckpt.WEIGHTS
+    assert status == 1 and err == f"manntk train: error: {weights}: writing failed: Error while serializing: I/O error: " \
+                                  "No space left on device (os error 28)\n", err
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 281474976710656 bytes. Error code 12 (Cannot allocate memory)"),
+     "out of memory: DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes."),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB"),
+     "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB."),
+])
+def test_fault_out_of_memory_is_one_line_with_a_hint(tmp_path, monkeypatch, error, message):
+    from manntk.training.trainer import Trainer
+
+    def allocate(self, step, batch, state):
+        raise error
+
+    monkeypatch.setattr(Trainer, "train_step", allocate)
+    status, err = train_cli(tmp_path, recipe_file(tmp_path))
+    assert status == 1 and message in err and "lower train.batch_size" in err and "Traceback" not in err, err
+
+
+EXITS_ON_IMPORT = "import sys\nsys.exit(3)\n"
+RAISES_ON_IMPORT = "raise RuntimeError('this plugin is broken')\n"
+EXITS_ON_REGISTER = '''
+import sys
+from manntk.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(commands):
+    sys.exit("no commands today")
+'''
+
+
+def test_fault_a_plugin_that_exits_or_raises_breaks_no_command(tmp_path, monkeypatch, capsys):
+    import manntk.plugins
+    from tests.test_plugins import install_fake_distribution
+
+    install_fake_distribution(tmp_path, "manntk_exits", {"exits_plugin": EXITS_ON_IMPORT}, {"exits": "exits_plugin"})
+    install_fake_distribution(tmp_path, "manntk_raises", {"raises_plugin": RAISES_ON_IMPORT}, {"raises": "raises_plugin"})
+    install_fake_distribution(tmp_path, "manntk_quits", {"quits_plugin": EXITS_ON_REGISTER}, {"quits": "quits_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(manntk.plugins, "_default", None)  # the process-wide plugins load again, with them
+    assert main(["plugins"]) == 1
+    out = capsys.readouterr().out
+    assert "exits: SystemExit: the plugin called sys.exit(3)" in out
+    assert "raises: RuntimeError: this plugin is broken" in out
+    assert "quits: register_commands: SystemExit: the plugin called sys.exit('no commands today')" in out
+    assert main(["recipes", "validate", str(recipe_file(tmp_path))]) == 0  # the other commands work
+    with pytest.raises((SystemExit, RuntimeError)):  # strict: the first failure, as it came
+        manntk.plugins.load_plugins(strict=True)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fault_torchrun_with_a_batch_that_does_not_split_is_one_error_from_rank_0(tmp_path, monkeypatch, rank):
+    from manntk.training.distributed import Distributed
+
+    monkeypatch.setattr(Distributed, "from_environment", classmethod(lambda cls, device_type: cls(rank=rank, world_size=2)))
+    monkeypatch.setenv("RANK", str(rank))
+    status, err = train_cli(tmp_path, recipe_file(tmp_path), "train.batch_size=3")
+    assert status == 2
+    if rank == 0:
+        assert "train.batch_size (3) must be divisible by the number of processes (2): give a multiple of 2 @ $.train.batch_size" in err
+    else:
+        assert err == ""  # the other ranks find the same problem and leave the saying of it to rank 0
+    assert run_dirs(tmp_path) == []

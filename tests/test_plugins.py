@@ -146,7 +146,7 @@ def test_config_errors_name_the_key_the_value_and_the_choices():
     assert "expected an integer, got 'big' @ $.model.cell.hidden_size" in errors
     assert "unknown key(s): colour @ $.model.cell" in errors
     assert any("did you mean 'tardis'" in e and e.endswith("@ $.model.addressing") for e in errors)
-    assert "slots must be positive, got -3 @ $.model.memory" in errors
+    assert "slots must be positive, got -3 @ $.model.memory.slots" in errors
 
 
 def test_plugin_options_cannot_be_given_to_a_part_without_options():

@@ -178,7 +178,7 @@ def load_enwik8(
         source = find(KNOWN_FILES["enwik8"], root) or locate(KNOWN_FILES["enwik8.zip"], root, download)
         name = "enwik8"
     else:
-        source = Path(path)
+        source = _existing_file(Path(path), "task.path (the enwik8 file to read)")
         name = source.name
     data = _read_enwik8(source)
     stream = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
@@ -207,11 +207,11 @@ def load_text_file(
         The corpus, named after the file.
 
     Raises:
-        DataError: The file is not valid UTF-8 (at character level; the message
-            gives the byte offset) or is too short for ``split``.
+        DataError: The file is missing, is not valid UTF-8 (at character level; the
+            message gives the byte offset) or is too short for ``split``.
         ValueError: ``level`` or ``split`` is invalid.
     """
-    path = Path(path)
+    path = _existing_file(Path(path), "task.path (the text file to model)")
     if level == "char":
         text = _read_utf8(path)
         vocab: tuple[Symbol, ...] = tuple(sorted(set(text)))
@@ -281,6 +281,15 @@ def _where(text: str, offset: int, unit: str = "character offset") -> str:
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return f"line {line}, column {column} ({unit} {offset})"
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    """``path``, or a [`DataError`][manntk.data.files.DataError] naming it as ``what`` when it is not a file."""
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+        raise DataError(f"{what}: {path} {problem}{where}")
+    return path
 
 
 def _read_utf8(path: Path) -> str:

@@ -79,6 +79,8 @@ class Task:
         unit: what a scored unit is, for throughput (``chars``, ``sequences``, ...).
         data_seed: the seed of generated training data (recorded in ``results.json``);
             ``None`` for data read from files.
+        splits: the splits ``eval_batches`` serves; a recipe's ``eval.splits`` is checked
+            against them when the run is built, not found wrong after training.
     """
 
     input_size: int
@@ -88,6 +90,7 @@ class Task:
     higher_is_better: bool = False
     unit: str = "steps"
     data_seed: int | None = None
+    splits: tuple[str, ...] = ("valid", "test")
 
     def steps_per_epoch(self, batch_size: int) -> int | None:
         """Training batches in one pass over the data; ``None`` for generated data."""
@@ -98,7 +101,7 @@ class Task:
         raise NotImplementedError
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        """The batches of ``split`` (``valid`` or ``test``), the same every time."""
+        """The batches of ``split`` (one of ``splits``), the same every time."""
         raise NotImplementedError
 
     def score(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:

@@ -74,6 +74,7 @@ class CharLM(Task):
     tokens = True
     metric = "bpc"
     unit = "chars"
+    splits = ("train", "valid", "test")
 
     def __init__(self, config: CharLMConfig, context: TaskContext) -> None:
         self.corpus = load_corpus(config, context)

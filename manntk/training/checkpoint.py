@@ -14,14 +14,17 @@ tensors, numbers and containers, never code that runs on loading.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from manntk.state import State, flatten_state, unflatten_state
@@ -45,11 +48,28 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Make a failed write (a full disk, a read-only directory) an ``OSError`` naming ``path``:
+    ``file.write`` names no file, and ``torch.save`` and safetensors report a failed write
+    as a ``RuntimeError`` or a ``SafetensorError``; ``manntk`` prints an ``OSError`` as one line."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
+    except (RuntimeError, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(errno.EIO, f"writing failed: {reason}", str(path)) from error
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with writing(path):
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
 
 
 def staging_dir(root: Path, step: int) -> Path:
@@ -60,20 +80,23 @@ def staging_dir(root: Path, step: int) -> Path:
 def save_weights(directory: Path, model: torch.nn.Module) -> None:
     """The model's state dict as safetensors."""
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS))
+    with writing(directory / WEIGHTS):
+        save_file(tensors, str(directory / WEIGHTS))
 
 
 def save_recurrent_state(directory: Path, rank: int, state: State | None) -> None:
     """One process's recurrent state (nothing when there is none)."""
     if state is not None:
         tensors = {name: t.detach().contiguous().cpu() for name, t in flatten_state(state).items()}
-        save_file(tensors, str(directory / state_file(rank)))
+        with writing(directory / state_file(rank)):
+            save_file(tensors, str(directory / state_file(rank)))
 
 
 def save_rng(directory: Path, rank: int, device: torch.device) -> None:
     """Process ``rank``'s random number generator states."""
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, directory / f"rng-rank{rank}.pt")
+    with writing(directory / f"rng-rank{rank}.pt"):
+        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, directory / f"rng-rank{rank}.pt")
 
 
 def load_rng(path: Path, rank: int, device: torch.device) -> None:
@@ -87,7 +110,8 @@ def load_rng(path: Path, rank: int, device: torch.device) -> None:
 def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
     """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it."""
     staging = staging_dir(root, step)
-    torch.save(trainer_state, staging / TRAINER)
+    with writing(staging / TRAINER):
+        torch.save(trainer_state, staging / TRAINER)
     manifest = {file.name: sha256(file) for file in sorted(staging.iterdir()) if file.is_file()}
     write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     final = root / checkpoint_name(step)

@@ -9,6 +9,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from manntk.config import ConfigError, UsageError
+
 
 @attrs.frozen
 class Distributed:
@@ -46,9 +48,13 @@ class Distributed:
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
     def rows(self, batch_size: int) -> tuple[int, int]:
-        """This rank's rows ``[start, stop)`` of a global batch of ``batch_size``."""
+        """This rank's rows ``[start, stop)`` of a global batch of ``batch_size``; a batch that
+        does not split evenly is a [`ConfigError`][manntk.config.ConfigError] (the same on every rank)."""
         if batch_size % self.world_size:
-            raise ValueError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({self.world_size})")
+            raise ConfigError([
+                f"train.batch_size ({batch_size}) must be divisible by the number of processes ({self.world_size}): "
+                f"give a multiple of {self.world_size} @ $.train.batch_size"
+            ])
         share = batch_size // self.world_size
         return self.rank * share, (self.rank + 1) * share
 
@@ -69,9 +75,10 @@ class Distributed:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a
+    [`UsageError`][manntk.config.UsageError]."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available (use device: auto or cpu)")
+            raise UsageError("device cuda was asked for (train.device, or --device) but no CUDA device is available: use auto or cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

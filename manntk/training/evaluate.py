@@ -60,6 +60,7 @@ def evaluate(
 def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> dict[str, float]:
     """Score the latest checkpoint of a run on ``split`` with the run's saved recipe."""
     from manntk.build import build_experiment
+    from manntk.config import UsageError
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_weights
     from manntk.training.distributed import pick_device
@@ -69,6 +70,8 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     target = pick_device(device)
     flush_subnormals(target, recipe.train.flush_denormal)
     task, model = build_experiment(recipe, data_root)
+    if split not in task.splits:
+        raise UsageError(f"unknown split {split!r}; task {recipe.task.name!r} has: {', '.join(task.splits)}")
     model.to(target)
     model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))
     return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)

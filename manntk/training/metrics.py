@@ -30,8 +30,12 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row``; non-finite numbers are written as strings (JSON has no NaN)."""
         clean = {key: (str(value) if isinstance(value, float) and not math.isfinite(value) else value) for key, value in row.items()}
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(clean) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(clean) + "\n")
+        except OSError as error:  # a full disk: `file.write` names no file
+            error.filename = error.filename or str(self.path)
+            raise
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("step",):

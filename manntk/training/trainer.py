@@ -11,6 +11,7 @@ exactly where the run stopped: weights, optimizer, schedules, RNG states, the st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -27,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from manntk import __version__
-from manntk.build import build_experiment
+from manntk.build import build_experiment, check_memory_fits
 from manntk.config import ConfigError
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
@@ -80,15 +81,19 @@ def total_steps(recipe: Recipe, task: Task) -> int:
 
 
 def new_run_dir(recipe: Recipe, runs_root: Path) -> Path:
-    """``runs/<name>-<timestamp>``, unique."""
+    """``runs/<name>-<timestamp>``, unique: made here (empty), so that runs of one recipe
+    started in the same second each claim their own."""
     name = recipe.name or f"{recipe.task.name}-{recipe.model.cell.name}"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = runs_root / f"{name}-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = runs_root / f"{name}-{stamp}-{suffix}"
-    return path
+    runs_root.mkdir(parents=True, exist_ok=True)
+    path, suffix = runs_root / f"{name}-{stamp}", 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            suffix += 1
+            path = runs_root / f"{name}-{stamp}-{suffix}"
 
 
 class Trainer:
@@ -107,7 +112,9 @@ class Trainer:
         self.recipe, self.run_dir, self.progress, self.dist = recipe, run_dir, progress, dist
         self.plugins = plugins or default_plugins()
         train = recipe.train
+        self.rows = self.dist.rows(train.batch_size)
         self.device = pick_device(train.device, self.dist.local_rank)
+        check_memory_fits(recipe.model, self.rows[1] - self.rows[0], self.device, self.plugins)
         if train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(["fp16 needs a CUDA device; use bf16 or fp32 on the CPU @ $.train.precision"])
         if train.threads is not None:
@@ -131,9 +138,8 @@ class Trainer:
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
-        self.rows = self.dist.rows(train.batch_size)
         self.checkpoints = run_dir / "checkpoints"
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl") if self.dist.is_main else None
+        self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class Trainer:
         has received a signal, save after the current step and raise
         [`TrainingInterrupted`][manntk.training.signals.TrainingInterrupted]."""
         train = self.recipe.train
+        if self.dist.is_main:
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         step, elapsed, state, solved_step = 0, 0.0, None, None
         if resume:
             step, elapsed, state, solved_step = self.restore()
@@ -358,23 +366,41 @@ def train(
         raise ValueError("resume needs the run directory")
     device = recipe.train.device
     dist = Distributed.from_environment(pick_device(device).type)
-    path = Path(run_dir) if run_dir is not None else new_run_dir(recipe, Path(runs_root))
-    if dist.enabled:  # every process uses rank 0's directory
-        shared = [str(path)]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        path = Path(shared[0])
-    lock = RunLock(path)
+    lock: RunLock | None = None
+    claimed: Path | None = None  # a directory named for this run, removed (if still empty) when the run cannot start
     try:
+        dist.rows(recipe.train.batch_size)  # every rank fails alike here, before any directory is made
+        if run_dir is not None:
+            path = Path(run_dir)
+        elif dist.is_main:
+            path = claimed = new_run_dir(recipe, Path(runs_root))
+        else:
+            path = Path()  # rank 0's, below
+        if dist.enabled:  # every process uses rank 0's directory
+            shared = [str(path)]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            path = Path(shared[0])
+        lock = RunLock(path)
         if dist.is_main:
-            if not resume:
+            if resume:
+                lock.acquire()  # a second trainer on the run refuses at once
+            else:
                 check_new_run_dir(path)
-            lock.acquire()
-            if not resume:
-                write_run_files(path, recipe, plugins)
-        dist.barrier()
+        # the task and the model: a recipe they cannot take (an unknown split, a memory that
+        # cannot fit, a missing data file) fails here, before a new run's directory exists
         trainer = Trainer(recipe, path, dist=dist, plugins=plugins, data_root=data_root, progress=progress)
+        if dist.is_main and not resume:
+            check_new_run_dir(path)  # again: another run may have taken it while this one was built
+            lock.acquire()
+            write_run_files(path, recipe, plugins)
+        claimed = None  # the run's own now
+        dist.barrier()
         with StopOnSignals() as stop:
             return trainer.run(resume=resume, stop=stop)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        if claimed is not None:
+            with contextlib.suppress(OSError):  # only an empty directory goes
+                claimed.rmdir()
         dist.shutdown()
