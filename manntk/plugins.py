@@ -43,6 +43,7 @@ BUILTIN_PLUGINS = (
     "manntk.tools.inspect_memory",
     "manntk.tools.plot",
     "manntk.tools.reproduce",
+    "manntk.study.commands",
 )
 
 HOOKS = {

@@ -1,5 +1,5 @@
 """The layers of the package, checked on its source: no import cycles inside ``manntk``,
-and the core never imports the tools (``manntk.tools``), which reach the command line
+and the core never imports the tools (``manntk.tools``, ``manntk.study``), which reach the command line
 through the ``register_commands`` hook like any plugin."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from manntk.hookspecs import hookimpl
 from manntk.plugins import load_plugins
 
 PACKAGE = Path(manntk.__file__).parent
+#: The packages above the core: commands through register_commands, never imported by it.
+TOOLS = ("manntk.tools", "manntk.study")
 
 
 def module_name(path: Path) -> str:
@@ -112,9 +114,9 @@ def test_no_import_cycles_inside_manntk():
 
 def test_the_core_imports_no_tool():
     offenders = {
-        name: sorted(module for module in imported if module.startswith("manntk.tools"))
+        name: sorted(module for module in imported if module.startswith(TOOLS))
         for name, imported in GRAPH.items()
-        if not name.startswith("manntk.tools")
+        if not name.startswith(TOOLS)
     }
     assert {name: found for name, found in offenders.items() if found} == {}
 
@@ -147,9 +149,9 @@ def test_a_command_that_fails_to_register_breaks_no_other_command():
     assert [failure.error for failure in plugins.failures] == ["register_commands: RuntimeError: no parser today"]
 
 
-@pytest.mark.parametrize("tool", ["bench", "demo", "inspect", "plot", "reproduce"])
+@pytest.mark.parametrize("tool", ["bench", "demo", "inspect", "plot", "reproduce", "study"])
 def test_the_tools_are_commands_of_their_own_plugins(tool):
     plugins = load_plugins(entry_points_too=False)
     cli.build_parser(plugins)
     owners = [name for name, contributed in plugins.contributions.items() if ("commands", tool) in contributed]
-    assert len(owners) == 1 and owners[0].startswith("manntk.tools."), owners
+    assert len(owners) == 1 and owners[0].startswith(TOOLS), owners

@@ -1,0 +1,116 @@
+"""Ablation studies: arms x seeds, with the statistics a reviewer accepts.
+
+```python
+from manntk.study import load_study, run_study, report_study
+
+study = load_study("studies/armin_copy_ablations.yaml").with_seeds(3)
+run_study(study, "runs/studies/ablations", overrides=["train.steps=200"], jobs=2)
+report = report_study(study, "runs/studies/ablations")   # also writes report.md/.json/.csv
+```
+
+A study is a tool on top of the core, like a third party's: every (arm, seed) is an
+ordinary run directory trained by ``manntk train``, and the statistics are computed from
+those directories alone, so a study resumes like a run and can be reported while it runs.
+The ``manntk study`` command comes from this package's ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import yaml
+
+from manntk.study.launch import Job, run_local, run_submitit
+from manntk.study.report import markdown, plot, summarize, write_report
+from manntk.study.spec import Arm, Study, load_study
+
+__all__ = ["Arm", "Job", "Study", "jobs_of", "load_study", "markdown", "plot", "report_study", "run_study"]
+
+#: The study file copied into its directory, so that ``manntk study report DIR`` needs nothing else.
+STUDY_FILE = "study.yaml"
+
+
+def jobs_of(study: Study, root: str | Path, overrides: Sequence[str] = (), threads: int | None = 1) -> list[Job]:
+    """Every (arm, seed) of ``study`` as a [`Job`][manntk.study.launch.Job] under ``root``.
+
+    The overrides of a run, in order: the arm's (the study's common ones first), the
+    budget, ``overrides`` (applied to every arm), ``train.threads`` and ``train.seed``.
+    """
+    root = Path(root)
+    extra = [*study.budget, *overrides, *([f"train.threads={threads}"] if threads else [])]
+    return [
+        Job(f"{arm.name}/seed-{seed}", root / arm.name / f"seed-{seed}", arm.recipe, (*arm.overrides, *extra, f"train.seed={seed}"))
+        for arm in study.arms
+        for seed in study.seeds
+    ]
+
+
+def run_study(
+    study: Study,
+    root: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    jobs: int | None = None,
+    launcher: str = "local",
+    threads: int | None = 1,
+    data_root: str | None = None,
+    cluster: str | None = None,
+    out: TextIO | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every (arm, seed) not yet done (resuming the interrupted ones), then report.
+
+    Args:
+        study: the study ([`load_study`][manntk.study.spec.load_study]).
+        root: the study directory.
+        overrides: ``key=value`` for every run (``train.steps=200`` for a quick look).
+        jobs: local runs at once (default: the number of CPU cores).
+        launcher: ``local`` or ``submitit`` (SLURM through submitit; ``cluster`` passes on).
+        threads: ``train.threads`` of every run (``None``: the recipe's).
+        data_root: a data folder every run looks in first.
+
+    Returns:
+        The report ([`report_study`][manntk.study.report_study]).
+    """
+    from manntk.recipe import load_recipe
+
+    root = Path(root)
+    jobs_list = jobs_of(study, root, overrides, threads)
+    for arm in study.arms:  # every arm's recipe must load before anything runs
+        load_recipe(arm.recipe, [*arm.overrides, *study.budget, *overrides])
+    root.mkdir(parents=True, exist_ok=True)
+    (root / STUDY_FILE).write_text(yaml.safe_dump(_study_mapping(study, overrides), sort_keys=False), encoding="utf-8")
+    if launcher == "submitit":
+        run_submitit(jobs_list, root / ".submitit", data_root=data_root, cluster=cluster, out=out)
+    elif launcher == "local":
+        run_local(jobs_list, jobs or os.cpu_count() or 1, data_root=data_root, out=out, progress=progress)
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}: local or submitit")
+    return report_study(study, root)
+
+
+def report_study(study: Study | None, root: str | Path) -> dict[str, Any]:
+    """The report of the study in ``root`` (the study file saved there when ``study`` is ``None``),
+    written to ``report.md``, ``report.json`` and ``report.csv`` beside the runs."""
+    root = Path(root)
+    if study is None:
+        saved = root / STUDY_FILE
+        if not saved.exists():
+            raise FileNotFoundError(f"{root} is not a study directory (no {STUDY_FILE}; run manntk study run first)")
+        study = load_study(saved)
+    report = summarize(study, root)
+    write_report(report, root)
+    return report
+
+
+def _study_mapping(study: Study, overrides: Sequence[str]) -> dict[str, Any]:
+    """The study as a file of its own (absolute recipe paths, arms expanded, run overrides kept)."""
+    return {
+        "name": study.name, "description": study.description, "seeds": list(study.seeds), "baseline": study.baseline,
+        **({"metric": study.metric} if study.metric else {}),
+        **({"higher_is_better": study.higher_is_better} if study.higher_is_better is not None else {}),
+        "arms": {arm.name: {"recipe": str(arm.recipe), "overrides": [*arm.overrides, *study.budget, *overrides]} for arm in study.arms},
+    }
+

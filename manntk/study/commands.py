@@ -1,0 +1,77 @@
+"""``manntk study run`` and ``manntk study report``, added through the ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from manntk.config import UsageError
+from manntk.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(commands: argparse._SubParsersAction) -> None:
+    """``manntk study``."""
+    study = commands.add_parser("study", help="ablation studies: arms x seeds, solve rates and confidence intervals")
+    actions = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="run every (arm, seed) of a study file, resumably, then report")
+    run.add_argument("study", help="study YAML file")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run (train.steps=200)")
+    run.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the file's")
+    run.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the number of CPU cores)")
+    run.add_argument("--launcher", choices=["local", "submitit"], default="local", help="local processes, or SLURM jobs through submitit")
+    run.add_argument("--threads", type=int, default=1, metavar="T", help="train.threads of every run (default 1)")
+    run.add_argument("--out", help="the study directory (default: runs/studies/<name>)")
+    run.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    run.add_argument("--plot", metavar="PNG", help="also draw the curves and the ECDF of iterations to solve")
+    run.set_defaults(handler=_run)
+    report = actions.add_parser("report", help="the statistics of a study directory: Markdown, or --json")
+    report.add_argument("dir", help="the study directory")
+    report.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
+    report.add_argument("--plot", metavar="PNG", help="also draw the curves and the ECDF of iterations to solve")
+    report.set_defaults(handler=_report)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from manntk.study import load_study, run_study
+
+    study = load_study(args.study)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+        study = study.with_seeds(args.seeds)
+    out = Path(args.out or Path("runs") / "studies" / study.name)
+    try:
+        report = run_study(study, out, overrides=args.overrides, jobs=args.jobs, launcher=args.launcher,
+                           threads=args.threads, data_root=args.data)
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume ({out})", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
+    return _show(report, out, as_json=False, plot_to=args.plot)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from manntk.study import report_study
+
+    try:
+        report = report_study(None, args.dir)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    return _show(report, Path(args.dir), as_json=args.json, plot_to=args.plot)
+
+
+def _show(report: dict, root: Path, as_json: bool, plot_to: str | None) -> int:
+    from manntk.study.report import markdown, plot
+
+    if as_json:
+        print(json.dumps({key: value for key, value in report.items() if key != "curves"}, indent=2))
+    else:
+        print(markdown(report), end="")
+        print(f"(also in {root / 'report.md'}, report.json and report.csv)")
+    if plot_to:
+        print(f"wrote {plot(report, Path(plot_to))}", file=sys.stderr)
+    return 0

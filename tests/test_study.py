@@ -1,0 +1,193 @@
+"""``manntk study``: study files, resumable runs, and every statistic of the report
+checked against a hand computation from the run directories."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manntk.cli import main
+from manntk.config import ConfigError
+from manntk.study import jobs_of, load_study, report_study, run_study
+from manntk.study import stats
+from manntk.study.report import censored_quantiles
+
+TINY = {
+    "name": "tiny-copy",
+    "task": {"name": "copy", "width": 2, "min_length": 1, "max_length": 2, "validation_batches": 1, "validation_batch_size": 8},
+    "model": {"cell": {"name": "armin", "hidden_size": 6}, "addressing": {"name": "auto"}, "write": {"name": "overwrite"},
+              "memory": {"slots": 3, "width": 6}},
+    "train": {"batch_size": 4, "steps": 40, "log_every": 10, "eval_every": 10, "checkpoint_every": 20, "device": "cpu",
+              "stop_when_solved": True, "optimizer": {"lr": 0.05}},
+    "eval": {"batch_size": 8},
+}
+
+
+def write_study(folder: Path, **extra) -> Path:
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    study = {"name": "tiny", "base": "tiny.yaml", "seeds": 3, "baseline": "soft",
+             "arms": {"soft": {}, "small": {"overrides": ["model.cell.hidden_size=3"]}}, **extra}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# -- statistics against known answers ------------------------------------------------------
+
+
+def test_wilson_interval_known_values():
+    # Wilson score intervals, z = 1.96 (e.g. Newcombe 1998, table I: 0/10, 1/10; 5/10 by the formula)
+    low, high = stats.wilson_interval(0, 10)
+    assert low == 0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = stats.wilson_interval(1, 10)
+    assert (low, high) == (pytest.approx(0.0179, abs=1e-4), pytest.approx(0.4042, abs=1e-4))
+    low, high = stats.wilson_interval(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
+
+
+def test_quartiles_and_censored_quantiles_by_hand():
+    assert stats.quartiles([1, 2, 3, 4]) == (1.75, 2.5, 3.25)  # linear interpolation: positions 0.75, 1.5, 2.25
+    # 4 runs, 3 solved at 300, 100, 200: a quarter had solved by 100, half by 200, three quarters by 300
+    assert censored_quantiles([300, 100, 200], 4) == [100, 200, 300]
+    # 4 runs, 1 solved: the median is censored
+    assert censored_quantiles([100], 4) == [100, math.inf, math.inf]
+    assert stats.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def test_paired_bootstrap_by_hand():
+    same = stats.paired_bootstrap({0: 1.5, 1: 2.5, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 2.5})
+    assert same == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5), 3)  # constant differences
+    mean, low, high, pairs = stats.paired_bootstrap({0: 0.0, 1: 1.0, 5: 9.0}, {0: 0.0, 1: 0.0, 2: 4.0})
+    assert (mean, pairs) == (0.5, 2) and 0.0 <= low <= 0.5 <= high <= 1.0  # only seeds 0 and 1 pair up
+    assert math.isnan(stats.paired_bootstrap({0: 1.0}, {1: 1.0})[0])
+
+
+# -- the study file -------------------------------------------------------------------------
+
+
+def test_a_study_file_expands_grids_and_zips(tmp_path):
+    path = write_study(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["arms"]["lr"] = {"grid": {"train.optimizer.lr": [0.1, 0.01], "model.cell.hidden_size": [4, 5]}}
+    data["arms"]["pair"] = {"zip": {"train.optimizer.lr": [0.1, 0.01], "model.cell.hidden_size": [4, 5]}}
+    data["seeds"] = [3, 7]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    study = load_study(path)
+    names = [arm.name for arm in study.arms]
+    assert names[:2] == ["soft", "small"] and len(names) == 2 + 4 + 2
+    assert "lr[train.optimizer.lr=0.1,model.cell.hidden_size=5]" in names
+    assert study.arm("pair[train.optimizer.lr=0.01,model.cell.hidden_size=5]").overrides == ("train.optimizer.lr=0.01", "model.cell.hidden_size=5")
+    assert study.seeds == (3, 7)
+    job = jobs_of(study, tmp_path / "out", ["train.steps=5"])[0]
+    assert job.run_dir == tmp_path / "out" / "soft" / "seed-3"
+    assert job.overrides[-3:] == ("train.steps=5", "train.threads=1", "train.seed=3")
+
+
+def test_every_problem_of_a_study_file_is_reported_with_its_path(tmp_path):
+    path = write_study(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data.update(seed=3, seeds=0, baseline="nope", budget={"step": 5})
+    data["arms"]["bad"] = {"recipe": "missing.yaml", "overides": []}
+    data["arms"]["z"] = {"zip": {"a": [1], "b": [1, 2]}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError) as caught:
+        load_study(path)
+    text = str(caught.value)
+    for expected in ("unknown key(s): seed", "seeds: at least 1", "baseline 'nope' is not an arm", "budget:",
+                     "missing.yaml does not exist @ $.arms.bad.recipe", "unknown key(s): overides", "same length"):
+        assert expected in text, expected
+
+
+def test_the_shipped_studies_load_and_their_recipes_validate():
+    from manntk.recipe import load_recipe
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
+        study = load_study(path)
+        assert len(study.seeds) >= 10 or "seeds" in path.read_text()
+        for arm in study.arms:
+            load_recipe(arm.recipe, [*arm.overrides, *study.budget])
+
+
+# -- running and reporting ------------------------------------------------------------------
+
+
+def hand_report(root: Path, arms: list[str], seeds: list[int]) -> dict[str, dict]:
+    """Solve counts, iterations to solve and final BCE per arm, straight from results.json."""
+    expected = {}
+    for arm in arms:
+        results = [json.loads((root / arm / f"seed-{s}" / "results.json").read_text()) for s in seeds]
+        solved = sorted(r["solved_step"] for r in results if r["solved"])
+        finals = sorted(r["metrics"]["test"]["bce"] for r in results)
+        n = len(results)
+        expected[arm] = {"n": n, "solved": len(solved), "finals": finals, "solved_steps": solved,
+                         "by_seed": {s: r["metrics"]["test"]["bce"] for s, r in zip(seeds, results)}}
+    return expected
+
+
+def test_a_tiny_study_runs_resumes_and_reports_what_the_run_directories_say(tmp_path, capsys):
+    path = write_study(tmp_path)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "2", "--out", str(out), "--plot", str(tmp_path / "study.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "| soft | 3 |" in printed and "| small | 3 |" in printed
+    assert (tmp_path / "study.png").stat().st_size > 10_000
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/results.json")}
+    assert len(stamps) == 6
+
+    # a run cut short after its checkpoint: its results go, its checkpoint stays
+    interrupted = out / "small" / "seed-1"
+    (interrupted / "results.json").unlink()
+    assert main(["study", "run", str(path), "--jobs", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for results, stamp in stamps.items():  # finished runs were not redone
+        if results.parent != interrupted:
+            assert results.stat().st_mtime_ns == stamp
+    log = (interrupted / "train.log").read_text()
+    assert f"--resume {interrupted}" in log.splitlines()[-1] or "--resume" in log  # the interrupted run resumed
+
+    assert main(["study", "report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = hand_report(out, ["soft", "small"], [0, 1, 2])
+    assert report["metric"] == "bce" and report["higher_is_better"] is False and report["baseline"] == "soft"
+    for arm in report["arms"]:
+        hand = expected[arm["arm"]]
+        n, k = hand["n"], hand["solved"]
+        assert arm["n"] == n == 3 and arm["solved"] == k and arm["solve_rate"] == pytest.approx(k / n)
+        z = 1.959963984540054
+        centre = (k / n + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        assert arm["solve_rate_ci95"] == [pytest.approx(max(0, centre - half)), pytest.approx(min(1, centre + half))]
+        steps = hand["solved_steps"]  # the censored quantiles: the ceil(q n)-th solved step, if that many solved
+        for name, q in (("q1", 0.25), ("median", 0.5), ("q3", 0.75)):
+            rank = math.ceil(q * n)
+            assert arm["iterations_to_solve"][name] == (steps[rank - 1] if rank <= len(steps) else None)
+        finals = hand["finals"]  # three values: the median is the middle one, the quartiles halfway to the ends
+        assert arm["final"]["median"] == pytest.approx(finals[1])
+        assert arm["final"]["q1"] == pytest.approx((finals[0] + finals[1]) / 2)
+        assert arm["final"]["q3"] == pytest.approx((finals[1] + finals[2]) / 2)
+        assert arm["final"]["mean"] == pytest.approx(sum(finals) / 3)
+        mean = sum(finals) / 3
+        assert arm["final"]["std"] == pytest.approx(math.sqrt(sum((f - mean) ** 2 for f in finals) / 2))
+    small = next(arm for arm in report["arms"] if arm["arm"] == "small")
+    differences = [expected["small"]["by_seed"][s] - expected["soft"]["by_seed"][s] for s in (0, 1, 2)]
+    assert small["vs_baseline"]["mean_difference"] == pytest.approx(sum(differences) / 3)
+    assert small["vs_baseline"]["pairs"] == 3
+    low, high = small["vs_baseline"]["ci95"]
+    assert min(differences) - 1e-12 <= low <= sum(differences) / 3 <= high <= max(differences) + 1e-12
+    for name in ("report.md", "report.json", "report.csv"):
+        assert (out / name).exists()
+    assert (out / "report.csv").read_text().splitlines()[0].startswith("arm,n,unfinished,budget,solved")
+
+
+def test_the_submitit_launcher_runs_a_tiny_study_through_its_local_executor(tmp_path):
+    pytest.importorskip("submitit", reason="the cluster extra is not installed (pip install 'manntk[cluster]')")
+    path = write_study(tmp_path, seeds=1)
+    study = load_study(path)
+    report = run_study(study, tmp_path / "out", overrides=["train.steps=10"], launcher="submitit", cluster="local", out=None)
+    assert [arm["n"] for arm in report["arms"]] == [1, 1]
+    assert (tmp_path / "out" / ".submitit").is_dir()
