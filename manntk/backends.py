@@ -11,7 +11,7 @@ written depends on what the parts can do and on the pass, and is chosen once per
   address arrives as slot indices only, reads gather one row, writes go in place.
 - [`TapedMemory`][manntk.backends.TapedMemory]: training with an addressing that never
   looks at the memory's values and a write that replaces one slot per row: the memory is a
-  [`MemoryTape`][manntk.tape.MemoryTape], written in place and undone in backward. A step
+  [`MemoryTape`][manntk.fast.tape.MemoryTape], written in place and undone in backward. A step
   it cannot hold (a soft read, a write that is not a replacement) hands the chunk over to
   ``SlotMemory`` from that step on.
 
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from manntk import memory as mem
 from manntk.parts import Address, Addressing, Write
-from manntk.tape import MemoryTape
+from manntk.fast.tape import MemoryTape
 
 
 class SlotMemory:
@@ -64,7 +64,7 @@ class IndexedMemory(SlotMemory):
 
 
 class TapedMemory:
-    """The memory on a [`MemoryTape`][manntk.tape.MemoryTape]: one-hot reads by index,
+    """The memory on a [`MemoryTape`][manntk.fast.tape.MemoryTape]: one-hot reads by index,
     replacements in place."""
 
     def __init__(self, values: Tensor) -> None:

@@ -106,7 +106,7 @@ class Addressing(Part):
         reads_content: ``False`` for a part whose addresses never depend on the
             memory's values (ARMIN auto-addressing). With a write policy that
             ``replaces_slots``, training then keeps the memory on a
-            [`MemoryTape`][manntk.tape.MemoryTape] (in-place writes, undone in backward),
+            [`MemoryTape`][manntk.fast.tape.MemoryTape] (in-place writes, undone in backward),
             and ``step`` gets its current values outside autograd.
     """
 
@@ -152,7 +152,7 @@ class Write(Part):
         ``None`` when it does not (then the engine calls ``step``).
 
         Lets the engine write without the whole memory in hand: in place on a
-        [`MemoryTape`][manntk.tape.MemoryTape] in training. The arguments are those of ``step``.
+        [`MemoryTape`][manntk.fast.tape.MemoryTape] in training. The arguments are those of ``step``.
         """
         return None
 

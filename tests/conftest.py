@@ -31,7 +31,7 @@ def model_mapping(name: str, input_size: int = 3, output_size: int | None = 2, s
 
 def fused_kernels_error() -> str | None:
     """Why the fused ARMIN cell's C++ kernels cannot be built here, or ``None`` when they can."""
-    from manntk.cells.armin_fused import extension
+    from manntk.fast.armin_fused import extension
 
     try:
         extension()

@@ -12,7 +12,7 @@ import torch
 
 import manntk
 from manntk.cells.armin import ArminConfig
-from manntk.recurrent import _MKL_PACKING, RecurrentWeight
+from manntk.fast.recurrent import _MKL_PACKING, RecurrentWeight
 from manntk.trace import tracing
 from tests.conftest import fused_kernels_error, model_mapping, soften
 
@@ -102,7 +102,7 @@ def test_fused_cell_on_columns_packed_for_mkl_gives_the_eager_numbers(monkeypatc
     """Packing (forward, and the backward's columns with two threads) at toy sizes: the
     fused model runs with the thresholds lowered so that its small weights and batch take
     the packed path; the eager model, run first, takes the plain products."""
-    import manntk.recurrent as recurrent
+    import manntk.fast.recurrent as recurrent
 
     eager, fused = pair({"squash_state": True}, width=5)
     x = torch.randn(4, 6, 3)
@@ -144,7 +144,7 @@ def test_fused_cell_in_evaluation_and_under_tracing_records_the_gates():
 @pytest.mark.parametrize("sum_in_place", [False, True])
 @pytest.mark.parametrize("squash, read_output", [(False, True), (True, False)])
 def test_fused_step_gradcheck_float64(sum_in_place, squash, read_output):
-    from manntk.cells.armin_fused import fused_step
+    from manntk.fast.armin_fused import fused_step
 
     B, d_x, d_h, d_r = 2, 2, 3, 4
     gates = 4 * d_h + (d_r if read_output else 0)
@@ -171,7 +171,7 @@ def test_fused_with_layer_norm_is_refused():
 def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
     import torch.utils.cpp_extension
 
-    from manntk.cells import armin_fused
+    from manntk.fast import armin_fused
 
     def no_compiler(**_):
         raise OSError("g++: command not found")
@@ -183,7 +183,7 @@ def test_a_missing_compiler_gives_a_clear_error(monkeypatch):
 
 
 def test_an_unwritable_build_folder_is_named_in_the_error(monkeypatch, tmp_path):
-    from manntk.cells import armin_fused
+    from manntk.fast import armin_fused
 
     blocked = tmp_path / "a file, not a folder"
     blocked.write_text("")
@@ -198,7 +198,7 @@ def test_the_kernels_are_built_in_a_folder_named_by_their_source(monkeypatch, tm
     every switch); another source gets its own; torch's appended flags stay out of ours."""
     import torch.utils.cpp_extension
 
-    from manntk.cells import armin_fused
+    from manntk.fast import armin_fused
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     builds = []
@@ -229,7 +229,7 @@ def test_the_kernels_are_built_in_a_folder_named_by_their_source(monkeypatch, tm
 
 def test_fused_step_takes_broadcast_output_gradients():
     """``out.sum().backward()`` hands the step an expanded (stride 0) output gradient."""
-    from manntk.cells.armin_fused import fused_step
+    from manntk.fast.armin_fused import fused_step
 
     w_ig, w_go = torch.randn(5, 7, requires_grad=True), torch.randn(8, 7, requires_grad=True)
     b_ig, b_go, x, h, r = torch.randn(5), torch.randn(8), torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 3)
@@ -245,11 +245,11 @@ def test_fused_step_takes_broadcast_output_gradients():
 
 
 def test_fused_steps_in_groups_give_the_per_step_weight_gradients_twice_over_two_backward_passes(monkeypatch):
-    import manntk.recurrent
-    from manntk.cells.armin_fused import fused_step
+    import manntk.fast.recurrent
+    from manntk.fast.armin_fused import fused_step
 
     B, d_x, d_h, d_r, T = 3, 2, 3, 4, 7
-    monkeypatch.setattr(manntk.recurrent, "GROUP_BYTES", 3 * B * (4 * d_h + d_r) * 8)  # W_go: 3 + 3 + 1 steps, W_ig: 6 + 1
+    monkeypatch.setattr(manntk.fast.recurrent, "GROUP_BYTES", 3 * B * (4 * d_h + d_r) * 8)  # W_go: 3 + 3 + 1 steps, W_ig: 6 + 1
     generator = torch.Generator().manual_seed(3)
     make = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)  # noqa: E731
     w_ig, w_go = make(d_h + d_r, d_x + d_h + d_r), make(4 * d_h + d_r, d_x + d_h + d_r)

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 import manntk
-import manntk.recurrent
+import manntk.fast.recurrent
 from manntk.state import detach_state, flatten_state, load_state, map_state, move_state, save_state, unflatten_state
 from tests.conftest import COMPOSITIONS, build, model_mapping, soften
 
@@ -133,7 +133,7 @@ def test_gradcheck_every_model_in_eval(composition, sum_in_place, monkeypatch):
     Both paths of the per-step products: the plain one (these small weights) and the one
     that sums the weight gradient in place (large weights; forced here).
     """
-    monkeypatch.setattr(manntk.recurrent, "SUM_IN_PLACE_FROM", 0 if sum_in_place else 1 << 62)
+    monkeypatch.setattr(manntk.fast.recurrent, "SUM_IN_PLACE_FROM", 0 if sum_in_place else 1 << 62)
     mapping = model_mapping(composition, slots=3, width=3)
     gradcheck_model(mapping, "eval")
 

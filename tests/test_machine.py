@@ -1,8 +1,8 @@
-"""``manntk.machine``: the fields of /proc/cpuinfo."""
+"""``manntk.fast.machine``: the fields of /proc/cpuinfo."""
 
 from __future__ import annotations
 
-from manntk import machine
+from manntk.fast import machine
 
 
 def test_cpu_info_reads_the_first_cpus_field_and_says_none_when_it_cannot(monkeypatch, tmp_path):

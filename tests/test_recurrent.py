@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manntk.recurrent import _MKL_PACKING, PACK_FROM_BATCH, TRANSPOSE_ROWS, RecurrentWeight, transposed
+from manntk.fast.recurrent import _MKL_PACKING, PACK_FROM_BATCH, TRANSPOSE_ROWS, RecurrentWeight, transposed
 
 D = torch.float64
 EPS = torch.finfo(torch.float32).eps
@@ -190,10 +190,10 @@ def test_float32_steps_use_the_packed_columns_and_the_plain_numbers(threads, mon
     ],
 )
 def test_grouped_step_gradients_sum_to_the_steps_products(monkeypatch, order):
-    import manntk.recurrent
+    import manntk.fast.recurrent
 
     steps, batch, out, width = 5, 3, 4, 6
-    monkeypatch.setattr(manntk.recurrent, "GROUP_BYTES", 2 * batch * out * 8)  # groups of 2 steps
+    monkeypatch.setattr(manntk.fast.recurrent, "GROUP_BYTES", 2 * batch * out * 8)  # groups of 2 steps
     weight = torch.randn(out, width, dtype=D, requires_grad=True)
     product = RecurrentWeight(weight, 0, [width], sum_in_place=True, steps=steps)
     inputs = torch.randn(steps, batch, width, dtype=D)

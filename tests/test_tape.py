@@ -7,9 +7,9 @@ import torch
 
 import manntk
 from manntk import memory as mem
-from manntk import tape as tape_module
+from manntk.fast import tape as tape_module
 from manntk.backends import tape_capable
-from manntk.tape import MemoryTape
+from manntk.fast.tape import MemoryTape
 from tests.conftest import model_mapping
 
 B, N, D = 3, 4, 5

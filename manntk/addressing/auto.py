@@ -21,7 +21,7 @@ from manntk.cells.common import project_inputs, split_input_weight
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 

@@ -32,7 +32,7 @@ from manntk.config import non_negative, positive
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Addressing
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 
 
 @attrs.define

@@ -27,7 +27,7 @@ from manntk.config import non_negative, positive
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 

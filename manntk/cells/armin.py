@@ -19,13 +19,13 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from manntk.cells.armin_fused import fused_step
+from manntk.fast.armin_fused import fused_step
 from manntk.cells.common import GateNorm, project_inputs, split_input_weight, zoneout
 from manntk.config import positive, probability
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
@@ -43,7 +43,7 @@ class ArminConfig:
             the output is computed).
         read_output: keep the ``r`` part of ``o_t``; ``false`` is the paper's ablation.
         fused: on the CPU, run each step as one autograd node with C++ elementwise
-            kernels (``manntk.cells.armin_fused``; compiled on first use). Same numbers up
+            kernels (``manntk.fast.armin_fused``; compiled on first use). Same numbers up
             to float rounding; not with ``layer_norm``, and CUDA or autocast runs the
             eager cell.
     """

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 
 
 class GateNorm(nn.Module):
@@ -45,7 +45,7 @@ def split_input_weight(linear: nn.Linear, input_size: int, sizes: Sequence[int])
 
     Done once per chunk: the ``x`` columns ``[out, input_size]`` serve one matrix product
     over all steps (``project_inputs``); the blocks of widths ``sizes`` come back as a
-    [`RecurrentWeight`][manntk.recurrent.RecurrentWeight] for ``product(base, u_1, ..., u_k)``
+    [`RecurrentWeight`][manntk.fast.recurrent.RecurrentWeight] for ``product(base, u_1, ..., u_k)``
     at every step. Slicing the weight at every step instead would make every step's
     backward scatter a full-size gradient into the weight.
     """

@@ -23,7 +23,7 @@ from manntk.config import positive, probability
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 
 
 @attrs.define

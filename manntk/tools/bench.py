@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from manntk.config import UsageError
 from manntk.hookspecs import hookimpl
-from manntk.machine import cpu_info
+from manntk.fast.machine import cpu_info
 
 #: Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized).
 VOCAB = 50

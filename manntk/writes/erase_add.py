@@ -20,7 +20,7 @@ from manntk.config import AddressingSpec
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import record
 
 

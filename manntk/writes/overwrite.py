@@ -18,7 +18,7 @@ from manntk import memory as mem
 from manntk.context import BuildContext
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import record
 
 

@@ -3,7 +3,7 @@
 A recurrent weight ``W`` is applied at each of the T steps of a chunk. Plain autograd
 gives every step its own weight-gradient product ``u_t^T g_t`` and then adds it to the
 running sum: a full-size temporary and an extra pass over it, T times, and the product's
-inner dimension is only the batch size. [`RecurrentWeight`][manntk.recurrent.RecurrentWeight]
+inner dimension is only the batch size. [`RecurrentWeight`][manntk.fast.recurrent.RecurrentWeight]
 sums the steps' products in place into one buffer (``addmm_``) and hands the sum to
 autograd once, when the chunk's weight node runs. The steps' products use the columns in
 two layouts made once per chunk, each the one MKL runs fastest: ``[in, out]`` (packed for

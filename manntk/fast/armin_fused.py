@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from manntk.machine import cpu_info
-from manntk.recurrent import RecurrentWeight
+from manntk.fast.machine import cpu_info
+from manntk.fast.recurrent import RecurrentWeight
 
 _SOURCE = Path(__file__).with_name("armin_fused.cpp")
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -113,7 +113,7 @@ def extension() -> ModuleType:
 class _FusedStep(torch.autograd.Function):
     """``(x_t, h, r, b_ig, b_go, W_ig cols, W_go cols) -> (o_t, h_t, sigmoid(ig), activations)``.
 
-    The weights are [`RecurrentWeight`][manntk.recurrent.RecurrentWeight]s over all their
+    The weights are [`RecurrentWeight`][manntk.fast.recurrent.RecurrentWeight]s over all their
     columns, blocks ``[x, h, r]``: the input columns are applied at every step, in the same
     product as the recurrent ones, instead of once per chunk. The columns come in as inputs
     so that autograd routes their gradient to the weights; the products themselves use the

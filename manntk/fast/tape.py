@@ -4,7 +4,7 @@ Through plain autograd each training step costs several passes over the whole me
 ``[B, N, D]``: the write copies it (out of place), and backward the write's and the read's
 whole-memory gradients are made and summed; the chunk also keeps all T copies alive. When
 the addressing never looks at the memory's values (ARMIN auto-addressing) and every write
-replaces one slot per row with a value, none of that is needed. [`MemoryTape`][manntk.tape.MemoryTape]
+replaces one slot per row with a value, none of that is needed. [`MemoryTape`][manntk.fast.tape.MemoryTape]
 keeps one memory tensor, writes into it in place, and keeps the rows each write
 overwrote. Backward walks the steps in reverse: each write hands its slots' gradient to
 the value it wrote (and clears it: before the write nothing read those values), each read

@@ -1,0 +1,16 @@
+"""The fast paths, behind one seam: each is selected by capability and verified against
+the plain path it replaces by named tests.
+
+- [`recurrent`][manntk.fast.recurrent]: ``RecurrentWeight``, the per-step products of the
+  recurrent columns (with MKL's packed weights from batch 32, where torch offers them;
+  the public ``torch.nn.functional.linear`` otherwise): ``tests/test_recurrent.py``.
+- [`tape`][manntk.fast.tape]: the memory written in place and undone in backward, for
+  addressings that never read the memory's values (``manntk.backends.TapedMemory``):
+  ``tests/test_tape.py``.
+- [`armin_fused`][manntk.fast.armin_fused]: the ARMIN cell's elementwise work as C++
+  kernels, one autograd node per step (``fused: true``): ``tests/test_armin_fused.py``.
+- [`machine`][manntk.fast.machine]: what the fast paths read about the CPU.
+
+Private torch operations (``torch.ops.mkl._mkl_linear``) are called only here, guarded by
+a check that they exist, with the public operation as the fallback.
+"""
