@@ -42,7 +42,6 @@ BUILTIN_PLUGINS = (
     "manntk.tools.demo",
     "manntk.tools.inspect_memory",
     "manntk.tools.plot",
-    "manntk.tools.reproduce",
     "manntk.study.commands",
 )
 

@@ -341,20 +341,24 @@ def test_recipes_shown_in_the_docs_are_valid():
         recipe_from_mapping(mapping, source=block.where)
 
 
-def test_reproduction_sets_shown_in_the_docs_are_valid(tmp_path):
+def test_study_files_shown_in_the_docs_are_valid(tmp_path):
     from manntk.recipe import load_recipe
-    from manntk.tools.reproduce import load_set
+    from manntk.study import load_study
 
-    blocks = titled_yaml_blocks("reproduce/")
+    blocks = titled_yaml_blocks("studies/")
     assert blocks
     (tmp_path / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
     for block in blocks:
-        path = tmp_path / block.options["title"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(block.code, encoding="utf-8")
-        repro = load_set(path)
-        for entry in repro.entries:
-            load_recipe(entry.recipe, list(entry.overrides))
+        included = re.fullmatch(r'--8<-- "(.+)"', block.code.strip())
+        if included:  # the shipped file itself, included at build time
+            path = ROOT / included.group(1)
+        else:
+            path = tmp_path / block.options["title"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block.code, encoding="utf-8")
+        study = load_study(path)
+        for arm in study.arms:
+            load_recipe(arm.recipe, [*arm.overrides, *study.budget])
 
 
 def test_every_contract_check_is_described():

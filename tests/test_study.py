@@ -108,7 +108,6 @@ def test_the_shipped_studies_load_and_their_recipes_validate():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
         study = load_study(path)
-        assert len(study.seeds) >= 10 or "seeds" in path.read_text()
         for arm in study.arms:
             load_recipe(arm.recipe, [*arm.overrides, *study.budget])
 
