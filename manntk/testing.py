@@ -925,23 +925,11 @@ def check_model(
         })
         ```
     """
-    from manntk.build import ModelConfig, build_model
-    from manntk.config import structure
-
     if steps < 2:
         raise ValueError("check_model needs steps >= 2 (two chunks)")
     checks = _Checks(f"model {_model_label(mapping)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with checks.check("build"):
-            config = mapping if isinstance(mapping, ModelConfig) else structure(dict(mapping), ModelConfig, _registry(plugins))
-            _require(config.input_size is not None, "the mapping gives no input_size")
-            model = build_model(config, plugins)
-        generator = torch.Generator().manual_seed(seed + 1)
-        if model.embedding is not None:
-            x = torch.randint(0, config.input_size, (batch, steps), generator=generator)
-        else:
-            x = torch.randn(batch, steps, config.input_size, generator=generator)
+        model, x, generator = _model_and_inputs(checks, mapping, plugins, batch, steps, seed)
         for training in (True, False):
             name = "train_forward_backward" if training else "eval_forward_backward"
             with checks.check(name):
@@ -1033,22 +1021,11 @@ def check_symmetry(
         AssertionError: the symmetry was not broken; the message names the model, the
             layer, the step and the spread found.
     """
-    from manntk.build import ModelConfig, build_model
-    from manntk.config import structure
     from manntk.trace import tracing
 
     checks = _Checks(f"model {_model_label(mapping)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with checks.check("build"):
-            config = mapping if isinstance(mapping, ModelConfig) else structure(dict(mapping), ModelConfig, _registry(plugins))
-            _require(config.input_size is not None, "the mapping gives no input_size")
-            model = build_model(config, plugins)
-        generator = torch.Generator().manual_seed(seed + 1)
-        if model.embedding is not None:
-            x = torch.randint(0, config.input_size, (batch, steps), generator=generator)
-        else:
-            x = torch.randn(batch, steps, config.input_size, generator=generator)
+        model, x, generator = _model_and_inputs(checks, mapping, plugins, batch, steps, seed)
         model.train()
         with torch.no_grad(), tracing() as trace:
             _, state = model(x)
@@ -1085,6 +1062,25 @@ def check_symmetry(
                 f"(largest difference from slot 0: {difference.min().item():.3g})",
             )
     return checks.report()
+
+
+def _model_and_inputs(checks: _Checks, mapping: Any, plugins: Plugins | None, batch: int, steps: int, seed: int) -> tuple[nn.Module, Tensor, torch.Generator]:
+    """The model of ``mapping`` built from ``seed`` (the check ``build``), random inputs
+    ``[B, T, ...]`` for it (token ids with an embedding) and the generator that drew them."""
+    from manntk.build import ModelConfig, build_model
+    from manntk.config import structure
+
+    torch.manual_seed(seed)
+    with checks.check("build"):
+        config = mapping if isinstance(mapping, ModelConfig) else structure(dict(mapping), ModelConfig, _registry(plugins))
+        _require(config.input_size is not None, "the mapping gives no input_size")
+        model = build_model(config, plugins)
+    generator = torch.Generator().manual_seed(seed + 1)
+    if model.embedding is not None:
+        x = torch.randint(0, config.input_size, (batch, steps), generator=generator)
+    else:
+        x = torch.randn(batch, steps, config.input_size, generator=generator)
+    return model, x, generator
 
 
 def _model_label(mapping: Any) -> str:
