@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -21,14 +22,51 @@ from manntk.training.ownership import RunDirectoryError
 from manntk.training.signals import TrainingInterrupted
 from manntk.training.trainer import TrainingDiverged
 
-__all__ = ["UsageError", "build_parser", "format_plugins", "main"]
+__all__ = ["Parser", "UsageError", "build_parser", "format_plugins", "main"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, forgiving in two ways: a command's options and positionals may
+    come in any order (``manntk train R --dry-run key=value`` reads like ``manntk train R
+    key=value --dry-run``: a parser without sub-commands parses as ``parse_intermixed_args``
+    does, options first, then positionals), and an invalid choice (a mistyped command, a
+    ``--device`` value) names the closest valid one. The parsers of sub-commands, plugins'
+    commands among them, are of this class too (argparse gives them their parent's)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):  # type: ignore[override]
+        """Options and positionals intermixed where argparse supports it (no sub-commands,
+        no positional in a mutually exclusive group); the ordinary parse otherwise."""
+        if self._intermixing or not self._intermixable():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args itself (Python < 3.13)
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def _intermixable(self) -> bool:
+        positionals = self._get_positional_actions()
+        if any(action.nargs in (argparse.PARSER, argparse.REMAINDER) for action in positionals):
+            return False
+        return not any(action in positionals for group in self._mutually_exclusive_groups for action in group._group_actions)
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            close = difflib.get_close_matches(str(value), [str(choice) for choice in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"{error.message}; did you mean {close[0]!r}?") from None
 
 
 def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     """The argument parser of the ``manntk`` command (also the source of the CLI reference),
     with the commands of ``plugins`` (default: the installed plugins)."""
     loaded = plugins or default_plugins()
-    parser = argparse.ArgumentParser(prog="manntk", description="Memory-augmented recurrent networks from interchangeable parts.")
+    parser = Parser(prog="manntk", description="Memory-augmented recurrent networks from interchangeable parts.")
     parser.add_argument("--version", action="store_true", help="print the manntk version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     plugins = commands.add_parser("plugins", help="list plugins, what each registers, and failures")

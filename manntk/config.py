@@ -7,8 +7,9 @@ swapping ``name`` swaps the part and its options together.
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, Callable, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, Callable, ClassVar, Iterable, Literal, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
@@ -99,9 +100,15 @@ def structure(mapping: Any, cls: type[T], registry: Registry, path: str = "model
         raise ConfigError(cattrs.transform_error(error, path=f"$.{path}" if path else "$", format_exception=_format)) from None
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest of ``choices`` to ``word`` (``difflib.get_close_matches``), or ``None``."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return close[0] if close else None
+
+
 def _format(exc: BaseException, type_: type | None) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
+        return unknown_keys_message(exc.extra_fields, exc.cl)
     if isinstance(exc, KeyError):
         return "required key missing"
     if isinstance(exc, RegistryError):
@@ -109,6 +116,17 @@ def _format(exc: BaseException, type_: type | None) -> str:
     if isinstance(exc, (ValueError, TypeError)) and str(exc):
         return str(exc)
     return cattrs.v.format_exception(exc, type_)
+
+
+def unknown_keys_message(keys: Iterable[str], cls: type | None) -> str:
+    """``unknown key(s): a, b``, and the closest key of ``cls`` to each unknown one:
+    ``unknown key(s): hiden_size; did you mean 'hidden_size'?``."""
+    keys = sorted(keys)
+    known = [field.name for field in attrs.fields(cls) if field.init] if cls is not None and attrs.has(cls) else []
+    close = {key: did_you_mean(key, known) for key in keys}
+    hints = [f"{match!r}" if len(keys) == 1 else f"{match!r} for {key!r}" for key, match in close.items() if match]
+    message = f"unknown key(s): {', '.join(keys)}"
+    return f"{message}; did you mean {', '.join(hints)}?" if hints else message
 
 
 def _attrs_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any, type], Any]:

@@ -1,10 +1,13 @@
-"""The command line: the demo composes and runs every paper model."""
+"""The command line: the demo composes and runs every paper model; overrides anywhere,
+"did you mean" for commands and keys."""
 
 from __future__ import annotations
 
 import math
 
-from manntk.cli import main
+import pytest
+
+from manntk.cli import build_parser, main
 from manntk.tools.demo import PAPER_MODELS, run_demo
 
 
@@ -41,3 +44,41 @@ def test_a_closed_pipe_is_not_an_error():
         os.close(write_end)
     assert "Traceback" not in writer.stderr
     assert writer.returncode == 0
+
+
+def dry_run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``manntk train ARGV --dry-run``-style call: the exit status, stdout and stderr."""
+    status = main(["train", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_overrides_may_follow_options(capsys):
+    """`manntk train R --dry-run key=value` is `manntk train R key=value --dry-run`."""
+    status, after, err = dry_run(capsys, "recipes/armin_copy.yaml", "--dry-run", "model.cell.hidden_size=64")
+    assert status == 0, err
+    status, before, err = dry_run(capsys, "recipes/armin_copy.yaml", "model.cell.hidden_size=64", "--dry-run")
+    assert status == 0, err
+    assert after == before and "89,004 parameters" not in after  # the override applied (the recipe's model has 89,004)
+
+
+def test_a_plugin_command_takes_overrides_between_its_options():
+    args = build_parser().parse_args(["study", "run", "S", "--seeds", "2", "train.steps=200", "--out", "D"])
+    assert (args.study, args.seeds, args.overrides, args.out) == ("S", 2, ["train.steps=200"], "D")
+
+
+def test_a_mistyped_command_names_the_closest(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["trian", "armin_copy"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "invalid choice: 'trian'" in err and err.rstrip().endswith("did you mean 'train'?")
+    with pytest.raises(SystemExit):
+        main(["eval", "runs/x", "--device", "cuad"])
+    assert "did you mean 'cuda'?" in capsys.readouterr().err
+
+
+def test_a_mistyped_key_names_the_closest(capsys):
+    status, _, err = dry_run(capsys, "recipes/armin_copy.yaml", "--dry-run", "model.cell.hiden_size=64", "train.batchsize=2")
+    assert status == 2
+    assert "unknown key(s): hiden_size; did you mean 'hidden_size'? @ $.model.cell" in err
+    assert "unknown key(s): batchsize; did you mean 'batch_size'? @ $.train" in err

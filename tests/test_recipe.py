@@ -146,3 +146,14 @@ def test_random_mappings_give_only_clean_errors(mapping):
         recipe_from_mapping(mapping)
     except ConfigError as error:
         assert error.errors and all(isinstance(e, str) and e for e in error.errors)
+
+
+def test_an_unknown_key_names_the_closest_known_key(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(write(tmp_path, "base.yaml", BASE), ["model.cell.hiden_size=8", "train.batchsize=2", "train.stesp=3",
+                                                         "model.colour=red"])
+    assert sorted(caught.value.errors) == sorted(f"{tmp_path / 'base.yaml'}: {line}" for line in [
+        "unknown key(s): hiden_size; did you mean 'hidden_size'? @ $.model.cell",
+        "unknown key(s): batchsize, stesp; did you mean 'batch_size' for 'batchsize', 'steps' for 'stesp'? @ $.train",
+        "unknown key(s): colour @ $.model",  # nothing close: no guess
+    ])
