@@ -73,7 +73,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     plugins.add_argument("--strict", action="store_true", help="raise the first plugin failure instead of listing it")
     plugins.set_defaults(handler=_plugins)
     train = commands.add_parser("train", help="train a recipe (or resume a run)")
-    train.add_argument("recipe", nargs="?", help="recipe YAML file")
+    train.add_argument("recipe", nargs="?", help="recipe YAML file, or a shipped recipe's name (armin_copy, copy/ntm)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides: key.path=value (YAML) or ~key.path")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
     train.add_argument("--run-dir", help="the run directory (default: runs/<name>-<timestamp>)")
@@ -90,8 +90,8 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
     recipes = commands.add_parser("recipes", help="list or validate recipes")
     recipe_commands = recipes.add_subparsers(dest="recipes_command", metavar="ACTION", required=True)
-    listing = recipe_commands.add_parser("list", help="the recipes shipped in a folder")
-    listing.add_argument("folder", nargs="?", default="recipes", help="folder to list (default: recipes)")
+    listing = recipe_commands.add_parser("list", help="the shipped recipes by name, or the recipes in a folder")
+    listing.add_argument("folder", nargs="?", help="folder to list (default: the shipped recipes, by the names `train` takes)")
     listing.set_defaults(handler=_recipes_list)
     validate = recipe_commands.add_parser("validate", help="validate recipe files; every problem is reported")
     validate.add_argument("paths", nargs="+", help="recipe files")
@@ -219,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(recipe, args.resume, resume=True, progress=not args.no_progress, data_root=args.data)
     else:
         if not args.recipe:
-            raise UsageError("give a recipe file, or --resume RUN")
+            raise UsageError("give a recipe (a file or a shipped recipe's name), or --resume RUN")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.dry_run:
             check_memory_fits(recipe.model, recipe.train.batch_size, pick_device(recipe.train.device))
@@ -246,15 +246,23 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _recipes_list(args: argparse.Namespace) -> int:
-    from manntk.recipe import read_yaml
+    from manntk.recipe import read_yaml, recipe_folders, recipe_names
 
-    folder = Path(args.folder)
-    paths = sorted(folder.rglob("*.yaml"))
-    if not paths:
+    if args.folder is None:  # the shipped recipes, by name
+        folders = recipe_folders()
+        if not folders:
+            raise UsageError("no shipped recipes found (neither manntk/recipes nor a checkout's recipes/): give a folder")
+        folder = folders[0]
+        print(f"# {folder}: train one with `manntk train NAME`")
+        entries = [(name, folder / f"{name}.yaml") for name in recipe_names(folder)]
+    else:
+        folder = Path(args.folder)
+        entries = [(str(path), path) for path in sorted(folder.rglob("*.yaml"))]
+    if not entries:
         raise UsageError(f"no recipes (*.yaml) in {folder}")
-    for path in paths:
+    for name, path in entries:
         data = read_yaml(path)
-        print(f"{str(path):<48} {data.get('description', '')}")
+        print(f"{name:<48} {data.get('description', '')}")
     return 0
 
 

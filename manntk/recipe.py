@@ -1,6 +1,8 @@
 """Recipes: the whole experiment as YAML, structured into attrs classes.
 
-A recipe file may ``extends: base.yaml`` (a path relative to it) to merge a parent;
+A recipe is a YAML file, given by its path or, for the recipes shipped with manntk, by its
+name (``armin_copy``, ``algorithmic/copy/ntm`` or ``copy/ntm``: see
+[`find_recipe`][manntk.recipe.find_recipe]). A recipe file may ``extends: base.yaml`` (a path relative to it) to merge a parent;
 command-line overrides ``key.path=value`` (value parsed as YAML) and ``~key.path``
 (delete) apply last. A plugin node (``task``, ``model.cell``, ``model.addressing``,
 ``model.write``, ...) is tagged by ``name:``: giving it another name, by ``extends`` or
@@ -11,6 +13,7 @@ old part are dropped). Every problem is reported at once, with its path.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -313,14 +316,83 @@ def _walk(mapping: dict[str, Any], keys: list[str], override: str, create: bool)
     return node
 
 
+def recipe_folders() -> list[Path]:
+    """The folders of the shipped recipes, where [`find_recipe`][manntk.recipe.find_recipe]
+    looks names up: ``manntk/recipes/`` of an installed wheel (the build copies the
+    repository's ``recipes/`` there), then the ``recipes/`` folder beside the package in a
+    source checkout (an editable install); those that exist."""
+    package = Path(__file__).resolve().parent
+    return [folder for folder in (package / "recipes", package.parent / "recipes") if folder.is_dir()]
+
+
+def recipe_names(folder: Path) -> list[str]:
+    """The recipes under ``folder`` by name: their paths below it without ``.yaml``
+    (``armin_copy``, ``algorithmic/copy/ntm``), sorted."""
+    return sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """The recipe file that ``recipe`` names: an existing file, or else the name of a shipped
+    recipe (one of [`recipe_folders`][manntk.recipe.recipe_folders]), with or without
+    ``.yaml`` and a leading ``recipes/``: its whole name (``algorithmic/copy/ntm``) or the
+    end of exactly one name (``copy/ntm``).
+
+    Raises:
+        manntk.config.ConfigError: neither a file nor a recipe name (the closest names are
+            suggested), or the end of several names (they are listed).
+    """
+    path = Path(recipe)
+    if path.exists() or path.is_absolute():
+        return path  # a missing absolute path is reported by read_yaml, as a file
+    key = path.as_posix().removeprefix("recipes/")
+    key = key.removesuffix(".yaml").removesuffix(".yml")
+    names: list[str] = []
+    for folder in recipe_folders():
+        here = recipe_names(folder)
+        if key in here:
+            return folder / f"{key}.yaml"
+        ending = [name for name in here if name.endswith(f"/{key}")]
+        if len(ending) == 1:
+            return folder / f"{ending[0]}.yaml"
+        if ending:
+            raise ConfigError([f"recipe {str(recipe)!r} could be any of: {', '.join(ending)} (in {folder}); give more of its name"])
+        names += here
+    if path.suffix in (".yaml", ".yml"):
+        message = f"recipe file not found: {recipe}"
+    else:
+        where = ", ".join(str(folder) for folder in recipe_folders()) or "none found"
+        message = f"no recipe file or shipped recipe named {str(recipe)!r} (shipped recipes: {where}; `manntk recipes list` names them)"
+    close = closest_recipe_names(key, names)
+    raise ConfigError([f"{message}; did you mean {' or '.join(map(repr, close))}?" if close else message])
+
+
+def closest_recipe_names(key: str, names: list[str]) -> list[str]:
+    """Up to three of ``names`` closest to ``key``: by whole name, else by their ends
+    (``copy/nmt`` finds ``algorithmic/copy/ntm``)."""
+    close = difflib.get_close_matches(key, names, n=3)
+    if close:
+        return close
+    ends: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split("/")
+        for start in range(1, len(parts)):
+            ends.setdefault("/".join(parts[start:]), []).append(name)
+    found: list[str] = []
+    for end in difflib.get_close_matches(key, list(ends), n=3):
+        found += [name for name in ends[end] if name not in found]
+    return found[:3]
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), plugins: Plugins | None = None) -> Recipe:
-    """Load, merge, override and validate a recipe file.
+    """Load, merge, override and validate a recipe: a file, or a shipped recipe's name
+    (see [`find_recipe`][manntk.recipe.find_recipe]).
 
     Raises:
         manntk.config.ConfigError: every problem at once, each with its path.
     """
-    mapping = apply_overrides(load_mapping(path), list(overrides))
-    return recipe_from_mapping(mapping, plugins, source=str(path))
+    found = find_recipe(path)
+    mapping = apply_overrides(load_mapping(found), list(overrides))
+    return recipe_from_mapping(mapping, plugins, source=str(found))
 
 
 def recipe_from_mapping(mapping: Any, plugins: Plugins | None = None, source: str = "recipe") -> Recipe:

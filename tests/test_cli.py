@@ -1,5 +1,5 @@
 """The command line: the demo composes and runs every paper model; overrides anywhere,
-"did you mean" for commands and keys."""
+"did you mean" for commands, keys and recipe names, recipes by name."""
 
 from __future__ import annotations
 
@@ -82,3 +82,35 @@ def test_a_mistyped_key_names_the_closest(capsys):
     assert status == 2
     assert "unknown key(s): hiden_size; did you mean 'hidden_size'? @ $.model.cell" in err
     assert "unknown key(s): batchsize; did you mean 'batch_size'? @ $.train" in err
+
+
+@pytest.mark.parametrize("name, parameters", [
+    ("armin_copy", "89,004"), ("recipes/armin_copy.yaml", "89,004"), ("algorithmic/copy/ntm", "83,914"), ("copy/ntm", "83,914"),
+    ("copy/ntm.yaml", "83,914"),
+])
+def test_recipes_by_name_from_anywhere(capsys, tmp_path, monkeypatch, name, parameters):
+    monkeypatch.chdir(tmp_path)  # not the checkout: the names are looked up in the shipped recipes
+    status, out, err = dry_run(capsys, name, "--dry-run")
+    assert status == 0, err
+    assert f"{name}: valid; task copy; model {parameters} parameters" in out
+
+
+@pytest.mark.parametrize("name, message", [
+    ("armin_cpy", "no recipe file or shipped recipe named 'armin_cpy'"),
+    ("copy/nmt", "did you mean 'algorithmic/copy/ntm'"),
+    ("recipes/armin_copyy.yaml", "recipe file not found: recipes/armin_copyy.yaml; did you mean 'armin_copy'"),
+    ("ntm", "could be any of: algorithmic/associative_recall/ntm, algorithmic/copy/ntm,"),
+])
+def test_an_unknown_recipe_name_names_the_closest(capsys, tmp_path, monkeypatch, name, message):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = dry_run(capsys, name, "--dry-run")
+    assert status == 2 and message in err, err
+
+
+def test_recipes_list_names_the_shipped_recipes(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here
+    assert main(["recipes", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and lines[0].rstrip().endswith("train one with `manntk train NAME`")
+    names = {line.split()[0] for line in lines[1:]}
+    assert {"armin_copy", "algorithmic/copy/ntm", "ptb/armin_500"} <= names
