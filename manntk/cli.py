@@ -75,7 +75,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a recipe (or resume a run)")
     train.add_argument("recipe", nargs="?", help="recipe YAML file, or a shipped recipe's name (armin_copy, copy/ntm)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides: key.path=value (YAML) or ~key.path")
-    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its latest checkpoint")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory (runs/latest: the newest) from its latest checkpoint")
     train.add_argument("--run-dir", help="the run directory (default: runs/<name>-<timestamp>)")
     train.add_argument("--runs-root", default="runs", help="where new run directories go (default: runs)")
     train.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
@@ -83,7 +83,7 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="score a run's latest checkpoint on a split")
-    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("run", help="run directory (runs/latest: the newest run)")
     evaluate.add_argument("--split", default="test", help="split to score (default: test)")
     evaluate.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -211,11 +211,12 @@ def _train(args: argparse.Namespace) -> int:
     from manntk.recipe import load_recipe
     from manntk.training import train
     from manntk.training.distributed import pick_device
+    from manntk.training.ownership import resolve_run_dir
 
     if args.resume:
         if args.recipe or args.overrides:
             raise UsageError("--resume continues a run with its saved recipe: give no recipe or overrides")
-        recipe = load_recipe(Path(args.resume) / "recipe.yaml")
+        recipe = load_recipe(resolve_run_dir(args.resume) / "recipe.yaml")
         result = train(recipe, args.resume, resume=True, progress=not args.no_progress, data_root=args.data)
     else:
         if not args.recipe:
@@ -239,9 +240,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from manntk.training.evaluate import evaluate_run
+    from manntk.training.ownership import resolve_run_dir
 
-    metrics = evaluate_run(args.run, args.split, device=args.device, data_root=args.data)
-    print(f"{args.run} [{args.split}]: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    run = resolve_run_dir(args.run)
+    metrics = evaluate_run(run, args.split, device=args.device, data_root=args.data)
+    print(f"{run} [{args.split}]: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
 

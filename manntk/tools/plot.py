@@ -30,6 +30,7 @@ import yaml
 from manntk.config import UsageError
 from manntk.hookspecs import hookimpl
 from manntk.training.metrics import read_metrics
+from manntk.training.ownership import resolve_run_dir
 
 #: Headline metrics of the built-in tasks, in the order they are looked for.
 HEADLINE_METRICS = ("bce", "bpc", "accuracy")
@@ -436,7 +437,7 @@ def plot_growth(report: dict[str, Any], out: str | Path, *, title: str | None = 
 def register_commands(commands: argparse._SubParsersAction) -> None:
     """``manntk plot``."""
     plot = commands.add_parser("plot", help="learning curves of one or several runs as a PNG")
-    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (runs/latest: the newest run)")
     plot.add_argument("--out", help="PNG file (default: RUN/curves.png for one run, ./curves.png for several)")
     plot.add_argument("--metric", help="metric to draw (default: the task's: bce, bpc or accuracy)")
     plot.add_argument("--x", default="both", choices=["step", "time", "both"], help="x axis: steps, wall time, or both panels (default)")
@@ -445,8 +446,9 @@ def register_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    runs = [resolve_run_dir(run) for run in args.runs]
     try:
-        path = plot_runs(args.runs, args.out or default_output(args.runs), metric=args.metric, x=args.x, title=args.title)
+        path = plot_runs(runs, args.out or default_output(runs), metric=args.metric, x=args.x, title=args.title)
     except PlotError as error:
         raise UsageError(str(error)) from None
     print(f"wrote {path}")

@@ -58,14 +58,16 @@ def evaluate(
 
 
 def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> dict[str, float]:
-    """Score the latest checkpoint of a run on ``split`` with the run's saved recipe."""
+    """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
+    (``run_dir`` may be ``runs/latest``)."""
     from manntk.build import build_experiment
     from manntk.config import UsageError
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_weights
     from manntk.training.distributed import pick_device
+    from manntk.training.ownership import resolve_run_dir
 
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     target = pick_device(device)
     flush_subnormals(target, recipe.train.flush_denormal)

@@ -4,15 +4,22 @@ second trainer on the same directory refuse at once.
 
 The operating system drops the lock when its process ends, however it ends, so a lock
 left behind by a crash is recognised as stale: the file stays, the lock does not.
+
+``runs/latest`` names the newest run started under ``runs/``, so that it can be given
+wherever a run directory is asked for (``manntk eval runs/latest``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
 LOCK = ".lock"
+
+#: The name, in a runs folder, of the link to the newest run started there.
+LATEST = "latest"
 
 #: What marks a directory as a run's: any of these inside it.
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints", "results.json")
@@ -75,3 +82,34 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def point_latest(runs_root: Path, run_dir: Path) -> None:
+    """Make ``runs_root/latest`` name ``run_dir``: a relative symlink, put in place atomically
+    (a temporary link renamed over the old one), or, where symlinks cannot be made, a text
+    file holding the run directory's path relative to ``runs_root``. A failure is a warning:
+    it never stops the run."""
+    latest = runs_root / LATEST
+    target = os.path.relpath(run_dir, runs_root)
+    temporary = runs_root / f".{LATEST}.{os.getpid()}.tmp"
+    try:
+        try:
+            if temporary.is_symlink() or temporary.exists():
+                temporary.unlink()
+            temporary.symlink_to(target, target_is_directory=True)
+        except OSError:  # no symlinks here (some Windows and network file systems): a text file
+            temporary.write_text(target + "\n", encoding="utf-8")
+        os.replace(temporary, latest)
+    except OSError as error:
+        print(f"manntk: warning: could not point {latest} at {run_dir}: {error.strerror or error}", file=sys.stderr)
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run directory that ``path`` names: ``path`` itself, or for a symlink (``runs/latest``)
+    its target, or for a ``latest`` text file (where symlinks failed) the run it names."""
+    path = Path(path)
+    if path.is_symlink():
+        return path.resolve()
+    if path.name == LATEST and path.is_file():
+        return path.parent / path.read_text(encoding="utf-8").strip()
+    return path

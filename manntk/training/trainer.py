@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -39,7 +41,7 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
-from manntk.training.ownership import RunLock, check_new_run_dir
+from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
 
 
@@ -327,13 +329,40 @@ class Trainer:
         return step, trainer_state["elapsed"], state, trainer_state["solved_step"]
 
 
-def write_run_files(run_dir: Path, recipe: Recipe, plugins: Plugins) -> None:
-    """The resolved recipe, the manntk version, the plugin list and the machine."""
+def git_state(folder: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """The commit of the git checkout at ``folder`` and whether its tree has changes
+    (``git status --porcelain`` not empty): ``{"commit": ..., "dirty": ...}``, each ``None``
+    when ``folder`` is not the top of a checkout, git is missing, fails or takes longer than
+    ``timeout`` seconds."""
+    state: dict[str, Any] = {"commit": None, "dirty": None}
+    if not (folder / ".git").exists():  # an installed wheel: site-packages may sit in someone else's repository
+        return state
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is not None:
+        status = git("status", "--porcelain")
+        state = {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+    return state
+
+
+def write_run_files(run_dir: Path, recipe: Recipe, plugins: Plugins, world_size: int = 1) -> None:
+    """The resolved recipe, and ``meta.json``: the versions, the command line, the machine,
+    the plugins, the code (the git commit and dirty flag of manntk's checkout, when it runs
+    from one), the number of processes and the ``MANNTK_*`` environment variables."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_mapping(recipe), sort_keys=False))
     meta = {
         "manntk": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.platform(), "command": sys.argv, "started": datetime.now().isoformat(timespec="seconds"),
+        "git": git_state(Path(__file__).resolve().parents[2]), "world_size": world_size,
+        "environment": {name: value for name, value in sorted(os.environ.items()) if name.startswith("MANNTK_")},
         "plugins": {name: [f"{kind}/{part}" for kind, part in parts] for name, parts in plugins.contributions.items()},
         "plugin_failures": [f"{f.name}: {f.error}" for f in plugins.failures],
     }
@@ -354,7 +383,8 @@ def train(
 
     Args:
         recipe: the experiment.
-        run_dir: the run directory (default: a new ``runs_root/<name>-<timestamp>``).
+        run_dir: the run directory (default: a new ``runs_root/<name>-<timestamp>``, which
+            ``runs_root/latest`` then names).
         runs_root: where new run directories go.
         resume: continue ``run_dir`` exactly where its latest checkpoint stopped.
         progress: show a progress bar.
@@ -364,6 +394,8 @@ def train(
     plugins = plugins or default_plugins()
     if resume and run_dir is None:
         raise ValueError("resume needs the run directory")
+    if resume:
+        run_dir = resolve_run_dir(run_dir)  # runs/latest: the run it names
     device = recipe.train.device
     dist = Distributed.from_environment(pick_device(device).type)
     lock: RunLock | None = None
@@ -392,7 +424,9 @@ def train(
         if dist.is_main and not resume:
             check_new_run_dir(path)  # again: another run may have taken it while this one was built
             lock.acquire()
-            write_run_files(path, recipe, plugins)
+            write_run_files(path, recipe, plugins, dist.world_size)
+            if run_dir is None:
+                point_latest(Path(runs_root), path)
         claimed = None  # the run's own now
         dist.barrier()
         with StopOnSignals() as stop:
