@@ -152,3 +152,21 @@ def test_config_errors_name_the_key_the_value_and_the_choices():
 def test_plugin_options_cannot_be_given_to_a_part_without_options():
     with pytest.raises(ConfigError, match="takes no options"):
         manntk.build_model({"input_size": 2, "cell": {"name": "lstm", "hidden_size": 2}, "write": {"name": "none", "x": 1}})
+
+
+def test_every_context_attribute_the_hookspecs_mention_exists():
+    """A plugin author follows the hook docstrings: each ``context.<name>`` they mention is a
+    field or method of [`BuildContext`][manntk.context.BuildContext]."""
+    import inspect
+    import re
+
+    import attrs
+
+    from manntk import hookspecs
+    from manntk.context import BuildContext
+
+    mentioned = {name for _, function in inspect.getmembers(hookspecs, inspect.isfunction)
+                 for name in re.findall(r"\bcontext\.(\w+)", inspect.getdoc(function) or "")}
+    assert {"input_size", "width", "build"} <= mentioned  # the pattern finds the mentions
+    existing = {field.name for field in attrs.fields(BuildContext)} | {name for name in dir(BuildContext) if not name.startswith("_")}
+    assert mentioned <= existing, f"hookspecs mention context attributes that BuildContext lacks: {sorted(mentioned - existing)}"
