@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from manntk import memory as mem
-from manntk.parts import Address, Addressing, Write
 from manntk.fast.tape import MemoryTape
+from manntk.parts import Address, Addressing, Write
 
 
 class SlotMemory:

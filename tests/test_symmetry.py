@@ -5,6 +5,7 @@ ignoring the option fails."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,62 @@ def test_copy_with_one_delimiter_after_the_bits():
         assert torch.equal(x[length], torch.eye(9)[8])  # the delimiter alone
         assert torch.equal(y[length + 1 : 2 * length + 1], x[:length, :8])
         assert torch.equal(batch.mask[b, length + 1 : 2 * length + 1], torch.ones(length, dtype=torch.bool))
+
+
+# -- the ARMIN authors' choices ---------------------------------------------------------------
+
+
+def armin(cell: dict | None = None, write: dict | None = None) -> dict:
+    mapping = model_mapping("armin", slots=4, width=6)
+    mapping["cell"].update(cell or {})
+    mapping["write"].update(write or {})
+    return mapping
+
+
+def test_orthogonal_recurrent_weights_of_the_armin_cell():
+    cell = manntk.build_model(armin({"recurrent_init": "orthogonal"})).layers[0].cell
+    d_i, d_h = cell.input_size, cell.hidden_size
+    for linear in (cell.W_ig, cell.W_go):
+        block = linear.weight[:, d_i : d_i + d_h].detach()  # [out, d_h], out >= d_h: orthonormal columns
+        torch.testing.assert_close(block.T @ block, torch.eye(d_h), atol=1e-5, rtol=0)
+    plain = manntk.build_model(armin()).layers[0].cell.W_go.weight[:, d_i : d_i + d_h].detach()
+    assert (plain.T @ plain - torch.eye(d_h)).abs().max() > 0.1  # torch's default is not orthogonal
+
+
+def test_a_learned_initial_hidden_state_of_the_armin_cell():
+    model = manntk.build_model(armin({"learned_state": True}))
+    cell = model.layers[0].cell
+    with torch.no_grad():
+        cell.h_0.fill_(0.3)
+    assert torch.equal(model.init_state(2)["layers"][0]["cell"]["h"], torch.full((2, 5), 0.3))
+    y, _ = model(torch.randn(2, 3, 3))
+    y.square().sum().backward()
+    assert cell.h_0.grad.abs().max() > 0
+
+
+def test_the_written_value_from_input_and_hidden():
+    model = manntk.build_model(armin(write={"value": "input_and_hidden"}))
+    write = model.layers[0].write
+    assert write.W_v.in_features == 3 + 5  # [x_t, h_t]
+    x = torch.randn(2, 1, 3)
+    hidden = torch.randn(2, 5)
+    state = write.init_state(2, "cpu", torch.float32)
+    memory = torch.zeros(2, 4, 6)
+    written, _ = write.step(write.prepare(x), 0, memory, hidden, Address(None, torch.tensor([1, 2])), state)
+    expected = write.W_v(torch.cat([x[:, 0], hidden], dim=1))
+    torch.testing.assert_close(written[:, 0], expected)  # fill-empty-first: slot 0 of each row
+    with pytest.raises(ValueError, match=r"model.write .*input_and_hidden writes a projection"):
+        manntk.build_model(armin(write={"value": "input_and_hidden", "projection": False}))
+
+
+def test_the_authors_recipe_says_what_it_sets():
+    from manntk.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/algorithmic/copy/armin_authors.yaml")
+    cell, write = recipe.model.cell.config, recipe.model.write.config
+    assert (cell.squash_state, cell.forget_bias, cell.recurrent_init, cell.learned_state) == (True, 1.0, "orthogonal", True)
+    assert write.value == "input_and_hidden" and recipe.model.memory.learned
+    optimizer = recipe.train.optimizer
+    assert (optimizer.name, optimizer.lr, optimizer.momentum, optimizer.alpha) == ("rmsprop", 1e-4, 0.9, 0.95)
+    assert recipe.train.clip_value == 10.0 and recipe.train.clip_norm is None
+    assert recipe.model.addressing.config.hard is False and recipe.model.addressing.config.temperature.steps == 0

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from manntk.cells.common import project_inputs, split_input_weight
 from manntk.context import BuildContext
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
-from manntk.fast.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from manntk.cells.common import project_inputs
 from manntk.config import non_negative, positive
 from manntk.context import BuildContext
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
-from manntk.fast.recurrent import RecurrentWeight
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 

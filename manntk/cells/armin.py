@@ -13,19 +13,19 @@ The forget path uses the ungated ``h_{t-1}``, as in the paper and the authors' c
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from manntk.fast.armin_fused import fused_step
 from manntk.cells.common import GateNorm, project_inputs, split_input_weight, zoneout
 from manntk.config import positive, probability
 from manntk.context import BuildContext
+from manntk.fast.armin_fused import fused_step
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
-from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
@@ -46,6 +46,11 @@ class ArminConfig:
             kernels (``manntk.fast.armin_fused``; compiled on first use). Same numbers up
             to float rounding; not with ``layer_norm``, and CUDA or autocast runs the
             eager cell.
+        recurrent_init: ``default`` (torch's uniform) or ``orthogonal``: the ``h`` columns
+            of ``W_ig`` and ``W_go`` start as (blocks of) an orthogonal matrix, as the
+            authors' code initialises its recurrent weights.
+        learned_state: ``h_0`` is a trained parameter (starting at zero) instead of zeros,
+            as the authors' code.
     """
 
     hidden_size: int = attrs.field(validator=positive)
@@ -55,6 +60,8 @@ class ArminConfig:
     zoneout: float = attrs.field(default=0.0, validator=probability)
     read_output: bool = True
     fused: bool = False
+    recurrent_init: Literal["default", "orthogonal"] = attrs.field(default="default", validator=attrs.validators.in_(("default", "orthogonal")))
+    learned_state: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.fused and self.layer_norm:
@@ -94,8 +101,16 @@ class ArminCell(Cell):
         self.W_go = nn.Linear(d_i + d_h + d_r, sum(self.gate_sizes))
         self.norm_ig = GateNorm([d_h, d_r]) if config.layer_norm else nn.Identity()
         self.norm_go = GateNorm(self.gate_sizes) if config.layer_norm else nn.Identity()
+        if config.recurrent_init == "orthogonal":
+            with torch.no_grad():
+                for linear in (self.W_ig, self.W_go):
+                    linear.weight[:, d_i : d_i + d_h] = nn.init.orthogonal_(torch.empty(linear.out_features, d_h))
+        if config.learned_state:
+            self.h_0 = nn.Parameter(torch.zeros(d_h))
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        if self.config.learned_state:
+            return {"h": self.h_0.to(device=device, dtype=dtype).expand(batch_size, -1).clone()}
         return {"h": torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)}
 
     def prepare(self, x: Tensor) -> _Prepared | _FusedPrepared:

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from manntk.cells.common import GateNorm, project_inputs, split_input_weight, zoneout
 from manntk.config import positive, probability
 from manntk.context import BuildContext
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
-from manntk.fast.recurrent import RecurrentWeight
 
 
 @attrs.define

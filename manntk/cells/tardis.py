@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from manntk.cells.common import project_inputs, split_input_weight
 from manntk.config import positive
 from manntk.context import BuildContext
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Cell
-from manntk.fast.recurrent import RecurrentWeight
 
 
 @attrs.define

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from manntk import memory as mem
 from manntk.config import AddressingSpec
 from manntk.context import BuildContext
+from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address, Write
-from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import record
 
 
