@@ -348,3 +348,28 @@ def test_fault_torchrun_with_a_batch_that_does_not_split_is_one_error_from_rank_
     else:
         assert err == ""  # the other ranks find the same problem and leave the saying of it to rank 0
     assert run_dirs(tmp_path) == []
+
+
+def test_fault_the_best_checkpoint_survives_pruning_and_relapses_are_counted(tmp_path, monkeypatch):
+    """A run that solved, then relapsed: the checkpoint of its best validation is kept (and
+    named by checkpoints/best) however many newer ones pruning removes, and results.json
+    counts the relapses."""
+    import manntk.training.trainer as trainer_module
+
+    verdicts = iter([0.5, 0.005, 0.2, 0.3, 0.4, 0.45])  # solved at the second validation, then worse
+    real_evaluate = trainer_module.evaluate
+
+    def evaluate(model, task, split, *args, **kwargs):
+        if split == "valid":
+            bce = next(verdicts)
+            return {"loss": bce, "bce": bce, "solved": float(bce < 0.01)}
+        return real_evaluate(model, task, split, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    mapping = tiny_copy(steps=6, eval_every=1, checkpoint_every=1, stop_when_solved=False)
+    mapping["eval"] = {"splits": ["test"]}
+    run = train(recipe_from_mapping(mapping), tmp_path / "run", progress=False).run_dir
+    assert (run / "checkpoints" / "best").read_text().strip() == "step-00000002"
+    assert checkpoints(run) == ["step-00000002", "step-00000005", "step-00000006"]
+    summary = json.loads((run / "results.json").read_text())
+    assert summary["best"] == {"step": 2, "bce": 0.005} and summary["solved_step"] == 2 and summary["relapses"] == 4

@@ -81,6 +81,9 @@ class Task:
             ``None`` for data read from files.
         splits: the splits ``eval_batches`` serves; a recipe's ``eval.splits`` is checked
             against them when the run is built, not found wrong after training.
+        solved_below: the value of ``metric`` under which ``summarize`` reports
+            ``solved`` (shown beside the validation metric while training); ``None`` for
+            tasks without a solved line.
     """
 
     input_size: int
@@ -91,6 +94,7 @@ class Task:
     unit: str = "steps"
     data_seed: int | None = None
     splits: tuple[str, ...] = ("valid", "test")
+    solved_below: float | None = None
 
     def steps_per_epoch(self, batch_size: int) -> int | None:
         """Training batches in one pass over the data; ``None`` for generated data."""

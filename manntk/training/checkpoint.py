@@ -107,8 +107,10 @@ def load_rng(path: Path, rank: int, device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
-def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
-    """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it."""
+def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int, best: int | None = None) -> Path:
+    """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it
+    (and ``best`` at the checkpoint of step ``best``), and remove all but the newest
+    ``keep`` checkpoints and the best one."""
     staging = staging_dir(root, step)
     with writing(staging / TRAINER):
         torch.save(trainer_state, staging / TRAINER)
@@ -119,8 +121,12 @@ def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> P
         shutil.rmtree(final)
     os.replace(staging, final)
     write_text_atomic(root / "latest", final.name + "\n")
+    if best is not None and (root / checkpoint_name(best)).is_dir():
+        write_text_atomic(root / "best", checkpoint_name(best) + "\n")
+    kept = (root / "best").read_text(encoding="utf-8").strip() if (root / "best").exists() else None
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old)
+        if old.name != kept:
+            shutil.rmtree(old)
     return final
 
 

@@ -141,6 +141,8 @@ class Trainer:
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
+        self.best: dict[str, float] | None = None  # the best validation so far: its step and metric
+        self.relapses = 0  # validations after the first solved one that were not solved
         self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
 
     # -- the loop ---------------------------------------------------------------------
@@ -179,13 +181,24 @@ class Trainer:
                 row = self.log_train(step, elapsed, window, window_units / max(seconds, 1e-9))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", self.task.metric, f"{self.task.unit}_per_s")})
                 window, window_units, window_start = {}, 0, time.perf_counter()
+            saved = False
             if train.eval_every and step % train.eval_every == 0:
                 valid = self.validate(step, elapsed)
                 if valid.get("solved") and solved_step is None:
                     solved_step = step
                     if train.stop_when_solved:
                         stop_reason = "solved"
-            if train.checkpoint_every and step % train.checkpoint_every == 0:
+                elif solved_step is not None and not valid.get("solved", 1.0):
+                    self.relapses += 1  # solved before, not now
+                if self.improves(valid):
+                    self.best = {"step": step, self.task.metric: valid[self.task.metric]}
+                    self.save(step, elapsed, state, solved_step)
+                    saved = True
+                shown = {f"valid {self.task.metric}": f"{valid.get(self.task.metric, math.nan):.4g}"}
+                if self.task.solved_below is not None:
+                    shown["solved below"] = f"{self.task.solved_below:g}"
+                bar.set_postfix(shown)
+            if train.checkpoint_every and step % train.checkpoint_every == 0 and not saved:
                 self.save(step, elapsed, state, solved_step)
             if train.max_minutes is not None and elapsed >= 60 * train.max_minutes and step < self.total_steps:
                 stop_reason = "time"
@@ -204,6 +217,16 @@ class Trainer:
             )
         results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def improves(self, valid: dict[str, float]) -> bool:
+        """Whether this validation's metric beats the best so far (in the task's direction)."""
+        value = valid.get(self.task.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        best = self.best[self.task.metric]
+        return value > best if self.task.higher_is_better else value < best
 
     def signalled(self, stop: StopOnSignals | None) -> bool:
         """Whether any process of the job received a stop signal (all stop at the same step)."""
@@ -278,6 +301,7 @@ class Trainer:
             summary = {
                 "step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason,
                 "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": results,
+                "best": self.best, "relapses": self.relapses,
             }
             if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
                 # solved on validation counts only if every final split (the test set too) agrees
@@ -304,8 +328,9 @@ class Trainer:
         if self.dist.is_main:
             ckpt.finish(self.checkpoints, step, {
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
+                "best": self.best, "relapses": self.relapses,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            }, keep=2)
+            }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
 
     def restore(self) -> tuple[int, float, State | None, int | None]:
@@ -326,6 +351,7 @@ class Trainer:
         step = trainer_state["step"]
         if self.metrics is not None:
             self.metrics.truncate_after(step)
+        self.best, self.relapses = trainer_state.get("best"), trainer_state.get("relapses", 0)
         return step, trainer_state["elapsed"], state, trainer_state["solved_step"]
 
 

@@ -67,6 +67,7 @@ class AlgorithmicTask(Task):
 
     metric = "bce"
     unit = "sequences"
+    solved_below = SOLVED_BCE_THRESHOLD
 
     def __init__(self, generate: Callable[[Any, int, torch.Generator], SequenceBatch], config: Any, run_seed: int = 0) -> None:
         self.generate, self.config = generate, config
