@@ -180,20 +180,22 @@ class MemoryRNN(nn.Module):
             x = self.head(x)
         return x, {"layers": layer_states}
 
-    def compile_layers(self) -> None:
-        """Compile each layer's chunk with ``torch.compile`` (Inductor), in place.
+    def compile_layers(self, backend: str = "inductor") -> None:
+        """Compile each layer's chunk with ``torch.compile`` (Inductor by default), in place.
 
         The state dict keeps its keys, so checkpoints load either way. Dynamo unrolls the
         loop over the chunk's T steps, so each new chunk length (and batch size) compiles
         again: this fits fixed-length chunks (language modelling, pMNIST), not the
         algorithmic tasks' variable lengths, which fall back to eager once
-        ``torch._dynamo``'s cache limit is reached.
+        ``torch._dynamo``'s cache limit is reached. ``backend="aot_eager"`` traces the same
+        graphs without generating code (seconds instead of a minute: what the fast tests use).
         """
         refused = sorted({type(part).__name__ for part in self.parts() if not part.compiles})
         if refused:
             raise ValueError(f"torch.compile cannot trace {', '.join(refused)} as configured (custom kernels)")
+        options = INDUCTOR_OPTIONS if backend == "inductor" else None
         for layer in self.layers:
-            layer.compile(dynamic=False, options=INDUCTOR_OPTIONS)
+            layer.compile(dynamic=False, backend=backend, options=options)
 
     def parts(self) -> list[Part]:
         """Every part of every layer (heads that parts build for themselves included)."""
