@@ -24,7 +24,6 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from manntk.fast.recurrent import RecurrentWeight
 _SOURCE = Path(__file__).with_name("armin_fused.cpp")
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _LDFLAGS = ["-lmvec", "-fopenmp"]
-_extension: ModuleType | None = None
+_extension: Any = None  # torch.ops.manntk_armin_fused, once built and loaded
 
 
 def build_directory(source: bytes) -> Path:
@@ -79,8 +78,9 @@ def _source_in(folder: Path, source: bytes) -> Path:
     return copy
 
 
-def extension() -> ModuleType:
-    """The compiled kernels, built on the first call (in ``build_directory``).
+def extension() -> Any:
+    """The compiled kernels (``torch.ops.manntk_armin_fused``), built and loaded on the first
+    call (in ``build_directory``).
 
     Raises:
         RuntimeError: when the extension cannot be built (no C++ compiler or ninja), with
@@ -93,14 +93,16 @@ def extension() -> ModuleType:
         try:
             source = _SOURCE.read_bytes()
             folder = build_directory(source)
-            _extension = load(
+            load(
                 name="manntk_armin_fused",
                 sources=[str(_source_in(folder, source))],
                 extra_cflags=list(_CFLAGS),  # copies: torch appends its own flags to these lists
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(folder),
+                is_python_module=False,  # the library registers operators (torch.ops.manntk_armin_fused)
                 verbose=False,
             )
+            _extension = torch.ops.manntk_armin_fused
         except (OSError, RuntimeError, ImportError) as error:
             raise RuntimeError(
                 f"model.cell.fused: the C++ kernels of the fused ARMIN cell ({_SOURCE.name}) could not be built: "
