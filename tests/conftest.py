@@ -8,14 +8,12 @@ import pytest
 import torch
 
 import manntk
+from manntk.models import PAPER_MODELS
 
-#: The paper's models as (cell, addressing, write) nodes, at tiny sizes.
+#: The paper's models (manntk.models) as (cell, addressing, write) nodes, at tiny sizes.
 COMPOSITIONS = {
-    "armin": ({"name": "armin", "hidden_size": 5}, {"name": "auto"}, {"name": "overwrite"}),
-    "awta": ({"name": "armin", "hidden_size": 5}, {"name": "tardis", "key_size": 3}, {"name": "overwrite"}),
-    "tardis": ({"name": "tardis", "hidden_size": 5}, {"name": "tardis", "key_size": 3}, {"name": "overwrite"}),
-    "ntm": ({"name": "lstm", "hidden_size": 5}, {"name": "ntm"}, {"name": "erase_add"}),
-    "lstm": ({"name": "lstm", "hidden_size": 5}, {"name": "none"}, {"name": "none"}),
+    key: tuple(model.parts(5, **({"key_size": 3} if model.addressing == "tardis" else {})).values())
+    for key, model in PAPER_MODELS.items()
 }
 
 

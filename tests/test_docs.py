@@ -523,3 +523,14 @@ def test_every_equation_in_the_docs_converts():
             hooks.tex_to_mathml(tex, display=True)
         except Exception as error:
             pytest.fail(f"{page.relative_to(ROOT)}: {type(error).__name__}: {error}: {tex.strip()[:120]}")
+
+
+def test_the_readme_table_of_the_paper_models_is_the_one_definition():
+    """README.md cannot be generated at build time: it must hold the table that
+    ``manntk.models`` makes (the docs' index page includes it as a fragment)."""
+    from manntk.models import composition_table
+
+    assert composition_table() in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- manntk:paper-models -->" in (DOCS / "index.md").read_text(encoding="utf-8")
+    assert "`recipes/algorithmic/copy/ntm.yaml`" in load_docs_hooks().expand_fragments("<!-- manntk:paper-models -->")
+

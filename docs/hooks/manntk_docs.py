@@ -8,7 +8,8 @@
 - ``reference/cli.md``: every command, argument, default and choice of the ``manntk``
   command, walked from [`build_parser`][manntk.cli.build_parser].
 - Fragments inside hand-written pages: a line ``<!-- manntk:data-files -->`` becomes the
-  table of known data files with their sizes and SHA-256 (from ``KNOWN_FILES``).
+  table of known data files with their sizes and SHA-256 (from ``KNOWN_FILES``), and
+  ``<!-- manntk:paper-models -->`` the table of the paper's models (``manntk.models``).
 - Equations: the TeX that ``pymdownx.arithmatex`` leaves in its ``arithmatex`` spans and
   blocks becomes MathML at build time (latex2mathml), which browsers render natively: the site
   needs no script from a CDN and reads the same offline.
@@ -490,7 +491,15 @@ def data_files_table() -> str:
 #: ``<!-- manntk:NAME -->`` in a page is replaced by the output of FRAGMENTS[NAME]().
 FRAGMENTS = {
     "data-files": "data_files_table",
+    "paper-models": "paper_models_table",
 }
+
+
+def paper_models_table() -> str:
+    """The paper's models as compositions, with their copy-task recipes (``manntk.models``)."""
+    from manntk.models import composition_table
+
+    return composition_table(recipes=True)
 
 _FRAGMENT = re.compile(r"^<!-- manntk:([\w-]+) -->$", flags=re.M)
 

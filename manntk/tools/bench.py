@@ -60,8 +60,9 @@ import torch
 from torch import Tensor, nn
 
 from manntk.config import UsageError
-from manntk.hookspecs import hookimpl
 from manntk.fast.machine import cpu_info
+from manntk.hookspecs import hookimpl
+from manntk.models import PAPER_MODELS
 
 #: Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized).
 VOCAB = 50
@@ -93,12 +94,9 @@ class ModelKind:
 
 #: The benchmarked models by key (``--models``); ``torch-lstm`` is the outside reference.
 MODELS: dict[str, ModelKind] = {
-    "armin": ModelKind("ARMIN", "armin", "auto", "overwrite"),
+    **{key: ModelKind(model.name, model.cell, model.addressing, model.write) for key, model in PAPER_MODELS.items() if key != "lstm"},
     "armin-fused": ModelKind("ARMIN fused", "armin", "auto", "overwrite", (("fused", True),)),
     "armin-compiled": ModelKind("ARMIN compiled", "armin", "auto", "overwrite", compiled=True),
-    "awta": ModelKind("AwTA", "armin", "tardis", "overwrite"),
-    "tardis": ModelKind("TARDIS", "tardis", "tardis", "overwrite"),
-    "ntm": ModelKind("NTM-style", "lstm", "ntm", "erase_add"),
     "lstm": ModelKind("LSTM (engine)", "lstm", "none", "none"),
     REFERENCE: ModelKind("torch.nn.LSTM"),
 }

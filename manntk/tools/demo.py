@@ -10,16 +10,11 @@ from typing import Any, TextIO
 import torch
 
 from manntk.build import build_model
+from manntk.models import PAPER_MODELS as MODELS
 from manntk.hookspecs import hookimpl
 
-#: The paper's models: (cell, addressing, write) with the algorithmic-task sizes.
-PAPER_MODELS: dict[str, dict[str, Any]] = {
-    "ARMIN": {"cell": {"name": "armin", "hidden_size": 100}, "addressing": {"name": "auto"}, "write": {"name": "overwrite"}},
-    "AwTA": {"cell": {"name": "armin", "hidden_size": 100}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
-    "TARDIS": {"cell": {"name": "tardis", "hidden_size": 120}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
-    "NTM-style": {"cell": {"name": "lstm", "hidden_size": 100}, "addressing": {"name": "ntm"}, "write": {"name": "erase_add"}},
-    "LSTM": {"cell": {"name": "lstm", "hidden_size": 300}, "addressing": {"name": "none"}, "write": {"name": "none"}},
-}
+#: The paper's models at their algorithmic-task sizes, by name.
+PAPER_MODELS: dict[str, dict[str, Any]] = {model.name: model.parts() for model in MODELS.values()}
 
 
 def run_demo(batch_size: int = 4, steps: int = 20, out: TextIO | None = None, seed: int = 0) -> dict[str, float]:
