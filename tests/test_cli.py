@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,13 @@ def test_recipes_list_names_the_shipped_recipes(capsys, tmp_path, monkeypatch):
     assert lines[0].startswith("# ") and lines[0].rstrip().endswith("train one with `manntk train NAME`")
     names = {line.split()[0] for line in lines[1:]}
     assert {"armin_copy", "algorithmic/copy/ntm", "ptb/armin_500"} <= names
+
+
+def test_progress_off_a_terminal_is_one_line_per_log_step_with_the_validation_and_its_solved_line(tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "armin_copy.yaml"
+    overrides = ["train.steps=20", "train.log_every=10", "train.eval_every=10", "task.max_length=3", "task.validation_batches=1"]
+    assert main(["train", str(recipe), *overrides, "--run-dir", str(tmp_path / "run")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
+    assert all("sequences/s  budget in 0:00:0" in line for line in lines)
+    assert "valid bce" in lines[1] and lines[1].endswith("solved below 0.01")

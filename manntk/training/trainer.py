@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +158,10 @@ class Trainer:
         if resume:
             step, elapsed, state, solved_step = self.restore()
         stop_reason = "steps"
-        bar = tqdm(total=self.total_steps, initial=step, disable=not (self.progress and self.dist.is_main),
-                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        show = self.progress and self.dist.is_main
+        lines = show and not sys.stderr.isatty()  # a log file or a pipe: one line per log step, not a bar
+        bar = tqdm(total=self.total_steps, initial=step, disable=not show or lines, unit="step", dynamic_ncols=True, file=sys.stderr)
+        last_valid, last_logged = "", step
         if train.compile:
             bar.set_postfix_str("compiling each layer's chunk: the first steps take minutes")
         window: dict[str, float] = {}
@@ -180,6 +182,12 @@ class Trainer:
                 seconds = time.perf_counter() - window_start
                 row = self.log_train(step, elapsed, window, window_units / max(seconds, 1e-9))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", self.task.metric, f"{self.task.unit}_per_s")})
+                if lines:  # the time left at the rate of the last window, not of the whole run
+                    left = (self.total_steps - step) * seconds / max(step - last_logged, 1)
+                    rate = row[f"{self.task.unit}_per_s"]
+                    print(f"step {step:,}/{self.total_steps:,}  loss {row['loss']:.4g}  {rate:.4g} {self.task.unit}/s  "
+                          f"budget in {timedelta(seconds=round(left))}{last_valid}", file=sys.stderr, flush=True)
+                last_logged = step
                 window, window_units, window_start = {}, 0, time.perf_counter()
             saved = False
             if train.eval_every and step % train.eval_every == 0:
@@ -198,6 +206,7 @@ class Trainer:
                 if self.task.solved_below is not None:
                     shown["solved below"] = f"{self.task.solved_below:g}"
                 bar.set_postfix(shown)
+                last_valid = "  " + "  ".join(f"{key} {value}" for key, value in shown.items())
             if train.checkpoint_every and step % train.checkpoint_every == 0 and not saved:
                 self.save(step, elapsed, state, solved_step)
             if train.max_minutes is not None and elapsed >= 60 * train.max_minutes and step < self.total_steps:
