@@ -35,8 +35,9 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-def test_the_wheel_holds_every_recipe(wheel):
+def test_the_wheel_holds_every_recipe_and_the_kernel_source(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "manntk/fast/armin_fused.cpp" in names  # fused: true compiles it on first use
     shipped = {f"manntk/recipes/{path.relative_to(REPO / 'recipes').as_posix()}" for path in (REPO / "recipes").rglob("*.yaml")}
     assert shipped and shipped <= names, sorted(shipped - names)[:5]
 
