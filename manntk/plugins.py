@@ -153,6 +153,7 @@ def _guard(plugins: Plugins, name: str, strict: bool, action: Any) -> None:
         if strict:
             raise
         plugins.failures.append(PluginFailure(name=name, error=describe_failure(error)))
+        plugins.registry.failed_plugins.append(f"{name}: {describe_failure(error)}")
         if plugins.manager.get_plugin(name) is not None:
             plugins.manager.unregister(name=name)
 

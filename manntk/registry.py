@@ -41,6 +41,9 @@ class Registry:
 
     def __init__(self, kinds: tuple[str, ...] = KINDS) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in kinds}
+        #: Plugins that failed to load, ``"name: error"`` each: an unknown name is named
+        #: beside them, since the part may be one of theirs.
+        self.failed_plugins: list[str] = []
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -69,7 +72,10 @@ class Registry:
         try:
             return table[name]
         except (KeyError, TypeError):
-            raise RegistryError(unknown_name_message(kind, name, table)) from None
+            message = unknown_name_message(kind, name, table)
+            if self.failed_plugins:
+                message += f"; plugin(s) that failed to load, one of which may provide it: {'; '.join(self.failed_plugins)} (manntk plugins tells more)"
+            raise RegistryError(message) from None
 
     def names(self, kind: str) -> list[str]:
         """Registered names of ``kind``, sorted."""

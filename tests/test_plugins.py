@@ -99,6 +99,20 @@ def test_broken_plugin_is_reported_and_does_not_break_the_rest(third_party):
         load_plugins(strict=True)
 
 
+def test_a_part_of_a_plugin_that_failed_is_named_with_the_failure(third_party):
+    """A recipe naming a part the broken plugin would have provided: the error names the
+    plugin that failed to load and its error, not only "unknown"."""
+    plugins = load_plugins()
+    mapping = {"input_size": 2, "cell": {"name": "armin", "hidden_size": 3}, "addressing": {"name": "broken_addressing"},
+               "write": {"name": "overwrite"}, "memory": {"slots": 3}}
+    with pytest.raises(manntk.ConfigError, match=r"unknown addressing 'broken_addressing'.*failed to load.*broken: ImportError"):
+        manntk.build_model(mapping, plugins=plugins)
+    clean = load_plugins(entry_points_too=False)
+    with pytest.raises(manntk.ConfigError) as caught:
+        manntk.build_model(mapping, plugins=clean)
+    assert "failed to load" not in str(caught.value)  # nothing failed: nothing to name
+
+
 def test_manntk_plugins_lists_builtins_and_failures(third_party, capsys):
     status = main(["plugins"])
     out = capsys.readouterr().out
