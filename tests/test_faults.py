@@ -373,3 +373,23 @@ def test_fault_the_best_checkpoint_survives_pruning_and_relapses_are_counted(tmp
     assert checkpoints(run) == ["step-00000002", "step-00000005", "step-00000006"]
     summary = json.loads((run / "results.json").read_text())
     assert summary["best"] == {"step": 2, "bce": 0.005} and summary["solved_step"] == 2 and summary["relapses"] == 4
+
+
+@pytest.mark.parametrize("phase", ["weights", "state", "trainer", "manifest", "rename", "latest", "prune"])
+def test_fault_a_kill_at_any_phase_of_a_checkpoint_write_loses_no_checkpoint(tmp_path, monkeypatch, phase):
+    """The run dies while writing its second checkpoint (step 4), at each phase in turn
+    (``$MANNTK_FAULT_AT``; a ``Killed`` exception stands for the kill). The first
+    checkpoint stays whole, the resume continues from the newest whole one, and the run
+    ends exactly as one that was never killed."""
+    mapping = tiny_copy(steps=6, checkpoint_every=2)
+    straight = train(recipe_from_mapping(mapping), tmp_path / "straight", progress=False)
+    monkeypatch.setenv(ckpt.FAULT_AT, f"{phase}@4")
+    with pytest.raises(ckpt.Killed):
+        train(recipe_from_mapping(mapping), tmp_path / "run", progress=False)
+    monkeypatch.delenv(ckpt.FAULT_AT)
+    newest = ckpt.latest_checkpoint(tmp_path / "run")
+    ckpt.verify(newest)  # whatever latest names is whole
+    assert newest.name == ("step-00000004" if phase in ("latest", "prune") else "step-00000002")
+    resumed = train(recipe_from_mapping(mapping), tmp_path / "run", resume=True, progress=False)
+    assert resumed.step == 6 and [row["step"] for row in train_rows(resumed.run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert resumed.metrics["test"]["bce"] == pytest.approx(straight.metrics["test"]["bce"], rel=1e-6)

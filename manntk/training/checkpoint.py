@@ -107,6 +107,23 @@ def load_rng(path: Path, rank: int, device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+#: ``"<phase>@<step>"``: the process dies at that phase of that step's checkpoint (the fault
+#: tests' kill, at a known point; unset in normal use). Phases, in order: ``weights``,
+#: ``state`` (the trainer's), then ``trainer``, ``manifest``, ``rename``, ``latest``, ``prune``
+#: (``finish``'s).
+FAULT_AT = "MANNTK_FAULT_AT"
+
+
+class Killed(BaseException):
+    """Raised at a fault point by the fault tests in place of a real kill."""
+
+
+def fault_point(phase: str, step: int) -> None:
+    """Die here when ``$MANNTK_FAULT_AT`` names this phase and step."""
+    if os.environ.get(FAULT_AT) == f"{phase}@{step}":
+        raise Killed(f"{phase}@{step}")
+
+
 def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int, best: int | None = None) -> Path:
     """Write ``trainer.pt``, rename the staging folder into place, point ``latest`` at it
     (and ``best`` at the checkpoint of step ``best``), and remove all but the newest
@@ -114,19 +131,24 @@ def finish(root: Path, step: int, trainer_state: dict[str, Any], keep: int, best
     staging = staging_dir(root, step)
     with writing(staging / TRAINER):
         torch.save(trainer_state, staging / TRAINER)
+    fault_point("trainer", step)
     manifest = {file.name: sha256(file) for file in sorted(staging.iterdir()) if file.is_file()}
     write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    fault_point("manifest", step)
     final = root / checkpoint_name(step)
-    if final.exists():
+    if final.exists():  # left by a run killed before it pointed latest here (latest never names it)
         shutil.rmtree(final)
     os.replace(staging, final)
+    fault_point("rename", step)
     write_text_atomic(root / "latest", final.name + "\n")
+    fault_point("latest", step)
     if best is not None and (root / checkpoint_name(best)).is_dir():
         write_text_atomic(root / "best", checkpoint_name(best) + "\n")
     kept = (root / "best").read_text(encoding="utf-8").strip() if (root / "best").exists() else None
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         if old.name != kept:
             shutil.rmtree(old)
+    fault_point("prune", step)
     return final
 
 

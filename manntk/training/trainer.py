@@ -326,13 +326,18 @@ class Trainer:
         """Write a checkpoint, after checking that the weights and the optimizer state are
         finite (a checkpoint kept as the last good one must be good)."""
         self.check_finite(step)
+        latest = self.checkpoints / "latest"
+        if latest.exists() and latest.read_text(encoding="utf-8").strip() == ckpt.checkpoint_name(step):
+            return  # this step is saved already (the best validation's, then the run's end): the same state
         staging = ckpt.staging_dir(self.checkpoints, step)
         if self.dist.is_main:
             staging.mkdir(parents=True, exist_ok=True)
             ckpt.save_weights(staging, self.model)
+            ckpt.fault_point("weights", step)
         self.dist.barrier()
         ckpt.save_recurrent_state(staging, self.dist.rank, state)
         ckpt.save_rng(staging, self.dist.rank, self.device)
+        ckpt.fault_point("state", step)
         self.dist.barrier()
         if self.dist.is_main:
             ckpt.finish(self.checkpoints, step, {
