@@ -50,13 +50,13 @@ class RunSummary:
 
 def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSummary, str | None]:
     """The summary of one run directory and the metric it reports (``None`` before any row)."""
-    from manntk.tools.plot import headline_metric, load_run
+    from manntk.tools.plot import PlotError, headline_metric, load_run
 
     results_file = path / "results.json"
     results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else None
     try:
         run = load_run(path)
-    except Exception:  # not started yet: no metrics
+    except PlotError:  # not started yet: no metrics
         return RunSummary(arm, seed, path, False, 0, None, None, None, None, None, None, ()), metric
     metric = metric or headline_metric([run])
     steps, times, values = run.validations(metric)
