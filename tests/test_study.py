@@ -190,3 +190,19 @@ def test_the_submitit_launcher_runs_a_tiny_study_through_its_local_executor(tmp_
     report = run_study(study, tmp_path / "out", overrides=["train.steps=10"], launcher="submitit", cluster="local", out=None)
     assert [arm["n"] for arm in report["arms"]] == [1, 1]
     assert (tmp_path / "out" / ".submitit").is_dir()
+
+
+def test_a_run_that_fails_is_reported_and_the_study_exits_non_zero(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the failing arm asks for CUDA, which this machine has")
+    path = write_study(tmp_path, seeds=1)
+    data = yaml.safe_load(path.read_text())
+    data["arms"] = {"soft": {"overrides": ["train.steps=2"]}, "gpu": {"overrides": ["train.steps=2", "train.device=cuda"]}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["study", "run", str(path), "--jobs", "2", "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED gpu/seed-0 (exit status" in captured.err
+    assert "1 run(s) did not finish (gpu/seed-0)" in captured.err
+    assert "| soft | 1 |" in captured.out and "| gpu | 0 (+1 unfinished) |" in captured.out

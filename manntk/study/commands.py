@@ -51,7 +51,13 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     except RuntimeError as error:
         raise UsageError(str(error)) from None
-    return _show(report, out, as_json=False, plot_to=args.plot)
+    status = _show(report, out, as_json=False, plot_to=args.plot)
+    unfinished = [f"{run['arm']}/seed-{run['seed']}" for run in report["runs"] if not run["finished"]]
+    if unfinished:  # a run that failed: the study is not done, and the exit status says so
+        print(f"{len(unfinished)} run(s) did not finish ({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}): "
+              f"see their train.log; running the study again retries them", file=sys.stderr)
+        return 1
+    return status
 
 
 def _report(args: argparse.Namespace) -> int:

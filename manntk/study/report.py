@@ -171,7 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
         if "vs_baseline" in arm:
             d = arm["vs_baseline"]
             vs = f"{_number(d['mean_difference'])} [{_number(d['ci95'][0])}, {_number(d['ci95'][1])}] ({d['pairs']} pairs)"
-        pending = f" (+{arm['unfinished']} running)" if arm["unfinished"] else ""
+        pending = f" (+{arm['unfinished']} unfinished)" if arm["unfinished"] else ""
         lines.append(
             f"| {arm['arm']} | {arm['n']}{pending} | {solved} | {rate} | {iterations} | {seconds} | "
             f"{_number(final['median'])} [{_number(final['q1'])}, {_number(final['q3'])}] | "
