@@ -357,13 +357,13 @@ def test_fault_the_best_checkpoint_survives_pruning_and_relapses_are_counted(tmp
     import manntk.training.trainer as trainer_module
 
     verdicts = iter([0.5, 0.005, 0.2, 0.3, 0.4, 0.45])  # solved at the second validation, then worse
-    real_evaluate = trainer_module.evaluate
+    last: dict[str, float] = {}
 
     def evaluate(model, task, split, *args, **kwargs):
         if split == "valid":
             bce = next(verdicts)
-            return {"loss": bce, "bce": bce, "solved": float(bce < 0.01)}
-        return real_evaluate(model, task, split, *args, **kwargs)
+            last.update(loss=bce, bce=bce, solved=float(bce < 0.01))
+        return dict(last)  # the test split agrees with the validation before it
 
     monkeypatch.setattr(trainer_module, "evaluate", evaluate)
     mapping = tiny_copy(steps=6, eval_every=1, checkpoint_every=1, stop_when_solved=False)
@@ -393,3 +393,21 @@ def test_fault_a_kill_at_any_phase_of_a_checkpoint_write_loses_no_checkpoint(tmp
     resumed = train(recipe_from_mapping(mapping), tmp_path / "run", resume=True, progress=False)
     assert resumed.step == 6 and [row["step"] for row in train_rows(resumed.run_dir)] == [1, 2, 3, 4, 5, 6]
     assert resumed.metrics["test"]["bce"] == pytest.approx(straight.metrics["test"]["bce"], rel=1e-6)
+
+
+def test_fault_a_validation_the_test_split_does_not_confirm_neither_solves_nor_stops_the_run(tmp_path, monkeypatch):
+    """A lucky validation set: validation under the threshold, test above it. The run is
+    not solved there and goes on; it stops at the first step both agree."""
+    import manntk.training.trainer as trainer_module
+
+    scores = {"valid": iter([0.005, 0.004, 0.003]), "test": iter([0.02, 0.006])}
+
+    def evaluate(model, task, split, *args, **kwargs):
+        bce = next(scores[split], 0.5)
+        return {"loss": bce, "bce": bce, "solved": float(bce < 0.01)}
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    result = train(recipe_from_mapping(tiny_copy(steps=6, eval_every=1, stop_when_solved=True)), tmp_path / "run", progress=False)
+    assert result.solved_step == 2 and result.stop_reason == "solved" and result.step == 2
+    rows = [(row["step"], row["split"]) for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if row["split"] != "train" and not row.get("final")]
+    assert rows == [(1, "valid"), (1, "test"), (2, "valid"), (2, "test")]

@@ -192,7 +192,7 @@ class Trainer:
             saved = False
             if train.eval_every and step % train.eval_every == 0:
                 valid = self.validate(step, elapsed)
-                if valid.get("solved") and solved_step is None:
+                if valid.get("solved") and solved_step is None and self.test_agrees(step, elapsed):
                     solved_step = step
                     if train.stop_when_solved:
                         stop_reason = "solved"
@@ -226,6 +226,14 @@ class Trainer:
             )
         results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def test_agrees(self, step: int, elapsed: float) -> bool:
+        """Whether the test split is solved too, once validation says so: a run counts as
+        solved (and stops, with ``stop_when_solved``) only when both are; a lucky validation
+        set alone does not end the run."""
+        if "test" not in self.task.splits:
+            return True
+        return bool(self.validate(step, elapsed, split="test").get("solved"))
 
     def improves(self, valid: dict[str, float]) -> bool:
         """Whether this validation's metric beats the best so far (in the task's direction)."""
@@ -291,12 +299,12 @@ class Trainer:
             self.metrics.write(row)
         return row
 
-    def validate(self, step: int, elapsed: float) -> dict[str, float]:
-        """Score the validation split (on rank 0; the verdict is shared with every rank)."""
+    def validate(self, step: int, elapsed: float, split: str = "valid") -> dict[str, float]:
+        """Score ``split`` (the validation split by default; on rank 0, the verdict shared with every rank)."""
         result: dict[str, float] = {}
         if self.dist.is_main:
-            result = evaluate(self.model, self.task, "valid", self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
-            self.metrics.write({"step": step, "split": "valid", "time": round(elapsed, 3), **result})
+            result = evaluate(self.model, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
+            self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), **result})
         solved = self.dist.sum(torch.tensor([float(result.get("solved", 0.0))], device=self.device))
         result["solved"] = float(solved.item() > 0)
         return result
