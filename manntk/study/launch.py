@@ -57,12 +57,17 @@ class Job:
         return command + (["--data", data_root] if data_root else [])
 
 
-def run_command(command: Sequence[str], log: str) -> int:
-    """Run ``command`` with its output appended to ``log``; its exit status (what a submitit job calls)."""
-    with open(log, "a", encoding="utf-8") as file:
+def start_command(command: Sequence[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``command`` with the command line, then its output, appended to ``log``."""
+    with open(log, "a", encoding="utf-8") as file:  # the child keeps its own handle
         file.write(f"$ {' '.join(command)}\n")
         file.flush()
-        return subprocess.run(list(command), stdout=file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        return subprocess.Popen(list(command), stdout=file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def run_command(command: Sequence[str], log: str) -> int:
+    """Run ``command`` as ``start_command`` does; its exit status (what a submitit job calls)."""
+    return start_command(command, log).wait()
 
 
 def _prepare(job: Job) -> str:
@@ -90,12 +95,8 @@ def run_local(jobs: Sequence[Job], parallel: int, data_root: str | None = None, 
         while pending or running:
             while pending and len(running) < parallel:
                 job = pending.pop(0)
-                log = open(_prepare(job), "a", encoding="utf-8")  # noqa: SIM115 - the child holds it
-                command = job.command(data_root)
-                log.write(f"$ {' '.join(command)}\n")
-                log.flush()
-                running.append((job, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env), time.monotonic()))
-                log.close()
+                log = _prepare(job)
+                running.append((job, start_command(job.command(data_root), log, env), time.monotonic()))
             time.sleep(0.2)
             for item in list(running):
                 job, process, started = item
