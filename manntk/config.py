@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Any, Callable, ClassVar, Iterable, Literal, TypeVar, get_args, get_origin
 
 import attrs
@@ -87,6 +88,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook_func(lambda type_: get_origin(type_) is Literal, _strict_literal)
+    converter.register_structure_hook_func(lambda type_: type_ == EverySetting, lambda value, _: value)  # its validator checks it
     for spec_type in (CellSpec, AddressingSpec, WriteSpec, TaskSpec):
         converter.register_structure_hook(spec_type, _part_hook(converter, registry, spec_type))
     return converter
@@ -254,3 +256,77 @@ def probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """attrs validator: a number in [0, 1)."""
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
+
+
+#: A recipe setting for how often something happens in a run: a step count (``50``), a
+#: duration of wall clock (``"10min"``), or both (``[50, "10min"]``: whichever comes
+#: first). The recipe keeps the value as written; [`parse_every`][manntk.config.parse_every]
+#: reads it.
+EverySetting = int | str | list[int | str]
+
+#: The units a duration may end in, and their seconds.
+DURATION_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$")
+
+
+@attrs.frozen
+class Every:
+    """How often something happens in a run, read from an
+    [`EverySetting`][manntk.config.EverySetting]: at every multiple of ``steps`` optimizer
+    steps (0: never), and once ``seconds`` of wall clock have passed since it last happened
+    (``None``: never), whichever comes first.
+
+    Attributes:
+        steps: the step count (0: not by steps).
+        seconds: the duration (``None``: not by time).
+    """
+
+    steps: int = 0
+    seconds: float | None = None
+
+    def due(self, step: int, since: float) -> bool:
+        """Whether it happens after ``step``, ``since`` seconds after it last happened."""
+        return bool(self.steps and step % self.steps == 0) or (self.seconds is not None and since >= self.seconds)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a duration such as ``90s``, ``10min``, ``1.5h`` (units:
+    [`DURATION_UNITS`][manntk.config.DURATION_UNITS]); ``None`` when ``text`` is not one."""
+    match = _DURATION.match(text)
+    if match is None or match.group(2) not in DURATION_UNITS:
+        return None
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+def parse_every(value: Any, name: str = "every", minimum_steps: int = 0) -> Every:
+    """The [`Every`][manntk.config.Every] of a recipe setting: an integer step count (at
+    least ``minimum_steps``), a positive duration string, or a list of one of each.
+
+    Raises:
+        ValueError: naming the setting ``name`` and the value.
+    """
+    items = value if isinstance(value, list) and len(value) == 2 else [value]
+    steps: list[int] = [item for item in items if isinstance(item, int) and not isinstance(item, bool)]
+    texts: list[str] = [item for item in items if isinstance(item, str)]
+    seconds = [parse_duration(text) for text in texts]
+    if len(steps) + len(texts) != len(items) or len(steps) > 1 or len(texts) > 1 or None in seconds:
+        raise ValueError(
+            f"{name}: {value!r} is neither a step count nor a duration like 10min "
+            f"(units: {', '.join(DURATION_UNITS)}; or both, whichever comes first: [50, 10min])"
+        )
+    if steps and steps[0] < minimum_steps:
+        raise ValueError(f"{name} must be {'positive' if minimum_steps == 1 else f'>= {minimum_steps}'}, got {steps[0]!r}")
+    if seconds and not seconds[0]:
+        raise ValueError(f"{name}: a duration must be longer than 0, got {texts[0]!r}")
+    return Every(steps=steps[0] if steps else 0, seconds=seconds[0] if seconds else None)
+
+
+def every_setting(minimum_steps: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator of an [`EverySetting`][manntk.config.EverySetting] field whose step
+    count is at least ``minimum_steps``."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        parse_every(value, attribute.name, minimum_steps)
+
+    return check

@@ -21,7 +21,9 @@ import attrs
 import yaml
 
 from manntk.build import ModelConfig
-from manntk.config import ConfigError, PartSpec, TaskSpec, non_negative, positive, probability, structure
+from manntk.config import (
+    ConfigError, EverySetting, PartSpec, TaskSpec, every_setting, non_negative, positive, probability, structure,
+)
 from manntk.plugins import Plugins, default_plugins
 
 _in = attrs.validators.in_
@@ -102,9 +104,14 @@ class TrainConfig:
             2-core CPU); each new chunk length compiles again, so not for the
             algorithmic tasks. Compiling takes minutes, which count in ``max_minutes``.
             Not with the fused ARMIN cell (already compiled C++).
-        log_every: steps between training-metric rows.
-        eval_every: steps between validation runs (0: only at the end).
-        checkpoint_every: steps between checkpoints (0: only at the end).
+        log_every: how often a training-metric row (and progress line) is written: every
+            so many steps (``50``), once so much wall clock has passed since the last one
+            (``2min``; units ``s``, ``min``, ``h``), or both, whichever comes first
+            (``[50, 2min]``: a recipe sized for a GPU still reports every few minutes on a CPU).
+        eval_every: how often the validation split is scored, in the same forms (``0``:
+            only at the end).
+        checkpoint_every: how often a checkpoint is written, in the same forms (``0``: only
+            at the end; a validation that improves on the best also writes one).
         stop_when_solved: stop once the task reports ``solved`` on validation.
     """
 
@@ -123,9 +130,9 @@ class TrainConfig:
     threads: int | None = attrs.field(default=None, validator=positive)
     flush_denormal: bool = True
     compile: bool = False
-    log_every: int = attrs.field(default=50, validator=positive)
-    eval_every: int = attrs.field(default=0, validator=non_negative)
-    checkpoint_every: int = attrs.field(default=0, validator=non_negative)
+    log_every: EverySetting = attrs.field(default=50, validator=every_setting(minimum_steps=1))
+    eval_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
+    checkpoint_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
     stop_when_solved: bool = False
 
 
@@ -142,6 +149,18 @@ class EvalConfig:
     splits: list[str] = attrs.field(factory=lambda: ["valid", "test"])
 
 
+def shipped_recipe_name(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    """attrs validator: ``None`` or the whole name of a shipped recipe (one that ``manntk
+    recipes list`` lists), the closest names suggested otherwise."""
+    if value is None:
+        return
+    names = [name for folder in recipe_folders() for name in recipe_names(folder)]
+    if value not in names:
+        close = closest_recipe_names(value, names)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "; `manntk recipes list` names them"
+        raise ValueError(f"{attribute.name}: {value!r} is not the name of a shipped recipe{hint}")
+
+
 @attrs.define
 class Recipe:
     """A whole experiment.
@@ -153,6 +172,10 @@ class Recipe:
         eval: evaluation settings.
         name: a short name, used in run directories and plot legends.
         description: free text.
+        cpu_alternative: a shipped recipe's name (``ptb/armin_500_cpu``) that the trainer
+            names when this recipe's first steps show that the run would take more than a
+            few hours on a CPU (see [`estimate_lines`][manntk.training.estimate.estimate_lines]);
+            ``null``: none.
     """
 
     task: TaskSpec
@@ -161,6 +184,7 @@ class Recipe:
     eval: EvalConfig = attrs.field(factory=EvalConfig)
     name: str = ""
     description: str = ""
+    cpu_alternative: str | None = attrs.field(default=None, validator=shipped_recipe_name)
 
 
 #: Paths of the plugin nodes, whose ``name`` swaps the part and its options together.

@@ -150,8 +150,25 @@ def test_armin_ptb_has_the_paper_settings():
 def test_enwik8_is_a_two_layer_armin_ptb():
     changed = differences("enwik8/armin_2layer.yaml", "armin_ptb.yaml")
     assert changed == {
-        "task.dataset", "model.layers", "train.epochs", "train.eval_every", "train.checkpoint_every", "eval.batch_size"}
+        "task.dataset", "model.layers", "train.epochs", "train.eval_every", "train.checkpoint_every", "eval.batch_size",
+        "cpu_alternative"}  # armin_ptb's is a PTB recipe
     assert load_recipe(recipe("enwik8/armin_2layer.yaml")).model.layers == 2
+
+
+def test_armin_ptb_reports_every_few_minutes_and_names_a_cpu_sized_recipe():
+    """On a CPU (~11 s a step) the step counts alone would mean no metric for 9 minutes and no
+    checkpoint for 48: durations bound both; the CPU-sized alternative is one pass of ARMIN 500."""
+    from manntk.config import parse_every
+
+    main = load_recipe(recipe("armin_ptb.yaml"))
+    log, checkpoint = parse_every(main.train.log_every), parse_every(main.train.checkpoint_every)
+    assert (log.steps, checkpoint.steps) == (50, 262)  # a GPU's steps: as before
+    assert log.seconds <= 5 * 60 and checkpoint.seconds <= 15 * 60
+    assert main.cpu_alternative == "ptb/armin_500_cpu"
+    cpu = load_recipe(recipe(f"{main.cpu_alternative}.yaml"))
+    assert differences("ptb/armin_500_cpu.yaml", "ptb/armin_500.yaml") == {
+        "cpu_alternative", "train.epochs", "train.log_every", "train.eval_every", "train.checkpoint_every", "eval.batch_size"}
+    assert cpu.train.epochs == 1 and cpu.cpu_alternative is None
 
 
 def test_armin_copy_is_the_paper_copy_recipe():

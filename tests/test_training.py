@@ -219,3 +219,137 @@ def test_flush_denormal_is_applied_on_the_cpu_by_train_and_eval(tmp_path, flush)
     torch.set_flush_denormal(not flush)
     evaluate_run(run, "valid", device="cpu")
     assert bool((subnormal * 1.0 == 0).item()) is flush
+
+
+# -- how often: step counts, durations, both ----------------------------------------------
+
+
+def test_every_setting_reads_steps_durations_and_both():
+    from manntk.config import Every, parse_every
+
+    assert parse_every(50) == Every(steps=50)
+    assert parse_every("90s") == Every(seconds=90.0) and parse_every("10min") == Every(seconds=600.0)
+    assert parse_every("1.5h") == Every(seconds=5400.0) and parse_every(["2min", 50]) == Every(steps=50, seconds=120.0)
+    every = parse_every([50, "2min"])
+    assert every.due(100, since=1.0) and every.due(7, since=120.0) and not every.due(7, since=119.0)
+    assert not parse_every(0).due(100, since=1e9)  # 0: never (only at the end)
+    for bad in ("10 parsecs", "10", "-5min", "0s", 1.5, True, [50, 60], ["1min", "2min"], [50]):
+        with pytest.raises(ValueError, match="log_every"):
+            parse_every(bad, "log_every", minimum_steps=1)
+
+
+def test_a_bad_duration_is_an_error_naming_the_key_and_the_value(tmp_path):
+    from manntk.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        recipe_from_mapping(tiny_copy(log_every="10 parsecs", checkpoint_every="5 min", eval_every=-1))
+    assert caught.value.errors == [
+        "recipe: log_every: '10 parsecs' is neither a step count nor a duration like 10min "
+        "(units: s, sec, min, h; or both, whichever comes first: [50, 10min]) @ $.train.log_every",
+        "recipe: eval_every must be >= 0, got -1 @ $.train.eval_every",
+    ]  # "5 min" is a duration: the space is allowed
+    assert recipe_from_mapping(tiny_copy(log_every=[5, "2min"])).train.log_every == [5, "2min"]  # kept as written
+
+
+class FakeClock:
+    """``time`` for the trainer: each training step takes ``step_seconds`` of wall clock, nothing else takes any."""
+
+    def __init__(self, step_seconds: float) -> None:
+        self.now, self.step_seconds = 1000.0, step_seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def run_on_a_fake_clock(monkeypatch, tmp_path, step_seconds: float, mapping: dict, progress: bool = False):
+    """Train ``mapping`` with each step ``step_seconds`` long; returns the result and the steps saved at."""
+    import manntk.training.trainer as trainer_module
+
+    clock, saved = FakeClock(step_seconds), []
+    monkeypatch.setattr(trainer_module, "time", clock)
+    step_once, save = trainer_module.Trainer.train_step, trainer_module.Trainer.save
+
+    def timed_step(self, *args, **kwargs):
+        clock.now += clock.step_seconds
+        return step_once(self, *args, **kwargs)
+
+    def recorded_save(self, step, *args):
+        saved.append(step)
+        return save(self, step, *args)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(trainer_module.Trainer, "save", recorded_save)
+    return train(recipe_from_mapping(mapping), tmp_path / "run", progress=progress), saved
+
+
+def test_logs_validations_and_checkpoints_by_wall_clock(tmp_path, monkeypatch):
+    """40 s a step: a 2-minute log every 3 steps, a 5-minute checkpoint every 8; with both a
+    step count and a duration, whichever comes first."""
+    mapping = tiny_copy(steps=10, log_every="2min", eval_every=[4, "100s"], checkpoint_every="5min")
+    result, saved = run_on_a_fake_clock(monkeypatch, tmp_path, 40.0, mapping)
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [3, 6, 9, 10]  # and the last step
+    assert [r["step"] for r in rows if r["split"] == "valid" and not r.get("final")] == [3, 4, 7, 8]
+    assert saved[-2:] == [8, 10] and all(step in (3, 4, 7, 8, 10) for step in saved)  # 8: 5 minutes since the start
+
+
+def test_the_duration_decision_is_rank_0s_in_a_job_of_several_processes():
+    """Each process's clock says something else: rank 0's verdict goes to every process, so
+    that all of them validate and save at the same step (the sum of rank 0's flags)."""
+    from manntk.config import parse_every
+    from manntk.training.distributed import Distributed
+    from manntk.training.trainer import Trainer
+
+    class OwnShare(Distributed):
+        def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+            return tensor  # this process's share of the sum
+
+    for rank in (0, 1):
+        trainer = Trainer.__new__(Trainer)
+        trainer.every = {"log": parse_every(5), "eval": parse_every("1min"), "checkpoint": parse_every([3, "1h"])}
+        trainer.dist, trainer.device = OwnShare(rank=rank, world_size=2), torch.device("cpu")
+        last = dict.fromkeys(trainer.every, -1e9)  # every clock long overdue
+        assert trainer.due(3, last) == ({"log": False, "eval": True, "checkpoint": True} if rank == 0 else
+                                        {"log": False, "eval": False, "checkpoint": False})
+
+
+def test_the_run_estimate_and_the_cpu_notice(tmp_path, monkeypatch, capsys):
+    """The first steps are timed (40 s each here) and the rest of the budget estimated from
+    them; past the CPU threshold the recipe's cpu_alternative is named."""
+    import manntk.training.estimate as estimate
+
+    mapping = tiny_copy(steps=10, log_every=100)
+    mapping["cpu_alternative"] = "armin_copy"
+    monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.05)  # 3 minutes: 6 steps x 40 s = 4 minutes is over it
+    run_on_a_fake_clock(monkeypatch, tmp_path / "over", 40.0, mapping, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    threads = torch.get_num_threads()
+    assert err[0] == (f"estimate: 6 steps at ~40 s/step = ~4 min on this CPU ({threads} threads); "
+                      "training steps only, validation and checkpoints add to it")
+    assert err[1] == "notice: this recipe is sized for a GPU; on this CPU try the CPU-sized recipe instead: manntk train armin_copy"
+    monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.1)  # 6 minutes: not over it
+    run_on_a_fake_clock(monkeypatch, tmp_path / "under", 40.0, mapping, progress=True)
+    err = capsys.readouterr().err
+    assert "estimate: 6 steps" in err and "notice" not in err
+
+
+def test_the_estimate_names_the_cap_and_the_solved_stop():
+    from manntk.training.estimate import describe_duration, estimate_lines
+
+    assert [describe_duration(s) for s in (40, 14 * 60, 2.5 * 3600, 13 * 86400)] == ["~40 s", "~14 min", "~2.5 h", "~13.0 days"]
+    lines = estimate_lines(100_000, 11.2, "this CPU (2 threads)", on_cpu=True, max_seconds=3600.0, stops_when_solved=True)
+    assert lines == ["estimate: 100,000 steps at ~11.2 s/step = ~13.0 days on this CPU (2 threads); train.max_minutes stops it "
+                     "after ~60 min; less if it is solved sooner; training steps only, validation and checkpoints add to it"]
+    long = estimate_lines(100_000, 11.2, "this CPU (2 threads)", on_cpu=True)
+    assert long[1] == "notice: this is a long run for a CPU: run it on a GPU, or cap it with train.max_minutes=MINUTES"
+    assert len(estimate_lines(100_000, 11.2, "NVIDIA H200", on_cpu=False, cpu_alternative="armin_copy")) == 1  # a GPU: no notice
+
+
+def test_cpu_alternative_must_name_a_shipped_recipe():
+    from manntk.config import ConfigError
+
+    mapping = tiny_copy()
+    mapping["cpu_alternative"] = "ptb/armin_500_cpus"
+    with pytest.raises(ConfigError, match=r"cpu_alternative: 'ptb/armin_500_cpus' is not the name of a shipped recipe; "
+                                          r"did you mean 'ptb/armin_500_cpu'"):
+        recipe_from_mapping(mapping)

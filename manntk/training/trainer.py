@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from manntk import __version__
 from manntk.build import build_experiment, check_memory_fits
-from manntk.config import ConfigError
+from manntk.config import ConfigError, parse_every
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
 from manntk.training.distributed import Distributed, pick_device
+from manntk.training.estimate import ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
@@ -141,6 +142,8 @@ class Trainer:
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
+        #: how often each of logging, validation and checkpointing happens (steps, wall clock or both)
+        self.every = {name: parse_every(getattr(train, f"{name}_every")) for name in ("log", "eval", "checkpoint")}
         self.best: dict[str, float] | None = None  # the best validation so far: its step and metric
         self.relapses = 0  # validations after the first solved one that were not solved
         self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
@@ -161,25 +164,32 @@ class Trainer:
         show = self.progress and self.dist.is_main
         lines = show and not sys.stderr.isatty()  # a log file or a pipe: one line per log step, not a bar
         bar = tqdm(total=self.total_steps, initial=step, disable=not show or lines, unit="step", dynamic_ncols=True, file=sys.stderr)
-        last_valid, last_logged = "", step
+        last_valid, first_step, last_logged = "", step, step
         if train.compile:
             bar.set_postfix_str("compiling each layer's chunk: the first steps take minutes")
         window: dict[str, float] = {}
-        window_units, window_start = 0, time.perf_counter()
-        started = time.perf_counter() - elapsed
+        window_units, timed_from = 0, 0.0
+        now = time.perf_counter()
+        started, last = now - elapsed, dict.fromkeys(self.every, now)  # when each of log, eval, checkpoint last happened
         while step < self.total_steps and stop_reason == "steps":
             batch = self.task.train_batch(step, train.batch_size).rows(*self.rows).to(self.device)
             state, sums = self.train_step(step, batch, None if batch.fresh else state)
             step += 1
             elapsed = time.perf_counter() - started
+            if show and step == first_step + 1:
+                timed_from = elapsed  # the first step paid for warm-up: the estimate times the next ones
+            elif show and step == first_step + 1 + ESTIMATE_STEPS:
+                for line in self.estimate(step, elapsed, (elapsed - timed_from) / ESTIMATE_STEPS):
+                    tqdm.write(line, file=sys.stderr)
             for key, value in sums.items():
                 window[key] = window.get(key, 0.0) + value
             window_units += self.task.units(batch) * self.dist.world_size
             if not math.isfinite(sums["loss"]):
                 self.diverged(step, f"the training loss became {sums['loss']}")
             bar.update(1)
-            if step % train.log_every == 0 or step == self.total_steps:
-                seconds = time.perf_counter() - window_start
+            due = self.due(step, last)
+            if due["log"] or step == self.total_steps:
+                seconds = time.perf_counter() - last["log"]
                 row = self.log_train(step, elapsed, window, window_units / max(seconds, 1e-9))
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("loss", self.task.metric, f"{self.task.unit}_per_s")})
                 if lines:  # the time left at the rate of the last window, not of the whole run
@@ -188,9 +198,9 @@ class Trainer:
                     print(f"step {step:,}/{self.total_steps:,}  loss {row['loss']:.4g}  {rate:.4g} {self.task.unit}/s  "
                           f"budget in {timedelta(seconds=round(left))}{last_valid}", file=sys.stderr, flush=True)
                 last_logged = step
-                window, window_units, window_start = {}, 0, time.perf_counter()
+                window, window_units, last["log"] = {}, 0, time.perf_counter()
             saved = False
-            if train.eval_every and step % train.eval_every == 0:
+            if due["eval"]:
                 valid = self.validate(step, elapsed)
                 if valid.get("solved") and solved_step is None and self.test_agrees(step, elapsed):
                     solved_step = step
@@ -207,8 +217,12 @@ class Trainer:
                     shown["solved below"] = f"{self.task.solved_below:g}"
                 bar.set_postfix(shown)
                 last_valid = "  " + "  ".join(f"{key} {value}" for key, value in shown.items())
-            if train.checkpoint_every and step % train.checkpoint_every == 0 and not saved:
+                last["eval"] = time.perf_counter()
+            if due["checkpoint"] and not saved:
                 self.save(step, elapsed, state, solved_step)
+                saved = True
+            if saved:
+                last["checkpoint"] = time.perf_counter()
             if train.max_minutes is not None and elapsed >= 60 * train.max_minutes and step < self.total_steps:
                 stop_reason = "time"
             if self.signalled(stop):
@@ -226,6 +240,31 @@ class Trainer:
             )
         results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def due(self, step: int, last: dict[str, float]) -> dict[str, bool]:
+        """Which of ``log``, ``eval`` and ``checkpoint`` happen after ``step``, each by its
+        step count or by the wall clock since ``last`` (``time.perf_counter()``) it happened.
+        In a job of several processes rank 0's clock decides for all, so that every process
+        validates and saves at the same step (each one's clock would not agree)."""
+        now = time.perf_counter()
+        due = {name: every.due(step, now - last[name]) for name, every in self.every.items()}
+        if self.dist.enabled and any(every.seconds is not None for every in self.every.values()):
+            mine = [float(due[name] and self.dist.is_main) for name in self.every]
+            agreed = self.dist.sum(torch.tensor(mine, device=self.device)).tolist()
+            due = {name: verdict > 0 for name, verdict in zip(self.every, agreed)}
+        return due
+
+    def estimate(self, step: int, elapsed: float, seconds_per_step: float) -> list[str]:
+        """The lines that say how long the rest of the run, after ``step`` and ``elapsed``
+        seconds of training, will take at ``seconds_per_step`` (see
+        [`estimate_lines`][manntk.training.estimate.estimate_lines])."""
+        train = self.recipe.train
+        return estimate_lines(
+            self.total_steps - step, seconds_per_step, describe_machine(self.device, self.dist.world_size),
+            on_cpu=self.device.type == "cpu",
+            max_seconds=None if train.max_minutes is None else max(0.0, 60 * train.max_minutes - elapsed),
+            stops_when_solved=train.stop_when_solved, cpu_alternative=self.recipe.cpu_alternative,
+        )
 
     def test_agrees(self, step: int, elapsed: float) -> bool:
         """Whether the test split is solved too, once validation says so: a run counts as
