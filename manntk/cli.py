@@ -8,6 +8,7 @@ import argparse
 import difflib
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +16,8 @@ import torch
 
 from manntk.config import ConfigError, UsageError
 from manntk.data.files import DataError
-from manntk.plugins import PluginFailure, Plugins, default_plugins, describe_failure, load_plugins
+from manntk.registry import PartError
+from manntk.plugins import Plugins, default_plugins, describe_failure, load_plugins
 from manntk.training.checkpoint import CheckpointError
 from manntk.training.metrics import MetricsError
 from manntk.training.ownership import RunDirectoryError
@@ -68,6 +70,8 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     loaded = plugins or default_plugins()
     parser = Parser(prog="manntk", description="Memory-augmented recurrent networks from interchangeable parts.")
     parser.add_argument("--version", action="store_true", help="print the manntk version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error that is otherwise said in one line (also: MANNTK_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     plugins = commands.add_parser("plugins", help="list plugins, what each registers, and failures")
     plugins.add_argument("--strict", action="store_true", help="raise the first plugin failure instead of listing it")
@@ -108,15 +112,24 @@ def add_plugin_commands(commands: argparse._SubParsersAction, plugins: Plugins) 
         try:
             impl.function(commands=commands)
         except (Exception, SystemExit) as error:  # a broken plugin must not break the command line
-            plugins.failures.append(PluginFailure(name=impl.plugin_name, error=f"register_commands: {describe_failure(error)}"))
+            plugins.fail(impl.plugin_name, f"register_commands: {describe_failure(error)}")
             continue
         added = [("commands", name) for name in commands.choices if name not in before]
         contributed = plugins.contributions.setdefault(impl.plugin_name, [])
         contributed += [entry for entry in added if entry not in contributed]
 
 
+#: Set to ``1`` (anything but empty and ``0``), it does what ``manntk --debug`` does.
+DEBUG_VARIABLE = "MANNTK_DEBUG"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``manntk`` command; returns the exit status."""
+    """Entry point of the ``manntk`` command; returns the exit status.
+
+    An error the command expects (a bad recipe, a missing file, a part of a plugin that
+    fails to build, ...) is said in one line; with ``--debug`` or ``MANNTK_DEBUG=1`` its
+    full traceback follows.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -134,30 +147,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ConfigError, UsageError) as error:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same problem: rank 0 says it
-            print(f"manntk {args.command}: error: {error}", file=sys.stderr)
+            say(args, f"error: {error}", error)
         return 2
+    except PartError as error:  # a plugin's constructor (or a built-in's check of its options) raised
+        say(args, f"error: {error}", error, hint=True)
+        return 1
     except (CheckpointError, DataError, MetricsError, RunDirectoryError, TrainingDiverged) as error:
-        print(f"manntk {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        say(args, f"{type(error).__name__}: {error}", error)
         return 1
     except TrainingInterrupted as error:
-        print(f"manntk {args.command}: stopped: {error}", file=sys.stderr)
+        say(args, f"stopped: {error}", error)
         return error.status
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
-        print(f"manntk {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:  # a second Ctrl-C, or one outside training
+        say(args, "interrupted", error)
         return 130
     except OSError as error:  # disk full, a read-only or missing directory, permission denied
-        print(f"manntk {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        say(args, f"error: {describe_os_error(error)}", error)
         return 1
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
-        print(
-            f"manntk {args.command}: error: out of memory: {allocator_message(error)}\n"
+        say(
+            args,
+            f"error: out of memory: {allocator_message(error)}\n"
             "  lower train.batch_size (or eval.batch_size), or the model's sizes (model.memory.slots, "
             "model.memory.width, the cell's hidden_size, model.layers)",
-            file=sys.stderr,
+            error,
         )
         return 1
+
+
+def debugging(args: argparse.Namespace) -> bool:
+    """Whether full tracebacks were asked for: ``--debug``, or ``$MANNTK_DEBUG`` set (not to ``0``)."""
+    return args.debug or os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0")
+
+
+def say(args: argparse.Namespace, text: str, error: BaseException, hint: bool = False) -> None:
+    """Print ``manntk <command>: <text>`` on stderr, then ``error``'s traceback when
+    [`debugging`][manntk.cli.debugging], or else with ``hint`` how to see it (on the same line)."""
+    debug = debugging(args)
+    if hint and not debug:
+        text += f" (the traceback: manntk --debug {args.command} ..., or {DEBUG_VARIABLE}=1)"
+    print(f"manntk {args.command}: {text}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -195,7 +228,7 @@ def format_plugins(plugins: Plugins) -> str:
     if plugins.failures:
         lines.append("failed plugins:")
         for failure in plugins.failures:
-            lines.append(f"  {failure.name}: {failure.error}")
+            lines.append(f"  {failure}")
     return "\n".join(lines)
 
 

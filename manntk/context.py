@@ -7,8 +7,8 @@ from typing import Any
 import attrs
 from torch import nn
 
-from manntk.config import PartSpec
-from manntk.registry import Registry
+from manntk.config import ConfigError, PartSpec
+from manntk.registry import PartError, Registry
 
 
 @attrs.frozen
@@ -32,7 +32,12 @@ class BuildContext:
     path: str = "model"
 
     def build(self, spec: PartSpec, path: str | None = None) -> nn.Module:
-        """Build the part that ``spec`` names, with this context."""
+        """Build the part that ``spec`` names, with this context.
+
+        Raises:
+            manntk.registry.PartError: the part's factory raised (its options, or a bug of
+                its plugin): one line naming the recipe path, the part and its plugin.
+        """
         entry = self.registry.get(spec.kind, spec.name)
         config = spec.config
         if config is None and entry.config is not None:
@@ -40,8 +45,10 @@ class BuildContext:
         context = attrs.evolve(self, path=path or self.path)
         try:
             return entry.factory(config, context)
-        except ValueError as error:
-            raise ValueError(f"{context.path} ({spec.kind} {spec.name!r}): {error}") from error
+        except (ConfigError, PartError):  # a sub-part's (erase_add's head), said already
+            raise
+        except Exception as error:  # a plugin's constructor may raise anything: said in one line with its origin
+            raise PartError(context.path, spec.kind, entry, error) from error
 
     def with_(self, **changes: Any) -> "BuildContext":
         """A copy with some fields changed."""

@@ -14,6 +14,16 @@ class RegistryError(LookupError):
     """A name registered twice, or a name that nobody registered."""
 
 
+def describe_failure(error: BaseException) -> str:
+    """What went wrong in a plugin, in one line: the error's type and the last line of its
+    message (a long message ends with what matters; ``manntk --debug`` shows all of it), and
+    ``sys.exit()`` named as such."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({error.code!r})"
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
+
+
 @attrs.frozen
 class Entry:
     """One registered part: how to configure it and how to build it.
@@ -23,12 +33,31 @@ class Entry:
         factory: ``factory(config, context) -> nn.Module``.
         config: attrs class that structures the recipe node, or ``None`` for no options.
         plugin: name of the plugin that registered it.
+        origin: where that plugin comes from: its installed distribution and version
+            (``manntk-dnc 0.1.0``), else its module (``module my_parts``).
     """
 
     name: str
     factory: Callable[..., Any]
     config: type | None
     plugin: str
+    origin: str = ""
+
+
+class PartError(ValueError):
+    """A registered part's factory failed while a model or task was built. The message is
+    one line: where in the recipe, the part, the plugin that registered it and where that
+    plugin comes from, and the error (its last line); the error itself is the cause, whose
+    traceback ``manntk --debug`` shows.
+
+    Attributes:
+        entry: the part's registry entry.
+    """
+
+    def __init__(self, where: str, kind: str, entry: Entry, error: BaseException) -> None:
+        self.entry = entry
+        origin = f", {entry.origin}" if entry.origin else ""
+        super().__init__(f"{where} ({singular(kind)} {entry.name!r} of plugin {entry.plugin!r}{origin}): {describe_failure(error)}")
 
 
 class Registry:
@@ -96,9 +125,13 @@ class Registry:
 def unknown_name_message(kind: str, name: object, choices: dict[str, Any] | list[str]) -> str:
     """The error text for an unknown ``name``: the registered choices and a close match."""
     names = sorted(choices)
-    singular = kind[:-1] if kind.endswith("s") else kind
-    message = f"unknown {singular} {name!r}; registered: {', '.join(names) or '(none)'}"
+    message = f"unknown {singular(kind)} {name!r}; registered: {', '.join(names) or '(none)'}"
     close = difflib.get_close_matches(str(name), names, n=1)
     if close:
         message += f"; did you mean {close[0]!r}?"
     return message
+
+
+def singular(kind: str) -> str:
+    """One part of ``kind``: ``cell`` of ``cells``, ``addressing`` of ``addressing``."""
+    return kind[:-1] if kind.endswith("s") else kind

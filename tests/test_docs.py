@@ -309,7 +309,8 @@ def test_the_tutorial_recipe_builds_trains_and_validates(tutorial_plugin):
     with pytest.raises(ConfigError, match=re.escape("stride must be positive, got 0 @ $.model.addressing")):
         load_recipe(recipe_path, ["model.addressing.stride=0"])
     with pytest.raises(ValueError, match=re.escape(
-        "model.addressing (addressing 'round_robin'): stride 9 is a multiple of memory.slots (9): every step would read the same slot"
+        "model.addressing (addressing 'round_robin' of plugin 'roundrobin', manntk-roundrobin 0.1.0): "
+        "ValueError: stride 9 is a multiple of memory.slots (9): every step would read the same slot"
     )):
         build_experiment(load_recipe(recipe_path, ["model.addressing.stride=9"]))
 

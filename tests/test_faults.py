@@ -327,9 +327,9 @@ def test_fault_a_plugin_that_exits_or_raises_breaks_no_command(tmp_path, monkeyp
     monkeypatch.setattr(manntk.plugins, "_default", None)  # the process-wide plugins load again, with them
     assert main(["plugins"]) == 1
     out = capsys.readouterr().out
-    assert "exits: SystemExit: the plugin called sys.exit(3)" in out
-    assert "raises: RuntimeError: this plugin is broken" in out
-    assert "quits: register_commands: SystemExit: the plugin called sys.exit('no commands today')" in out
+    assert "exits (manntk_exits 0.1): SystemExit: the plugin called sys.exit(3)" in out
+    assert "raises (manntk_raises 0.1): RuntimeError: this plugin is broken" in out
+    assert "quits (manntk_quits 0.1): register_commands: SystemExit: the plugin called sys.exit('no commands today')" in out
     assert main(["recipes", "validate", str(recipe_file(tmp_path))]) == 0  # the other commands work
     with pytest.raises((SystemExit, RuntimeError)):  # strict: the first failure, as it came
         manntk.plugins.load_plugins(strict=True)

@@ -105,7 +105,7 @@ def test_a_part_of_a_plugin_that_failed_is_named_with_the_failure(third_party):
     plugins = load_plugins()
     mapping = {"input_size": 2, "cell": {"name": "armin", "hidden_size": 3}, "addressing": {"name": "broken_addressing"},
                "write": {"name": "overwrite"}, "memory": {"slots": 3}}
-    with pytest.raises(manntk.ConfigError, match=r"unknown addressing 'broken_addressing'.*failed to load.*broken: ImportError"):
+    with pytest.raises(manntk.ConfigError, match=r"unknown addressing 'broken_addressing'.*failed to load.*broken \(manntk_broken 0\.1\): ImportError"):
         manntk.build_model(mapping, plugins=plugins)
     clean = load_plugins(entry_points_too=False)
     with pytest.raises(manntk.ConfigError) as caught:
@@ -119,7 +119,8 @@ def test_manntk_plugins_lists_builtins_and_failures(third_party, capsys):
     assert status == 1  # a failure is listed, and the exit status says so
     for name in ("armin", "lstm", "tardis", "auto", "ntm", "overwrite", "erase_add", "first_slot"):
         assert name in out
-    assert "failed plugins:" in out and "broken: ImportError" in out
+    assert "failed plugins:" in out
+    assert "  broken (manntk_broken 0.1): ImportError: this plugin needs a package that is not installed\n" in out  # its distribution
 
 
 def test_manntk_plugins_clean(capsys):
@@ -184,3 +185,83 @@ def test_every_context_attribute_the_hookspecs_mention_exists():
     assert {"input_size", "width", "build"} <= mentioned  # the pattern finds the mentions
     existing = {field.name for field in attrs.fields(BuildContext)} | {name for name in dir(BuildContext) if not name.startswith("_")}
     assert mentioned <= existing, f"hookspecs mention context attributes that BuildContext lacks: {sorted(mentioned - existing)}"
+
+
+BOOM_PLUGIN = """
+import attrs
+from manntk.hookspecs import hookimpl
+
+
+@attrs.define
+class BoomConfig:
+    hidden_size: int = 8
+
+
+class Boom:
+    def __init__(self, config, context):
+        raise ValueError("a first line that is not the point\\nhidden_size 8 is cursed")
+
+
+@hookimpl
+def register_cells(register):
+    register("boom", Boom, BoomConfig)
+"""
+
+
+@pytest.fixture
+def boom(tmp_path, monkeypatch):
+    """An installed distribution ``manntk_boom`` 0.1 whose cell ``boom`` raises when built,
+    the process-wide plugins reloaded with it, and a recipe file that uses it."""
+    import yaml
+
+    import manntk.plugins
+    from tests.test_training import tiny_copy
+
+    install_fake_distribution(tmp_path, "manntk_boom", {"boom_plugin": BOOM_PLUGIN}, {"boom": "boom_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(manntk.plugins, "_default", None)
+    monkeypatch.delenv("MANNTK_DEBUG", raising=False)
+    mapping = tiny_copy()
+    mapping["model"]["cell"] = {"name": "boom"}
+    recipe = tmp_path / "boom.yaml"
+    recipe.write_text(yaml.safe_dump(mapping), encoding="utf-8")
+    return recipe
+
+
+def test_a_part_whose_constructor_raises_is_one_line_naming_the_plugin(boom, tmp_path, capsys):
+    status = main(["train", str(boom), "--runs-root", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == ("manntk train: error: model.cell (cell 'boom' of plugin 'boom', manntk_boom 0.1): "
+                   "ValueError: hidden_size 8 is cursed (the traceback: manntk --debug train ..., or MANNTK_DEBUG=1)\n")
+    assert main(["train", str(boom), "--dry-run"]) == 1  # the same for a dry run
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["--debug", "MANNTK_DEBUG=1"])
+def test_debug_shows_the_full_traceback(boom, tmp_path, capsys, monkeypatch, how):
+    if how == "--debug":
+        argv = ["--debug", "train", str(boom), "--dry-run"]
+    else:
+        monkeypatch.setenv("MANNTK_DEBUG", "1")
+        argv = ["train", str(boom), "--dry-run"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    first, rest = err.split("\n", 1)
+    assert first == "manntk train: error: model.cell (cell 'boom' of plugin 'boom', manntk_boom 0.1): ValueError: hidden_size 8 is cursed"
+    assert "Traceback (most recent call last)" in rest and "boom_plugin.py" in rest  # the plugin's own frame
+    assert "a first line that is not the point" in rest and "PartError" in rest
+
+
+def test_a_plugin_registered_in_a_program_is_named_by_its_module():
+    from manntk.hookspecs import hookimpl
+
+    class Broken:
+        @hookimpl
+        def register_cells(self, register):
+            raise RuntimeError("no cells today\nreally none")
+
+    plugins = load_plugins(entry_points_too=False, extra=(Broken(),))
+    assert [str(failure) for failure in plugins.failures] == [
+        "Broken (module tests.test_plugins): RuntimeError: really none"]  # the last line of the message
+    assert plugins.origins["manntk.cells.armin"] == f"manntk {manntk.__version__}"

@@ -451,7 +451,7 @@ def write_run_files(run_dir: Path, recipe: Recipe, plugins: Plugins, world_size:
         "git": git_state(Path(__file__).resolve().parents[2]), "world_size": world_size,
         "environment": {name: value for name, value in sorted(os.environ.items()) if name.startswith("MANNTK_")},
         "plugins": {name: [f"{kind}/{part}" for kind, part in parts] for name, parts in plugins.contributions.items()},
-        "plugin_failures": [f"{f.name}: {f.error}" for f in plugins.failures],
+        "plugin_failures": [str(f) for f in plugins.failures],
     }
     ckpt.write_text_atomic(run_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
 
