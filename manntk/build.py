@@ -87,6 +87,10 @@ class ModelConfig:
         embedding: with it, inputs are token ids ``[B, T]`` embedded to this width.
         dropout: dropout on every layer's output, in training only.
         discrete_eval: in evaluation, read and write hard addresses by slot index.
+        fast: run each chunk on the fastest path verified against the plain one where the
+            parts, device and dtype allow (an ARMIN layer on the CPU: one C++ kernel per
+            chunk, ``manntk.fast.armin_sequence``); ``false`` forces the plain per-step
+            path everywhere.
     """
 
     cell: CellSpec
@@ -99,6 +103,7 @@ class ModelConfig:
     embedding: int | None = attrs.field(default=None, validator=positive)
     dropout: float = attrs.field(default=0.0, validator=[non_negative, probability])
     discrete_eval: bool = True
+    fast: bool = True
 
 
 def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None = None) -> MemoryRNN:
@@ -149,6 +154,7 @@ def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, in
         learned_start=config.memory.learned,
         resample_bound=config.memory.uniform_bound(slots, width) if config.memory.per_sequence else None,
         discrete_eval=config.discrete_eval,
+        fast=config.fast,
     )
 
 

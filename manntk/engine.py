@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk.backends import backend_for, tape_capable
+from manntk.fast.armin_sequence import ArminSequence
 from manntk.parts import Addressing, Cell, Part, Write
 from manntk.state import State
 from manntk.trace import record, scope
@@ -46,6 +47,9 @@ class MemoryLayer(nn.Module):
         width: D, the width of a slot (0 without memory).
         discrete_eval: in evaluation, read and write hard addresses by index (faster;
             same outputs as the weighted path with one-hot weights).
+        chunk_kernel: the C++ kernel that runs a whole chunk of these parts
+            ([`ArminSequence`][manntk.fast.armin_sequence.ArminSequence]), or ``None`` (the
+            parts are not a composition it covers, or ``fast=False``).
     """
 
     def __init__(
@@ -59,16 +63,19 @@ class MemoryLayer(nn.Module):
         learned_start: bool = False,
         resample_bound: float | None = None,
         discrete_eval: bool = True,
+        fast: bool = True,
     ) -> None:
         """``memory_start``: the ``[N, D]`` initial memory (zeros when ``None``), a trained
         parameter with ``learned_start``; with ``resample_bound`` every fresh state draws
-        its own memory uniformly from ``[-bound, bound]`` instead."""
+        its own memory uniformly from ``[-bound, bound]`` instead. ``fast=False`` keeps
+        every chunk on the plain per-step path."""
         super().__init__()
         self.cell, self.addressing, self.write = cell, addressing, write
         self.slots, self.width = slots, width
         self.discrete_eval = discrete_eval
         self.tape_capable = tape_capable(addressing, write)
         self.resample_bound = resample_bound
+        self.chunk_kernel = ArminSequence.for_parts(cell, addressing, write) if fast else None
         initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
         if learned_start:
             self.memory_init = nn.Parameter(initial)
@@ -107,10 +114,12 @@ class MemoryLayer(nn.Module):
         its memory in place instead of into a copy (for ARMIN 800 with 256 slots at batch
         128 the copy is 105 MB per chunk).
         """
+        discrete = self.discrete_eval and not self.training
+        if self.chunk_kernel is not None and self.chunk_kernel.applies(x, discrete):
+            return self.chunk_kernel(x, state)
         prepared_cell, prepared_addressing, prepared_write = self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x)
         cell_state, addressing_state = state["cell"], state.get("addressing", {})
         write_state, memory = state.get("write", {}), state["memory"]
-        discrete = self.discrete_eval and not self.training
         if discrete and not consume_state:
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
         memory = backend_for(memory, discrete=discrete, tape_capable=self.tape_capable)

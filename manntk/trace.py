@@ -44,6 +44,12 @@ def tracing() -> Iterator[Trace]:
         result.update({name: torch.stack(values) for name, values in recordings.items()})
 
 
+def is_tracing() -> bool:
+    """Whether a [`tracing`][manntk.trace.tracing] block is open in this context (a fast
+    path that records nothing steps aside then)."""
+    return bool(_depth) and _active.get() is not None
+
+
 @contextmanager
 def scope(name: str) -> Iterator[None]:
     """Prefix the names recorded inside the block (the engine uses ``layer<i>``)."""

@@ -27,8 +27,9 @@ def _kernels():
 
 
 def pair(cell_options: dict, width: int = 4, hard: bool = False):
-    """The same ARMIN model, eager and fused, with equal weights."""
-    mapping = model_mapping("armin", width=width)
+    """The same ARMIN model, eager and fused, with equal weights (both on the per-step path:
+    ``fast: false``, not the chunk kernel)."""
+    mapping = model_mapping("armin", width=width, fast=False)
     mapping["cell"].update(cell_options)
     if not hard:
         mapping = soften(mapping)
@@ -209,11 +210,15 @@ def test_the_kernels_are_built_in_a_folder_named_by_their_source(monkeypatch, tm
         return object()
 
     monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    names = [path.name for path in armin_fused._SOURCES]
     for checkout, text in (("one", "// v1"), ("two", "// v1"), ("three", "// v2")):
-        source = tmp_path / checkout / "armin_fused.cpp"
-        source.parent.mkdir()
-        source.write_text(text)
-        monkeypatch.setattr(armin_fused, "_SOURCE", source)
+        sources = []
+        for name in names:
+            source = tmp_path / checkout / name
+            source.parent.mkdir(exist_ok=True)
+            source.write_text(f"{text} {name}")
+            sources.append(source)
+        monkeypatch.setattr(armin_fused, "_SOURCES", tuple(sources))
         monkeypatch.setattr(armin_fused, "_extension", None)
         armin_fused.extension()
     first, second, third = builds
@@ -222,9 +227,10 @@ def test_the_kernels_are_built_in_a_folder_named_by_their_source(monkeypatch, tm
     for build, text in ((first, "// v1"), (third, "// v2")):
         folder = Path(build["build_directory"])
         assert folder.parent == tmp_path / "extensions" and folder.name.startswith("manntk_armin_fused_")
-        assert build["sources"] == [str(folder / "armin_fused.cpp")] and Path(build["sources"][0]).read_text() == text
+        assert build["sources"] == [str(folder / name) for name in names if name.endswith(".cpp")]
+        assert all((folder / name).read_text() == f"{text} {name}" for name in names)  # the header beside the sources
     assert armin_fused._LDFLAGS == ["-lmvec", "-fopenmp"]
-    assert armin_fused.build_directory(b"// v1") == Path(first["build_directory"])
+    assert armin_fused.build_directory({name: f"// v1 {name}".encode() for name in names}) == Path(first["build_directory"])
 
 
 def test_fused_step_takes_broadcast_output_gradients():

@@ -139,7 +139,7 @@ def assert_same_gradients(got: dict, expected: dict, x, model) -> None:
     ],
 )
 def test_armin_trains_on_the_tape_with_the_plain_numbers(write, learned, monkeypatch):
-    mapping = model_mapping("armin", width=4, write=write)
+    mapping = model_mapping("armin", width=4, write=write, fast=False)  # the per-step path, where the tape lives
     mapping["write"] = write
     mapping["memory"]["learned"] = learned
     model = manntk.build_model(mapping)
@@ -156,7 +156,7 @@ def test_armin_trains_on_the_tape_with_the_plain_numbers(write, learned, monkeyp
 
 
 def test_soft_reads_and_content_addressing_take_the_plain_path(monkeypatch):
-    soft = model_mapping("armin")
+    soft = model_mapping("armin", fast=False)
     soft["addressing"]["hard"] = False
     for mapping in (soft, model_mapping("tardis")):
         model = manntk.build_model(mapping)
@@ -165,7 +165,7 @@ def test_soft_reads_and_content_addressing_take_the_plain_path(monkeypatch):
 
 
 def test_small_memories_take_the_plain_path():
-    model = manntk.build_model(model_mapping("armin"))  # 2 x 4 x 4 elements
+    model = manntk.build_model(model_mapping("armin", fast=False))  # 2 x 4 x 4 elements
     _, state = model(torch.randn(2, 5, 3))
     assert type(state["layers"][0]["memory"].grad_fn).__name__ != "_EndBackward"
     assert MemoryTape.pays(torch.empty(128, 5, 500)) and not MemoryTape.pays(torch.empty(1, 50, 32))
@@ -181,7 +181,7 @@ def test_a_write_the_tape_cannot_hold_ends_it_and_the_chunk_goes_on_plainly(monk
         calls.append(t)
         return replacement(self, prepared, t, hidden, address, state) if t < 4 else None
 
-    model = manntk.build_model(model_mapping("armin", width=4))
+    model = manntk.build_model(model_mapping("armin", width=4, fast=False))
     x = torch.randn(3, 9, 3)
     y_plain, memory_plain, g_plain, _ = run(model, x, False, monkeypatch)
     monkeypatch.setattr(Overwrite, "replacement", until_step_4)

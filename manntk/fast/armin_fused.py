@@ -33,14 +33,17 @@ from torch.autograd.function import once_differentiable
 from manntk.fast.machine import cpu_info
 from manntk.fast.recurrent import RecurrentWeight
 
-_SOURCE = Path(__file__).with_name("armin_fused.cpp")
+#: The extension's files: the row kernels (a header) and the two sets of operators, built
+#: into one library (``torch.ops.manntk_armin_fused``).
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("armin_rows.h", "armin_fused.cpp", "armin_sequence.cpp"))
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _LDFLAGS = ["-lmvec", "-fopenmp"]
 _extension: Any = None  # torch.ops.manntk_armin_fused, once built and loaded
 
 
-def build_directory(source: bytes) -> Path:
-    """The folder the kernels are built in: one per source text, compiler flags, torch
+def build_directory(sources: dict[str, bytes]) -> Path:
+    """The folder the kernels are built in: one per source text (``sources``: file name ->
+    content), compiler flags, torch
     installation, Python version and CPU, under torch's extensions root
     (``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``).
 
@@ -53,7 +56,9 @@ def build_directory(source: bytes) -> Path:
     by different machines gets one build per kind of CPU.
     """
     key = hashlib.sha256()
-    for part in (source, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, cpu_info("flags") or ""):
+    for name, text in sorted(sources.items()):
+        key.update(f"{name}\0".encode() + text + b"\0")
+    for part in (" ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(Path(torch.__file__).parent), sys.version, cpu_info("flags") or ""):
         key.update(part if isinstance(part, bytes) else part.encode())
         key.update(b"\0")
     return _extensions_root() / f"manntk_armin_fused_{key.hexdigest()[:16]}"
@@ -66,16 +71,18 @@ def _extensions_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def _source_in(folder: Path, source: bytes) -> Path:
-    """``source`` (the kernels') copied into ``folder``: written to a temporary name and
-    renamed, so that processes starting together never build from a half-written file."""
-    copy = folder / _SOURCE.name
-    if not copy.exists() or copy.read_bytes() != source:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f".{_SOURCE.name}.{os.getpid()}.tmp"
-        partial.write_bytes(source)
-        partial.replace(copy)
-    return copy
+def _sources_in(folder: Path, sources: dict[str, bytes]) -> list[Path]:
+    """``sources`` (file name -> content) copied into ``folder``, each written to a temporary
+    name and renamed, so that processes starting together never build from a half-written
+    file; returns the copies of the ``.cpp`` files (the header is included by them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in sources.items():
+        copy = folder / name
+        if not copy.exists() or copy.read_bytes() != text:
+            partial = folder / f".{name}.{os.getpid()}.tmp"
+            partial.write_bytes(text)
+            partial.replace(copy)
+    return [folder / name for name in sources if name.endswith(".cpp")]
 
 
 def extension() -> Any:
@@ -91,11 +98,11 @@ def extension() -> Any:
         from torch.utils.cpp_extension import load
 
         try:
-            source = _SOURCE.read_bytes()
-            folder = build_directory(source)
+            sources = {path.name: path.read_bytes() for path in _SOURCES}
+            folder = build_directory(sources)
             load(
                 name="manntk_armin_fused",
-                sources=[str(_source_in(folder, source))],
+                sources=[str(path) for path in _sources_in(folder, sources)],
                 extra_cflags=list(_CFLAGS),  # copies: torch appends its own flags to these lists
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(folder),
@@ -105,7 +112,7 @@ def extension() -> Any:
             _extension = torch.ops.manntk_armin_fused
         except (OSError, RuntimeError, ImportError) as error:
             raise RuntimeError(
-                f"model.cell.fused: the C++ kernels of the fused ARMIN cell ({_SOURCE.name}) could not be built: "
+                f"model.cell.fused: the C++ kernels of the fused ARMIN cell ({', '.join(path.name for path in _SOURCES)}) could not be built: "
                 f"{error}. Install a C++ compiler and ninja (the build folder, {_extensions_root()}, must be "
                 "writable; TORCH_EXTENSIONS_DIR moves it), or set fused: false."
             ) from error

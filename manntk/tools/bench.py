@@ -78,7 +78,8 @@ UNITS = {"train": "chars/s", "eval": "chars/s", "algo": "it/s"}
 @attrs.frozen
 class ModelKind:
     """A benchmarked model: its table name, its (cell, addressing, write) composition,
-    extra cell options and whether its layers are compiled (``torch.compile``)."""
+    extra cell options, whether its layers are compiled (``torch.compile``) and whether it
+    takes the default fast paths (``model.fast``; ``False``: the plain per-step path)."""
 
     name: str
     cell: str | None = None
@@ -86,6 +87,7 @@ class ModelKind:
     write: str | None = None
     cell_options: tuple[tuple[str, Any], ...] = ()
     compiled: bool = False
+    fast: bool = True
 
     @property
     def uses_memory(self) -> bool:
@@ -95,7 +97,8 @@ class ModelKind:
 #: The benchmarked models by key (``--models``); ``torch-lstm`` is the outside reference.
 MODELS: dict[str, ModelKind] = {
     **{key: ModelKind(model.name, model.cell, model.addressing, model.write) for key, model in PAPER_MODELS.items() if key != "lstm"},
-    "armin-fused": ModelKind("ARMIN fused", "armin", "auto", "overwrite", (("fused", True),)),
+    "armin-plain": ModelKind("ARMIN plain", "armin", "auto", "overwrite", fast=False),
+    "armin-fused": ModelKind("ARMIN fused step", "armin", "auto", "overwrite", (("fused", True),), fast=False),
     "armin-compiled": ModelKind("ARMIN compiled", "armin", "auto", "overwrite", compiled=True),
     "lstm": ModelKind("LSTM (engine)", "lstm", "none", "none"),
     REFERENCE: ModelKind("torch.nn.LSTM"),
@@ -238,6 +241,7 @@ def manntk_mapping(case: Case, input_size: int, output_size: int, embedding: int
         "cell": {"name": kind.cell, "hidden_size": case.hidden, **dict(kind.cell_options)},
         "addressing": {"name": kind.addressing},
         "write": {"name": kind.write},
+        "fast": kind.fast,
     }
     if embedding:
         mapping["embedding"] = embedding

@@ -1,0 +1,130 @@
+"""A whole chunk of an ARMIN layer as one C++ forward and one C++ backward (CPU).
+
+The engine's step costs about 40 PyTorch operations forward and as many autograd nodes
+backward, each a few microseconds of Python and dispatch: at batch 1, the paper's protocol
+for the algorithmic tasks, that overhead is nearly all of the time (a copy sequence of 56
+steps took ~18 ms forward and ~22 ms backward). Here the chunk's recurrence runs in C++
+(``armin_sequence.cpp``): per step four matrix products over the batch and one pass over
+each row between them, and backward the same in reverse, with every weight's gradient added
+in one product over the whole chunk at the end.
+
+It covers one composition, the ARMIN layer: the ``armin`` cell (without layer norm or
+zoneout), ``auto`` addressing (soft reads, or hard straight-through Gumbel-softmax reads in
+training) and the ``overwrite`` write (``h_t``, or its projection ``W_v``, or ``value:
+input_and_hidden``; replacement by slot, argmax or the soft blend; fill-empty-first). The
+numbers are those of the plain path up to float rounding (``tests/test_armin_sequence.py``
+compares outputs, states and gradients with it and gradchecks the operator in float64).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from manntk.fast.armin_fused import extension
+from manntk.state import State
+from manntk.trace import is_tracing
+
+#: dtypes the kernels are built for.
+DTYPES = (torch.float32, torch.float64)
+
+
+class _ArminSequence(torch.autograd.Function):
+    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, weights...) -> (o [T, B, d_o], h_T, M_T, filled_T)``."""
+
+    @staticmethod
+    def forward(ctx: Any, options: tuple[float, float, bool, bool, bool, bool, bool], x: Tensor, h0: Tensor, m0: Tensor,
+                filled0: Tensor, noise: Tensor | None, *weights: Tensor) -> tuple[Tensor, ...]:
+        W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v = weights
+        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options)
+        ctx.options = options
+        ctx.save_for_backward(memory, W_s, W_ig, W_go, W_v, *saved)
+        ctx.mark_non_differentiable(filled)
+        ctx.set_materialize_grads(False)
+        return out, h, memory, filled
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, d_out: Tensor | None, d_h: Tensor | None, d_memory: Tensor | None, _filled: None) -> tuple[Tensor | None, ...]:
+        memory, W_s, W_ig, W_go, W_v, *saved = ctx.saved_tensors
+        tau, _, squash, read_output, hard, _, _ = ctx.options
+        grads = extension().sequence_backward(d_out, d_h, d_memory, memory, W_s, W_ig, W_go, W_v, *saved, tau, squash, read_output, hard)
+        d_x, d_h0, d_m0, *d_weights, d_W_v, d_b_v = grads
+        if W_v is None:  # no projection: v = h_t
+            d_W_v = d_b_v = None
+        return None, d_x, d_h0, d_m0, None, None, *d_weights, d_W_v, d_b_v
+
+
+class ArminSequence:
+    """The chunk kernel bound to one layer's parts; [`for_parts`][manntk.fast.armin_sequence.ArminSequence.for_parts]
+    says whether the parts are the composition it covers."""
+
+    def __init__(self, cell: Any, addressing: Any, write: Any) -> None:
+        self.cell, self.addressing, self.write = cell, addressing, write
+
+    @classmethod
+    def for_parts(cls, cell: Any, addressing: Any, write: Any) -> "ArminSequence | None":
+        """The kernel for these parts, or ``None`` when they are not the ARMIN layer it covers."""
+        from manntk.addressing.auto import AutoAddressing
+        from manntk.cells.armin import ArminCell
+        from manntk.writes.overwrite import Overwrite
+
+        covered = type(cell) is ArminCell and type(addressing) is AutoAddressing and type(write) is Overwrite
+        return cls(cell, addressing, write) if covered and not cell.config.layer_norm else None
+
+    def applies(self, x: Tensor, discrete: bool) -> bool:
+        """Whether this chunk can run here: a CPU float32/float64 input outside
+        ``torch.compile``, autocast and tracing, not the discrete evaluation path, no
+        zoneout in training, and kernels that built."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype in DTYPES
+            and not discrete
+            and not (self.cell.training and self.cell.config.zoneout)
+            and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled("cpu")
+            and not is_tracing()
+            and available()
+        )
+
+    def __call__(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new state, as the plain path."""
+        cell, addressing, write = self.cell, self.addressing, self.write
+        batch, steps = x.shape[0], x.shape[1]
+        memory = state["memory"]
+        noise = addressing.chunk_noise((steps, batch, memory.shape[1]), x)  # drawn as the plain path draws it
+        fill = write.fill_empty_first
+        filled = state["write"]["filled"] if fill else torch.zeros(batch, dtype=torch.long)
+        options = (float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
+                   addressing.hard, write.argmax, fill)
+        projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
+        weights = (addressing.W_s.weight, addressing.W_s.bias, cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias,
+                   *projection)
+        out, h, memory, filled = _ArminSequence.apply(
+            options, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
+            None if noise is None else noise.contiguous(), *weights,
+        )
+        new_state = {"cell": {"h": h}, "addressing": state.get("addressing", {}), "write": {"filled": filled} if fill else {}, "memory": memory}
+        return out.transpose(0, 1), new_state
+
+
+_built: bool | None = None
+
+
+def available() -> bool:
+    """Whether the kernels are built (on the first call: built now); when they cannot be
+    (no C++ compiler), one warning says why and the plain path runs."""
+    global _built
+    if _built is None:
+        try:
+            extension()
+            _built = True
+        except RuntimeError as error:
+            import warnings
+
+            warnings.warn(f"{error} Running the plain (slower) path.", RuntimeWarning, stacklevel=3)
+            _built = False
+    return _built

@@ -1,0 +1,219 @@
+"""The ARMIN chunk kernel (``manntk.fast.armin_sequence``) against the plain per-step path.
+
+Tolerances: the kernel computes the same sums as the plain path in another order (its
+products run over [x, h, r] at once, the weight gradients over the whole chunk at once).
+Every value is a sum of at most ``T * K`` rounded products of terms no larger than the
+reference's magnitude, so the two paths may differ by ``eps * T * K * scale``, ``scale``
+the largest magnitude of the compared tensor; the bound below allows 8 times that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import manntk
+from manntk.build import build_experiment
+from manntk.engine import MemoryLayer
+from manntk.fast import armin_sequence
+from manntk.fast.armin_sequence import _ArminSequence
+from manntk.recipe import load_recipe
+from manntk.trace import tracing
+from tests.conftest import fused_kernels_error
+
+STEPS, BATCH, INPUT, HIDDEN, SLOTS, WIDTH = 9, 3, 5, 7, 4, 3
+K = INPUT + HIDDEN + WIDTH
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels():
+    error = fused_kernels_error()
+    if error is not None:
+        pytest.skip(f"the ARMIN C++ kernels cannot be built here: {error}")
+
+
+def mapping(fast: bool, hard=False, argmax=False, fill=True, value="hidden", squash=False, read_output=True, tau=0.7):
+    return {
+        "input_size": INPUT,
+        "output_size": 4,
+        "cell": {"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output},
+        "addressing": {"name": "auto", "hard": hard, "temperature": {"start": tau, "end": tau}},
+        "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
+        "memory": {"slots": SLOTS, "width": WIDTH, "learned": True, "init": "uniform"},
+        "fast": fast,
+    }
+
+
+def run_both(options: dict, dtype: torch.dtype, steps=STEPS, second=4):
+    """Two chunks (the second from the first's state) through the plain and the kernel path,
+    with equal weights, inputs and Gumbel noise: outputs, final memory and h, and every
+    gradient of a loss that uses all of them."""
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = manntk.build_model(mapping(fast, **options)).to(dtype)
+        assert (model.layers[0].chunk_kernel is not None) is fast
+        x = torch.randn(BATCH, steps, INPUT, generator=torch.Generator().manual_seed(1), dtype=dtype, requires_grad=True)
+        torch.manual_seed(5)  # the same noise on both paths
+        y, state = model(x)
+        y2, state = model(x[:, :second], state)
+        layer = state["layers"][0]
+        loss = y.square().sum() + y2.sin().sum() + layer["memory"].cos().sum() + layer["cell"]["h"].sum()
+        loss.backward()
+        values = {"y": y, "y2": y2, "memory": layer["memory"], "h": layer["cell"]["h"], "x.grad": x.grad}
+        values.update({f"{name}.grad": p.grad for name, p in model.named_parameters()})
+        results.append({name: value.detach() for name, value in values.items()})
+    return results
+
+
+def assert_same(plain: dict, kernel: dict, dtype: torch.dtype, steps=STEPS):
+    eps = torch.finfo(dtype).eps
+    for name, expected in plain.items():
+        scale = max(expected.abs().max().item(), 1.0)
+        bound = 8 * eps * steps * K * scale
+        difference = (kernel[name] - expected).abs().max().item()
+        assert difference <= bound, f"{name}: kernel and plain path differ by {difference:.3g} (bound {bound:.3g})"
+
+
+#: Every option at both values, each pair of options in every combination of values (an
+#: orthogonal array of the 2^6 settings; all 64 agreed when the kernel was written).
+CASES = [
+    dict(zip(("hard", "argmax", "fill", "value", "squash", "read_output"), case))
+    for case in [
+        (False, False, True, "hidden", False, True),
+        (False, False, False, "input_and_hidden", True, False),
+        (False, True, True, "input_and_hidden", False, False),
+        (False, True, False, "hidden", True, True),
+        (True, False, True, "hidden", True, False),
+        (True, False, False, "input_and_hidden", False, True),
+        (True, True, True, "input_and_hidden", True, True),
+        (True, True, False, "hidden", False, False),
+    ]
+]
+
+
+@pytest.mark.parametrize("options", CASES, ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()))
+def test_the_kernel_gives_the_plain_paths_outputs_states_and_gradients_in_float64(options):
+    plain, kernel = run_both(options, torch.float64)
+    assert_same(plain, kernel, torch.float64)
+
+
+@pytest.mark.parametrize("options", [{}, {"hard": True}, {"argmax": True, "squash": True}])
+def test_the_kernel_matches_the_plain_path_in_float32(options):
+    plain, kernel = run_both(options, torch.float32)
+    assert_same(plain, kernel, torch.float32)
+
+
+def test_a_sequence_longer_than_the_memory_exercises_every_write_mode():
+    """T > N: past the filling steps the writes replace by argmax or blend."""
+    for options in ({}, {"argmax": True}, {"hard": True, "fill": False}):
+        plain, kernel = run_both(options, torch.float64, steps=3 * SLOTS + 1)
+        assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
+
+
+@pytest.mark.parametrize("fill, value_from_input", [(True, False), (False, True)])
+def test_the_operator_passes_gradcheck(fill, value_from_input):
+    """The autograd node itself, in float64, against finite differences, with soft reads
+    and argmax writes: the composition whose gradient is the true derivative. (Hard reads
+    are straight-through and the blend's write weights are detached, by design: those
+    gradients are checked against the plain path above.)"""
+    generator = torch.Generator().manual_seed(3)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+    T, B, N, D, d_i, d_h = 5, 2, 3, 2, 2, 3
+    weights = (
+        tensor(N, d_i + d_h), tensor(N), tensor(d_h + D, d_i + d_h + D), tensor(d_h + D),
+        tensor(4 * d_h + D, d_i + d_h + D), tensor(4 * d_h + D), tensor(D, d_i * value_from_input + d_h), tensor(D),
+    )
+    filled = torch.tensor([0, 2])
+    options = (0.8, 0.3, True, True, False, True, fill)
+
+    def function(x, h0, m0, *weights):
+        return _ArminSequence.apply(options, x, h0, m0, filled, None, *weights)[:3]
+
+    assert torch.autograd.gradcheck(function, (tensor(T, B, d_i), tensor(B, d_h), tensor(B, N, D), *weights))
+
+
+def test_a_default_armin_recipe_builds_the_kernel_and_trains_through_it(monkeypatch):
+    """The fast path is the default: the quickstart recipe's layer holds the kernel and a
+    training step runs it; ``model.fast: false`` builds the plain path."""
+    task, model = build_experiment(load_recipe("recipes/armin_copy.yaml"))
+    assert isinstance(model.layers[0].chunk_kernel, armin_sequence.ArminSequence)
+    calls = []
+    apply = _ArminSequence.apply
+    monkeypatch.setattr(_ArminSequence, "apply", lambda *args: calls.append(1) or apply(*args))
+    batch = task.train_batch(0, 1)
+    task.score(model(batch.inputs)[0], batch)["loss"].backward()
+    assert calls == [1]
+    _, plain = build_experiment(load_recipe("recipes/armin_copy.yaml", ["model.fast=false"]))
+    assert plain.layers[0].chunk_kernel is None
+
+
+def test_the_plain_path_runs_where_the_kernel_does_not_apply():
+    """Tracing (``manntk inspect`` records gates and addresses per step), the discrete
+    evaluation path and zoneout in training step aside to the plain path."""
+    model = manntk.build_model(mapping(True, hard=True))
+    layer: MemoryLayer = model.layers[0]
+    x = torch.randn(2, 5, INPUT)
+    assert layer.chunk_kernel.applies(x, discrete=False)
+    assert not layer.chunk_kernel.applies(x, discrete=True)
+    assert not layer.chunk_kernel.applies(x.double().to(torch.bfloat16), discrete=False)
+    with tracing() as trace:
+        assert not layer.chunk_kernel.applies(x, discrete=False)
+        model(x)
+    assert "layer0.read" in trace and trace["layer0.read"].shape[0] == 5
+    zoned = manntk.build_model({**mapping(True), "cell": {**mapping(True)["cell"], "zoneout": 0.1}})
+    assert not zoned.layers[0].chunk_kernel.applies(x, discrete=False)
+    zoned.eval()
+    assert zoned.layers[0].chunk_kernel.applies(x, discrete=False)
+
+
+def test_without_a_projection_the_slot_gets_h_t():
+    """``projection: false`` (slot width = hidden size, the paper's LM models): ``v = h_t``."""
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        options = mapping(fast, hard=True)
+        options["cell"]["hidden_size"] = WIDTH
+        options["write"]["projection"] = False
+        model = manntk.build_model(options).double()
+        assert (model.layers[0].chunk_kernel is not None) is fast
+        x = torch.randn(BATCH, STEPS, INPUT, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        torch.manual_seed(5)
+        y, state = model(x)
+        (y.square().sum() + state["layers"][0]["memory"].sum()).backward()
+        results.append({"y": y.detach(), **{name: p.grad for name, p in model.named_parameters()}})
+    assert_same(*results, torch.float64)
+
+
+def test_other_compositions_get_no_kernel():
+    for write in ({"name": "erase_add"},):
+        model = manntk.build_model({**mapping(True), "cell": {"name": "armin", "hidden_size": WIDTH}, "write": write})
+        assert model.layers[0].chunk_kernel is None
+    layer_norm = mapping(True)
+    layer_norm["cell"]["layer_norm"] = True
+    assert manntk.build_model(layer_norm).layers[0].chunk_kernel is None
+
+
+def test_without_a_compiler_the_plain_path_runs_with_one_warning(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("model.cell.fused: the C++ kernels could not be built: no compiler.")
+
+    monkeypatch.setattr(armin_sequence, "extension", no_compiler)
+    monkeypatch.setattr(armin_sequence, "_built", None)
+    model = manntk.build_model(mapping(True))
+    x = torch.randn(2, 5, INPUT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y, _ = model(x)
+        model(x)
+    messages = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
+    assert len(messages) == 1 and "no compiler" in messages[0] and "plain" in messages[0]
+    reference = manntk.build_model({**mapping(False)})
+    reference.load_state_dict(model.state_dict())
+    torch.testing.assert_close(y, reference(x)[0])
