@@ -88,6 +88,16 @@ def test_a_study_file_expands_grids_and_zips(tmp_path):
     assert job.overrides[-3:] == ("train.steps=5", "train.threads=1", "train.seed=3")
 
 
+def test_an_arm_can_remove_a_key_of_the_base_recipe(tmp_path):
+    """``~key`` (as on the command line): the arm trains without the base recipe's key."""
+    from manntk.recipe import load_recipe
+
+    path = write_study(tmp_path, arms={"soft": {}, "no-lr": {"overrides": ["~train.optimizer.lr"]}})
+    arm = load_study(path).arm("no-lr")
+    assert arm.overrides == ("~train.optimizer.lr",)
+    assert load_recipe(arm.recipe, list(arm.overrides)).train.optimizer.lr != TINY["train"]["optimizer"]["lr"]
+
+
 def test_every_problem_of_a_study_file_is_reported_with_its_path(tmp_path):
     path = write_study(tmp_path)
     data = yaml.safe_load(path.read_text())

@@ -168,8 +168,8 @@ def _recipe_path(folder: Path, value: Any, where: str, problems: list[str]) -> P
 def _overrides(value: Any, where: str, problems: list[str]) -> list[str]:
     if isinstance(value, dict):  # {key: value} reads better for many overrides
         return [f"{key}={_yaml(item)}" for key, item in value.items()]
-    if not isinstance(value, list) or not all(isinstance(item, str) and "=" in item for item in value):
-        problems.append(f"overrides: a list of key=value strings or a mapping, got {value!r} @ {where}")
+    if not isinstance(value, list) or not all(isinstance(item, str) and ("=" in item or item.startswith("~")) for item in value):
+        problems.append(f"overrides: a list of key=value (or ~key, to remove a key) strings or a mapping, got {value!r} @ {where}")
         return []
     return list(value)
 
