@@ -105,15 +105,23 @@ def load_run(path: str | Path, label: str | None = None) -> RunCurves:
     metrics = path / "metrics.jsonl"
     if not metrics.exists():
         raise PlotError(f"{path} is not a run directory with metrics (no {metrics.name})")
-    if label is None:
-        label = path.name
-        recipe = path / "recipe.yaml"
-        if recipe.exists():
-            data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-            label = data.get("name") or label
+    return RunCurves(path, label or run_label(path), read_metrics(metrics), read_results(path))
+
+
+def run_label(path: Path) -> str:
+    """A run's name: its recipe's ``name``, else the folder's name."""
+    recipe = path / "recipe.yaml"
+    if recipe.exists():
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        if data.get("name"):
+            return str(data["name"])
+    return path.name
+
+
+def read_results(path: Path) -> dict[str, Any] | None:
+    """A run's ``results.json``, or ``None`` while it has not finished."""
     results_file = path / "results.json"
-    results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else None
-    return RunCurves(path, str(label), read_metrics(metrics), results)
+    return json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else None
 
 
 def headline_metric(runs: Sequence[RunCurves]) -> str:

@@ -48,6 +48,11 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of checkpoint folder ``path`` (``step-00001234``: 1234), read from its name."""
+    return int(path.name.removeprefix("step-"))
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Make a failed write (a full disk, a read-only directory) an ``OSError`` naming ``path``:

@@ -84,6 +84,26 @@ class RunLock:
         self.release()
 
 
+def held_by(run_dir: Path) -> str | None:
+    """Who holds the lock of ``run_dir`` (``process 123 on host``) while a trainer runs in it;
+    ``None`` when no process does (a finished or stopped run, or no lock file). Asked with a
+    shared lock taken and dropped at once, which leaves the file and a stale holder's name
+    as they are."""
+    import fcntl
+
+    try:
+        file = (run_dir / LOCK).open("r", encoding="utf-8")
+    except OSError:
+        return None
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return file.read().strip() or "another process"
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
 def point_latest(runs_root: Path, run_dir: Path) -> None:
     """Make ``runs_root/latest`` name ``run_dir``: a relative symlink, put in place atomically
     (a temporary link renamed over the old one), or, where symlinks cannot be made, a text
