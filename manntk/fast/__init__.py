@@ -7,6 +7,9 @@ the plain path it replaces by named tests.
 - [`tape`][manntk.fast.tape]: the memory written in place and undone in backward, for
   addressings that never read the memory's values (``manntk.backends.TapedMemory``):
   ``tests/test_tape.py``.
+- [`armin_sequence`][manntk.fast.armin_sequence]: a whole chunk of an ARMIN layer as one
+  C++ forward and backward, the default on the CPU (``model.fast: false`` turns it off):
+  ``tests/test_armin_sequence.py``.
 - [`armin_fused`][manntk.fast.armin_fused]: the ARMIN cell's elementwise work as C++
   kernels, one autograd node per step (``fused: true``): ``tests/test_armin_fused.py``.
 - [`machine`][manntk.fast.machine]: what the fast paths read about the CPU.
