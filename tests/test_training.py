@@ -324,7 +324,7 @@ def test_the_run_estimate_and_the_cpu_notice(tmp_path, monkeypatch, capsys):
     run_on_a_fake_clock(monkeypatch, tmp_path / "over", 40.0, mapping, progress=True)
     err = capsys.readouterr().err.splitlines()
     threads = torch.get_num_threads()
-    assert err[0] == (f"estimate: 6 steps at ~40 s/step = ~4 min on this CPU ({threads} threads); "
+    assert err[0] == (f"estimate: 6 steps at ~40 s/step = ~4 min on this CPU ({threads} thread{'s' if threads > 1 else ''}); "
                       "training steps only, validation and checkpoints add to it")
     assert err[1] == "notice: this recipe is sized for a GPU; on this CPU try the CPU-sized recipe instead: manntk train armin_copy"
     monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.1)  # 6 minutes: not over it

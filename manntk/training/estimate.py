@@ -34,7 +34,8 @@ def describe_machine(device: torch.device, world_size: int = 1) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"this CPU ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        where = f"this CPU ({threads} thread{'s' if threads > 1 else ''})"
     return where if world_size == 1 else f"{where}, {world_size} processes"
 
 
