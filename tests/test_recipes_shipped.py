@@ -181,6 +181,13 @@ def test_armin_copy_is_the_paper_copy_recipe():
     assert (copy.train.batch_size, copy.train.steps, copy.train.eval_every, copy.train.stop_when_solved) == (1, 100000, 500, True)
 
 
+def test_the_authors_priority_sort_differs_from_armins_in_the_task_only():
+    assert differences("algorithmic/priority_sort/armin_authors_columns.yaml", "algorithmic/priority_sort/armin.yaml") == {
+        "task.sort", "task.end_marker"}
+    task = load_recipe(recipe("algorithmic/priority_sort/armin_authors_columns.yaml")).task.config
+    assert (task.sort, task.end_marker, task.input_size) == ("columns", False, 9)
+
+
 @pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall", "priority_sort"])
 def test_algorithmic_models_share_the_protocol_and_differ_in_the_model(task):
     # ARMIN's copy recipe lowers its learning rate at step 3,000 (docs/results.md says so)

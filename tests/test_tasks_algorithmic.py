@@ -208,6 +208,47 @@ def test_priority_sort_target_is_the_top_rows_by_descending_priority() -> None:
         assert output_phase(batch, b) == (n + 1, n + 1 + m)
 
 
+def test_priority_sort_columns_sorts_each_bit_column_on_its_own_by_hand() -> None:
+    # Three vectors of three bits, their priorities, the two highest wanted:
+    #   vector 0: 1 0 1  priority -0.5
+    #   vector 1: 0 1 1  priority  0.9
+    #   vector 2: 1 0 0  priority  0.1
+    bits = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    priorities = torch.tensor([-0.5, 0.9, 0.1])
+    # vector: whole vectors by priority, highest first: vector 1, then vector 2
+    vector = PrioritySortConfig(width=3, num_inputs=3, num_outputs=2)
+    assert priority_sort.sorted_answer(vector, bits, priorities).tolist() == [[0, 1, 1], [1, 0, 0]]
+    # columns (the authors' torch.sort(input_seq, 0, descending=True)): each column's values
+    # sorted on their own, priorities unused; column 0 (1, 0, 1) -> (1, 1, 0), column 1
+    # (0, 1, 0) -> (1, 0, 0), column 2 (1, 1, 0) -> (1, 1, 0); the first two rows are kept
+    columns = PrioritySortConfig(width=3, num_inputs=3, num_outputs=2, sort="columns")
+    assert priority_sort.sorted_answer(columns, bits, priorities).tolist() == [[1, 1, 1], [1, 0, 1]]
+
+
+def test_priority_sort_columns_draws_the_same_inputs_and_targets_runs_of_ones() -> None:
+    vector = PrioritySortConfig(width=8, num_inputs=12, num_outputs=9)
+    columns = attrs.evolve(vector, sort="columns")
+    default, explicit = draw(priority_sort.generate, vector), draw(priority_sort.generate, attrs.evolve(vector, sort="vector"))
+    assert torch.equal(default.targets, explicit.targets)  # vector is the default
+    drawn = draw(priority_sort.generate, columns)
+    assert torch.equal(drawn.inputs, default.inputs) and torch.equal(drawn.mask, default.mask)
+    n, m = vector.num_inputs, vector.num_outputs
+    ones = drawn.inputs[:, :n, : vector.width].sum(dim=1)  # [B, W]: the ones of each bit column
+    rows = torch.arange(m).view(1, m, 1)
+    assert torch.equal(drawn.targets[:, n + 1 :], (rows < ones.unsqueeze(1)).float())
+    assert not torch.equal(drawn.targets, default.targets)
+
+
+def test_priority_sort_without_the_end_marker_answers_right_after_the_vectors() -> None:
+    config = PrioritySortConfig(width=4, num_inputs=5, num_outputs=3, end_marker=False)
+    batch = draw(priority_sort.generate, config, batch_size=2)
+    assert config.input_size == 5 and batch.inputs.shape == (2, 8, 5)
+    assert output_phase(batch, 0) == (5, 8)
+    marked = draw(priority_sort.generate, attrs.evolve(config, end_marker=True), batch_size=2)
+    assert torch.equal(batch.inputs[:, :5], marked.inputs[:, :5, :5])  # the same vectors and priorities
+    assert torch.equal(batch.targets[:, 5:], marked.targets[:, 6:])
+
+
 # --- lengths within the configured bounds, random configs ----------------------------------
 
 small = st.integers(min_value=1, max_value=6)
@@ -315,6 +356,8 @@ def test_priority_sort_lengths_are_fixed(
         (lambda: PrioritySortConfig(width=0), "width"),
         (lambda: PrioritySortConfig(num_inputs=0), "num_inputs"),
         (lambda: PrioritySortConfig(num_inputs=40, num_outputs=41), "num_outputs"),
+        (lambda: PrioritySortConfig(sort="rows"), "sort"),
+        (lambda: PrioritySortConfig(end_marker=1), "end_marker"),
     ],
 )
 def test_invalid_configs_name_the_field(make, field: str) -> None:
@@ -332,7 +375,7 @@ def test_paper_defaults() -> None:
     assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end")
     assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None)
     assert attrs.astuple(AssociativeRecallConfig()) == (6, 3, 2, 6)
-    assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30)
+    assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30, "vector", True)
     assert (CopyConfig().input_size, CopyConfig().output_size) == (8, 6)
     assert (RepeatCopyConfig().input_size, RepeatCopyConfig().output_size) == (8, 7)
     assert (PrioritySortConfig().input_size, PrioritySortConfig().output_size) == (10, 8)
@@ -386,3 +429,4 @@ def test_solved_criterion() -> None:
     assert SOLVED_BCE_THRESHOLD == 0.01
     assert solved(0.0099) and not solved(0.01) and not solved(0.7) and not solved(float("nan"))
     assert solved(0.04, threshold=0.05)
+

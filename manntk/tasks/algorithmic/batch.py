@@ -235,6 +235,24 @@ def positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def one_of(choices: Sequence[Any]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """attrs validator: the value is one of ``choices``."""
+
+    def validate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices or isinstance(value, bool):
+            name = f"{type(instance).__name__}.{attribute.name}"
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    return validate
+
+
+def boolean(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: ``True`` or ``False`` (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        name = f"{type(instance).__name__}.{attribute.name}"
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def at_least_field(other: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     """attrs validator: the value is >= the (earlier, already validated) field ``other``."""
 
