@@ -18,6 +18,7 @@ from manntk.config import ConfigError, UsageError
 from manntk.data.files import DataError
 from manntk.registry import PartError
 from manntk.plugins import Plugins, default_plugins, describe_failure, load_plugins
+from manntk.tasks.base import Metrics
 from manntk.training.checkpoint import CheckpointError
 from manntk.training.metrics import MetricsError
 from manntk.training.ownership import RunDirectoryError
@@ -267,7 +268,7 @@ def _train(args: argparse.Namespace) -> int:
     if result.solved_step is not None:
         print(f"solved at step {result.solved_step}")
     for split, metrics in result.metrics.items():
-        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        print(f"{split}: {metrics_line(metrics)}")
     return 0
 
 
@@ -277,8 +278,20 @@ def _eval(args: argparse.Namespace) -> int:
 
     run = resolve_run_dir(args.run)
     metrics = evaluate_run(run, args.split, device=args.device, data_root=args.data)
-    print(f"{run} [{args.split}]: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    print(f"{run} [{args.split}]: {metrics_line(metrics)}")
     return 0
+
+
+def metrics_line(metrics: Metrics) -> str:
+    """A split's metrics on one line: ``bce 0.6931, ...``; a breakdown such as
+    ``bce_by_length`` as ``bce_by_length {1: 0.6931, 2: ...}``."""
+
+    def shown(value: float | dict[str, float]) -> str:
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{key}: {item:.4f}" for key, item in value.items()) + "}"
+        return f"{value:.4f}"
+
+    return ", ".join(f"{key} {shown(value)}" for key, value in metrics.items())
 
 
 def _recipes_list(args: argparse.Namespace) -> int:

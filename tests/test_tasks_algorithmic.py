@@ -249,6 +249,87 @@ def test_priority_sort_without_the_end_marker_answers_right_after_the_vectors() 
     assert torch.equal(batch.targets[:, 5:], marked.targets[:, 6:])
 
 
+# --- each sequence's length, read back from the batch ----------------------------------------
+
+
+@pytest.mark.parametrize("markers", ["start_end", "end"])
+def test_copy_task_lengths_are_the_vectors_shown(markers: str) -> None:
+    config = CopyConfig(width=3, min_length=1, max_length=9, markers=markers)
+    batch = draw(copy.generate, config, batch_size=16)
+    markers_steps = 2 if markers == "start_end" else 1
+    assert torch.equal(copy.task_lengths(config, batch.mask), (batch.lengths - markers_steps) // 2)
+
+
+def test_repeat_copy_task_lengths_leave_the_repeats_out() -> None:
+    config = RepeatCopyConfig(width=3, min_length=1, max_length=6, min_repeats=1, max_repeats=5)
+    batch = draw(repeat_copy.generate, config, batch_size=16)
+    count_steps = torch.nonzero(batch.inputs[..., config.width + 1])[:, 1]  # one count step per sequence
+    assert torch.equal(repeat_copy.task_lengths(config, batch.mask), count_steps - 1)
+
+
+def test_associative_recall_task_lengths_are_the_items() -> None:
+    config = AssociativeRecallConfig(width=3, item_length=2, min_items=2, max_items=6)
+    batch = draw(associative_recall.generate, config, batch_size=16)
+    items = [len(parse_associative_recall(batch.inputs[b], 3, 2)[0]) for b in range(16)]
+    assert associative_recall.task_lengths(config, batch.mask).tolist() == items
+
+
+@pytest.mark.parametrize("end_marker", [True, False])
+def test_priority_sort_task_lengths_are_the_vectors_shown(end_marker: bool) -> None:
+    config = PrioritySortConfig(width=3, num_inputs=7, num_outputs=4, end_marker=end_marker)
+    batch = draw(priority_sort.generate, config, batch_size=3)
+    assert priority_sort.task_lengths(config, batch.mask).tolist() == [7, 7, 7]
+
+
+def test_bce_by_length_by_hand() -> None:
+    """Three copy sequences of width 1, lengths 1, 2 and 2, with chosen logits.
+
+    The BCE of logit z and target y is softplus(z) - y z:
+      z = 0:             ln 2 whatever y
+      z = ln 3,  y = 1:  ln 4 - ln 3 = ln(4/3)
+      z = ln 3,  y = 0:  ln 4
+      z = -ln 3, y = 0:  ln(1 + 1/3) = ln(4/3)
+    Sequence A (length 1): target 1,     logit 0           -> ln 2
+    Sequence B (length 2): targets 1, 0, logits ln 3, ln 3 -> ln(4/3) + ln 4 = ln(16/3)
+    Sequence C (length 2): targets 0, 0, logits 0, -ln 3   -> ln 2 + ln(4/3) = ln(8/3)
+    Length 1: ln 2 / 1 bit                          = 0.693147...
+    Length 2: (ln(16/3) + ln(8/3)) / 4 = ln(128/9) / 4 = 0.663702...
+    All:      (ln 2 + ln(128/9)) / 5   = ln(256/9) / 5 = 0.669590...
+    Bit errors (a logit > 0 says 1): A's (0 says 0, target 1) and B's second (ln 3 says 1,
+    target 0): 2 over 3 sequences.
+    """
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+    from manntk.tasks.base import Batch
+
+    ln3 = math.log(3)
+    # copy layout: start marker, L bits, end marker, then the L scored steps; padded to 6
+    mask = torch.tensor([[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    targets = torch.tensor([[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    logits = torch.full((3, 6), 7.0)  # unscored steps: large logits that must not count
+    logits[0, 3] = 0.0
+    logits[1, 4:] = ln3
+    logits[2, 4:] = torch.tensor([0.0, -ln3])
+    logits = logits.unsqueeze(-1)
+    batch = Batch(torch.zeros(3, 6, 3), targets.unsqueeze(-1), mask)
+    task = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(width=1, max_length=2))
+    # scored in two batches, as an evaluation accumulates them
+    sums: dict[str, float] = {}
+    for start, stop in ((0, 2), (2, 3)):
+        for key, value in task.eval_score(logits[start:stop], batch.rows(start, stop)).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    metrics = task.summarize(sums)
+    expected = {"1": math.log(2), "2": math.log(128 / 9) / 4}
+    assert list(metrics["bce_by_length"]) == ["1", "2"]
+    for length, value in expected.items():
+        assert metrics["bce_by_length"][length] == pytest.approx(value, rel=1e-6)
+    assert metrics["bce"] == pytest.approx(math.log(256 / 9) / 5, rel=1e-6)
+    assert metrics["bit_errors_per_sequence"] == pytest.approx(2 / 3)
+    # training's score has no per-length sums: its keys are the same for every batch
+    training = {key: float(value) for key, value in task.score(logits, batch).items()}
+    assert set(training) == {"loss", "count", "bit_errors", "sequences"}
+    assert "bce_by_length" not in task.summarize(training)
+
+
 # --- lengths within the configured bounds, random configs ----------------------------------
 
 small = st.integers(min_value=1, max_value=6)
@@ -430,3 +511,42 @@ def test_solved_criterion() -> None:
     assert solved(0.0099) and not solved(0.01) and not solved(0.7) and not solved(float("nan"))
     assert solved(0.04, threshold=0.05)
 
+
+class _PerStepLinear(torch.nn.Module):
+    """A stand-in model: a fixed linear map of each input step (and an empty state)."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(inputs, outputs)
+
+    def forward(self, inputs: torch.Tensor, state: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.linear(inputs), inputs.new_zeros(0)
+
+
+def test_an_evaluation_reports_the_bce_of_each_length_in_the_split() -> None:
+    from torch.nn import functional as F
+
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+    from manntk.training.evaluate import evaluate
+
+    config = CopyTaskConfig(width=2, min_length=1, max_length=5, validation_batches=2, validation_batch_size=16)
+    task = AlgorithmicTask(copy.generate, copy.task_lengths, config)
+    torch.manual_seed(0)
+    model = _PerStepLinear(config.input_size, config.output_size)
+    metrics = evaluate(model, task, "valid", 16, torch.device("cpu"))
+    # the reference, sequence by sequence: the length from the end marker's step (L + 1)
+    losses: dict[str, float] = {}
+    bits: dict[str, int] = {}
+    with torch.no_grad():
+        for batch in task.eval_batches("valid", 16):
+            outputs, _ = model(batch.inputs)
+            for b in range(batch.inputs.shape[0]):
+                length = str(int(torch.nonzero(batch.inputs[b, :, config.width + 1])[0]) - 1)
+                scored = batch.mask[b]
+                loss = F.binary_cross_entropy_with_logits(outputs[b][scored], batch.targets[b][scored], reduction="sum")
+                losses[length] = losses.get(length, 0.0) + float(loss)
+                bits[length] = bits.get(length, 0) + int(scored.sum()) * config.width
+    expected = {length: losses[length] / bits[length] for length in sorted(losses, key=int)}
+    assert list(metrics["bce_by_length"]) == list(expected) == ["1", "2", "3", "4", "5"]
+    assert metrics["bce_by_length"] == pytest.approx(expected, rel=1e-5)
+    assert len({round(value, 4) for value in expected.values()}) == 5  # the lengths differ

@@ -49,10 +49,18 @@ def test_a_run_writes_its_directory_and_evaluates(tmp_path, capsys):
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in rows if r["split"] == "valid" and not r.get("final")] == [3, 6]
     assert {"valid", "test"} <= set(result.metrics) and 0 < result.metrics["test"]["bce"] < 2
+    # evaluations, not training rows, break the BCE down by sequence length (1..4 here)
+    assert not any("bce_by_length" in r for r in rows if r["split"] == "train")
+    evaluations = [r for r in rows if r["split"] != "train"]
+    assert len(evaluations) == 4 and all(set(r["bce_by_length"]) <= {"1", "2", "3", "4"} for r in evaluations)
+    summary = json.loads((run / "results.json").read_text())
+    assert summary["metrics"]["test"]["bce_by_length"] == result.metrics["test"]["bce_by_length"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
     assert main(["eval", str(run), "--split", "test", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert f"bce {result.metrics['test']['bce']:.4f}" in printed
+    first = next(iter(result.metrics["test"]["bce_by_length"].items()))
+    assert f"bce_by_length {{{first[0]}: {first[1]:.4f}" in printed
 
 
 def test_the_run_seed_drives_the_data_unless_the_task_names_its_own(tmp_path):

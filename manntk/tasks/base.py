@@ -18,6 +18,11 @@ import torch
 from torch import Tensor
 
 
+Metrics = dict[str, float | dict[str, float]]
+"""What ``Task.summarize`` returns: metric names to floats, or to a mapping of floats for a
+breakdown (``bce_by_length``: ``{"1": ..., "2": ...}``)."""
+
+
 class Batch(NamedTuple):
     """One batch of a task.
 
@@ -112,10 +117,20 @@ class Task:
         """Sums over the scored units of ``batch``: at least ``loss`` (summed) and ``count``."""
         raise NotImplementedError
 
+    def eval_score(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """The sums of an evaluation (validation, test): ``score``'s, and any that only
+        evaluations report, such as a breakdown that would cost every training step time
+        or whose keys vary from batch to batch. By default ``score``'s."""
+        return self.score(outputs, batch)
+
     def units(self, batch: Batch) -> int:
         """How many units (characters, sequences, ...) the batch holds, for throughput."""
         return int(batch.mask.sum())
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        """Metrics from accumulated sums; includes ``loss`` (mean) and ``metric``."""
+    def summarize(self, sums: dict[str, float]) -> Metrics:
+        """Metrics from accumulated sums; includes ``loss`` (mean) and ``metric``.
+
+        Values are floats; a breakdown from ``eval_score``'s sums may be a mapping of
+        floats (the algorithmic tasks' ``bce_by_length``), which curves and reports skip.
+        """
         return {"loss": sums["loss"] / max(sums["count"], 1.0)}

@@ -9,7 +9,7 @@ import torch
 
 from manntk.engine import consuming
 from manntk.state import State, detach_state
-from manntk.tasks.base import Task
+from manntk.tasks.base import Metrics, Task
 
 
 def autocast(device: torch.device, precision: str):
@@ -33,7 +33,7 @@ def flush_subnormals(device: torch.device, enabled: bool) -> None:
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
-) -> dict[str, float]:
+) -> Metrics:
     """The task's metrics of ``model`` on ``split``, in evaluation mode.
 
     Streams (language modelling) carry the recurrent state from batch to batch; every
@@ -51,13 +51,13 @@ def evaluate(
             with autocast(device, precision):
                 outputs, state = model(batch.inputs, None if batch.fresh else state, **options)
             state = detach_state(state)
-            for key, value in task.score(outputs.float(), batch).items():
+            for key, value in task.eval_score(outputs.float(), batch).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
     model.train(was_training)
     return task.summarize(sums)
 
 
-def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> Metrics:
     """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
     (``run_dir`` may be ``runs/latest``)."""
     from manntk.build import build_experiment

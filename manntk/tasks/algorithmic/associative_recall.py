@@ -29,12 +29,14 @@ from typing import Any
 
 import attrs
 import torch
+from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
     Example,
     SequenceBatch,
     at_least_field,
     marker,
+    output_start,
     positive_int,
     random_bits,
     random_int,
@@ -106,6 +108,13 @@ def generate(
         The batch on the CPU, padded to its longest sequence (see the module for the layout).
     """
     return sample_batch(functools.partial(_example, config), batch_size, generator)
+
+
+def task_lengths(config: AssociativeRecallConfig, mask: Tensor) -> Tensor:
+    """Each sequence's length: its number of items ``K``, read from a batch's ``mask``
+    ``[B, T]``: the output phase starts at step ``K (n + 1) + n + 2``. int64 ``[B]``."""
+    n = config.item_length
+    return (output_start(mask) - n - 2) // (n + 1)
 
 
 def _example(config: AssociativeRecallConfig, generator: torch.Generator) -> Example:

@@ -172,6 +172,21 @@ def two_phase(presented: Tensor, answer: Tensor) -> Example:
     )
 
 
+def output_start(mask: Tensor) -> Tensor:
+    """The first scored step of each sequence of a batch: where its output phase starts.
+
+    Every task's output phase begins at a step fixed by the example's length (the copy
+    task's ``L + 2``, for instance), so each task module reads its lengths back from it.
+
+    Args:
+        mask: bool ``[B, T]``, each row with at least one True step.
+
+    Returns:
+        int64 ``[B]``.
+    """
+    return mask.long().argmax(dim=1)  # argmax returns the first of equal maxima
+
+
 def make_validation_set(
     generate_fn: Callable[[ConfigT, int, torch.Generator], SequenceBatch],
     config: ConfigT,

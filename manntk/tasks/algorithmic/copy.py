@@ -24,6 +24,7 @@ import functools
 
 import attrs
 import torch
+from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
     Example,
@@ -82,6 +83,12 @@ def generate(config: CopyConfig, batch_size: int, generator: torch.Generator) ->
         The batch on the CPU, padded to its longest sequence (see the module for the layout).
     """
     return sample_batch(functools.partial(_example, config), batch_size, generator)
+
+
+def task_lengths(config: CopyConfig, mask: Tensor) -> Tensor:
+    """Each sequence's length ``L`` (the vectors shown), read from a batch's ``mask``
+    ``[B, T]``: the ``L`` output steps, with either marker layout. int64 ``[B]``."""
+    return mask.sum(dim=1)
 
 
 def _example(config: CopyConfig, generator: torch.Generator) -> Example:

@@ -6,11 +6,15 @@ training batch ``i`` is drawn from a generator seeded with ``(seed, i)``, so any
 can be re-created on demand (exact resume, and every distributed rank draws the same
 global batch and keeps its own rows); the validation and test sets are fixed by their own
 seeds. Loss and metric: binary cross-entropy per output bit on the output phase (the
-paper's); the task counts as solved when the validation BCE is below 0.01.
+paper's); the task counts as solved when the validation BCE is below 0.01. Evaluations
+also report the bit errors per sequence and, in ``bce_by_length``, the BCE per output bit
+of the sequences of each length (as each task module's ``task_lengths`` defines it: the
+vectors shown for copy, repeat copy and priority sort, the items for associative recall).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import attrs
@@ -23,7 +27,7 @@ from manntk.config import positive
 from manntk.hookspecs import hookimpl
 from manntk.tasks.algorithmic import associative_recall, copy, priority_sort, repeat_copy
 from manntk.tasks.algorithmic.batch import SOLVED_BCE_THRESHOLD, SequenceBatch, make_validation_set
-from manntk.tasks.base import Batch, Task, TaskContext
+from manntk.tasks.base import Batch, Metrics, Task, TaskContext
 
 EVALUATION_DOC = """
     Evaluation options (all algorithmic tasks):
@@ -62,15 +66,31 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+LENGTH_SEPARATOR = "@"
+
+
+def length_key(name: str, length: int) -> str:
+    """The key, among ``eval_score``'s sums, of sum ``name`` over the sequences of one
+    length: ``loss@3``, ``count@3``."""
+    return f"{name}{LENGTH_SEPARATOR}{length}"
+
+
 class AlgorithmicTask(Task):
-    """A task made of a generator function and its config."""
+    """A task made of a generator function, the function that reads each sequence's length
+    back from a batch's mask, and the task's config."""
 
     metric = "bce"
     unit = "sequences"
     solved_below = SOLVED_BCE_THRESHOLD
 
-    def __init__(self, generate: Callable[[Any, int, torch.Generator], SequenceBatch], config: Any, run_seed: int = 0) -> None:
-        self.generate, self.config = generate, config
+    def __init__(
+        self,
+        generate: Callable[[Any, int, torch.Generator], SequenceBatch],
+        task_lengths: Callable[[Any, Tensor], Tensor],
+        config: Any,
+        run_seed: int = 0,
+    ) -> None:
+        self.generate, self.task_lengths, self.config = generate, task_lengths, config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
 
@@ -88,31 +108,67 @@ class AlgorithmicTask(Task):
         return (_as_batch(batch) for batch in batches)
 
     def score(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
-        losses = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none")[batch.mask]
+        """The BCE summed over the scored bits (``loss``), their number (``count``), the
+        wrongly predicted bits (``bit_errors``) and the sequences (``sequences``)."""
+        return self._sums(outputs, batch, by_length=False)
+
+    def eval_score(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """``score``'s sums, and for each sequence length ``L`` in the batch the BCE summed
+        over the scored bits of the sequences of length ``L`` (``loss@L``) and their number
+        (``count@L``). Evaluation only: the keys vary from batch to batch."""
+        return self._sums(outputs, batch, by_length=True)
+
+    def _sums(self, outputs: Tensor, batch: Batch, by_length: bool) -> dict[str, Tensor]:
+        losses = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none")
+        scored = losses[batch.mask]
         wrong_bits = ((outputs[batch.mask] > 0) != (batch.targets[batch.mask] > 0.5)).sum()
-        return {"loss": losses.sum(), "count": torch.tensor(float(losses.numel())), "bit_errors": wrong_bits.float(),
+        sums = {"loss": scored.sum(), "count": torch.tensor(float(scored.numel())), "bit_errors": wrong_bits.float(),
                 "sequences": torch.tensor(float(batch.inputs.shape[0]))}
+        if by_length:
+            step_losses = losses.sum(dim=-1)  # [B, T]
+            per_sequence = torch.where(batch.mask, step_losses, torch.zeros_like(step_losses)).sum(dim=1)
+            bits = batch.mask.sum(dim=1) * outputs.shape[-1]
+            lengths = self.task_lengths(self.config, batch.mask)
+            for length in lengths.unique().tolist():
+                rows = lengths == length
+                sums[length_key("loss", length)] = per_sequence[rows].sum()
+                sums[length_key("count", length)] = bits[rows].sum().float()
+        return sums
 
     def units(self, batch: Batch) -> int:
         return batch.inputs.shape[0]
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+    def summarize(self, sums: dict[str, float]) -> Metrics:
+        """``loss`` and ``bce`` (the mean BCE per scored bit), ``bit_errors_per_sequence``,
+        ``solved``; from an evaluation's sums also ``bce_by_length``, the mean BCE per bit
+        of the sequences of each length, keyed by the length as a string (JSON's keys are
+        strings), shortest first."""
         bce = sums["loss"] / max(sums["count"], 1.0)
-        return {
+        metrics: Metrics = {
             "loss": bce,
             "bce": bce,
             "bit_errors_per_sequence": sums.get("bit_errors", 0.0) / max(sums.get("sequences", 0.0), 1.0),
             "solved": float(bce < SOLVED_BCE_THRESHOLD),
         }
+        prefix = f"loss{LENGTH_SEPARATOR}"
+        lengths = sorted(int(key.removeprefix(prefix)) for key in sums if key.startswith(prefix))
+        if lengths:
+            metrics["bce_by_length"] = {
+                str(length): sums[length_key("loss", length)] / max(sums[length_key("count", length)], 1.0)
+                for length in lengths
+            }
+        return metrics
 
 
 def _as_batch(batch: SequenceBatch) -> Batch:
     return Batch(batch.inputs, batch.targets, batch.mask, fresh=True)
 
 
-def _factory(generate: Callable[..., SequenceBatch]) -> Callable[[Any, TaskContext], AlgorithmicTask]:
+def _factory(module: ModuleType) -> Callable[[Any, TaskContext], AlgorithmicTask]:
+    """The task factory of a task module (its ``generate`` and ``task_lengths``)."""
+
     def build(config: Any, context: TaskContext) -> AlgorithmicTask:
-        return AlgorithmicTask(generate, config, context.seed)
+        return AlgorithmicTask(module.generate, module.task_lengths, config, context.seed)
 
     return build
 
@@ -125,7 +181,7 @@ PrioritySortTaskConfig = task_config(priority_sort.PrioritySortConfig)
 
 @hookimpl
 def register_tasks(register):
-    register("copy", _factory(copy.generate), CopyTaskConfig)
-    register("repeat_copy", _factory(repeat_copy.generate), RepeatCopyTaskConfig)
-    register("associative_recall", _factory(associative_recall.generate), AssociativeRecallTaskConfig)
-    register("priority_sort", _factory(priority_sort.generate), PrioritySortTaskConfig)
+    register("copy", _factory(copy), CopyTaskConfig)
+    register("repeat_copy", _factory(repeat_copy), RepeatCopyTaskConfig)
+    register("associative_recall", _factory(associative_recall), AssociativeRecallTaskConfig)
+    register("priority_sort", _factory(priority_sort), PrioritySortTaskConfig)

@@ -46,6 +46,7 @@ from manntk.tasks.algorithmic.batch import (
     boolean,
     marker,
     one_of,
+    output_start,
     positive_int,
     random_bits,
     sample_batch,
@@ -109,6 +110,13 @@ def generate(
         The batch on the CPU (see the module for the layout).
     """
     return sample_batch(functools.partial(_example, config), batch_size, generator)
+
+
+def task_lengths(config: PrioritySortConfig, mask: Tensor) -> Tensor:
+    """Each sequence's length ``N`` (the vectors shown), read from a batch's ``mask``
+    ``[B, T]``: the output phase starts at step ``N + 1`` (``N`` without the end
+    marker). int64 ``[B]``."""
+    return output_start(mask) - int(config.end_marker)
 
 
 def sorted_answer(config: PrioritySortConfig, bits: Tensor, priorities: Tensor) -> Tensor:

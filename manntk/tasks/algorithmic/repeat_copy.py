@@ -30,12 +30,14 @@ import functools
 
 import attrs
 import torch
+from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
     Example,
     SequenceBatch,
     at_least_field,
     marker,
+    output_start,
     positive_int,
     random_bits,
     random_int,
@@ -102,6 +104,13 @@ def generate(
         The batch on the CPU, padded to its longest sequence (see the module for the layout).
     """
     return sample_batch(functools.partial(_example, config), batch_size, generator)
+
+
+def task_lengths(config: RepeatCopyConfig, mask: Tensor) -> Tensor:
+    """Each sequence's length ``L`` (the vectors shown; the repeat count is not part of
+    it), read from a batch's ``mask`` ``[B, T]``: the output phase starts at step
+    ``L + 2``. int64 ``[B]``."""
+    return output_start(mask) - 2
 
 
 def _example(config: RepeatCopyConfig, generator: torch.Generator) -> Example:
