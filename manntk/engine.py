@@ -114,9 +114,9 @@ class MemoryLayer(nn.Module):
         its memory in place instead of into a copy (for ARMIN 800 with 256 slots at batch
         128 the copy is 105 MB per chunk).
         """
-        discrete = self.discrete_eval and not self.training
-        if self.chunk_kernel is not None and self.chunk_kernel.applies(x, discrete):
+        if self.chunk_kernel is not None and self.chunk_kernel.applies(x):
             return self.chunk_kernel(x, state)
+        discrete = self.discrete_eval and not self.training
         prepared_cell, prepared_addressing, prepared_write = self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x)
         cell_state, addressing_state = state["cell"], state.get("addressing", {})
         write_state, memory = state.get("write", {}), state["memory"]

@@ -131,7 +131,7 @@ def test_the_operator_passes_gradcheck(fill, value_from_input):
         tensor(4 * d_h + D, d_i + d_h + D), tensor(4 * d_h + D), tensor(D, d_i * value_from_input + d_h), tensor(D),
     )
     filled = torch.tensor([0, 2])
-    options = (0.8, 0.3, True, True, False, True, fill)
+    options = (0.8, 0.3, True, True, False, True, fill, True)
 
     def function(x, h0, m0, *weights):
         return _ArminSequence.apply(options, x, h0, m0, filled, None, *weights)[:3]
@@ -155,22 +155,37 @@ def test_a_default_armin_recipe_builds_the_kernel_and_trains_through_it(monkeypa
 
 
 def test_the_plain_path_runs_where_the_kernel_does_not_apply():
-    """Tracing (``manntk inspect`` records gates and addresses per step), the discrete
-    evaluation path and zoneout in training step aside to the plain path."""
+    """Tracing (``manntk inspect`` records gates and addresses per step), other dtypes and
+    zoneout in training step aside to the plain path."""
     model = manntk.build_model(mapping(True, hard=True))
     layer: MemoryLayer = model.layers[0]
     x = torch.randn(2, 5, INPUT)
-    assert layer.chunk_kernel.applies(x, discrete=False)
-    assert not layer.chunk_kernel.applies(x, discrete=True)
-    assert not layer.chunk_kernel.applies(x.double().to(torch.bfloat16), discrete=False)
+    assert layer.chunk_kernel.applies(x)
+    assert not layer.chunk_kernel.applies(x.to(torch.bfloat16))
     with tracing() as trace:
-        assert not layer.chunk_kernel.applies(x, discrete=False)
+        assert not layer.chunk_kernel.applies(x)
         model(x)
     assert "layer0.read" in trace and trace["layer0.read"].shape[0] == 5
     zoned = manntk.build_model({**mapping(True), "cell": {**mapping(True)["cell"], "zoneout": 0.1}})
-    assert not zoned.layers[0].chunk_kernel.applies(x, discrete=False)
+    assert not zoned.layers[0].chunk_kernel.applies(x)
     zoned.eval()
-    assert zoned.layers[0].chunk_kernel.applies(x, discrete=False)
+    assert zoned.layers[0].chunk_kernel.applies(x)
+
+
+@pytest.mark.parametrize("options", [{"hard": True}, {"hard": True, "fill": False, "value": "input_and_hidden"}, {"argmax": True}])
+def test_in_evaluation_the_kernel_gives_the_discrete_paths_outputs(options):
+    """Evaluation with hard reads: the kernel reads the argmax row and replaces by index, as
+    the engine's discrete path (``discrete_eval``) does, up to float rounding."""
+    outputs = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = manntk.build_model(mapping(fast, **options)).double().eval()
+        x = torch.randn(BATCH, 3 * SLOTS, INPUT, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        with torch.no_grad():
+            y, state = model(x)
+            y2, state = model(x[:, :4], state, consume_state=True)
+        outputs.append({"y": y, "y2": y2, "memory": state["layers"][0]["memory"]})
+    assert_same(*outputs, torch.float64, steps=3 * SLOTS)
 
 
 def test_without_a_projection_the_slot_gets_h_t():

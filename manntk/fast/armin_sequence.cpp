@@ -223,6 +223,8 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
 }
 
 // Backward: the gradients of x, h_0, M_0 and of W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v.
+// address_gradient false: the address passes no gradient (an argmax read in evaluation), so
+// W_s and the paths through the logits get none, as on the engine's discrete path.
 // d_out, d_h and d_m are the gradients of out, h_T and M_T (zeros when undefined); m_last is
 // M_T (the forward's memory output).
 std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out_, const std::optional<at::Tensor>& d_h_,
@@ -232,7 +234,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
                                           const at::Tensor& sg, const at::Tensor& act, const at::Tensor& vin,
                                           const at::Tensor& p, const at::Tensor& index, const at::Tensor& slot,
                                           const at::Tensor& kept, const at::Tensor& history, double tau, bool squash,
-                                          bool read_output, bool hard) {
+                                          bool read_output, bool hard, bool address_gradient) {
   const int64_t T = xhr.size(0), B = xhr.size(1), K = xhr.size(2), N = m_last.size(1), D = m_last.size(2);
   const int64_t dr = D, dh = W_ig.size(0) - dr, di = K - dh - dr, G = act.size(2), Kv = vin.size(2), dvx = Kv - dh;
   const int64_t O = dh + (read_output ? dr : 0);
@@ -312,7 +314,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
         const T_* mb = blends ? phist + (row0 + b) * N * D : pm + b * N * D;  // M_{t-1}
         const T_* pb = pp + (row0 + b) * N;
         T_* dzb = pdz + (row0 + b) * N;
-        for (int64_t j = 0; j < N; ++j) dzb[j] = dot(mb + j * D, dr_b, D);  // d p_j
+        for (int64_t j = 0; j < N; ++j) dzb[j] = address_gradient ? dot(mb + j * D, dr_b, D) : T_(0);  // d p_j
         T_* dmb = pdm + b * N * D;
         if (hard) {
           add_row(dr_b, dmb + pindex[row0 + b] * D, D);
@@ -356,6 +358,6 @@ TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
         &sequence_forward);
   m.def("sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_m, Tensor m_last, Tensor W_s, Tensor W_ig, Tensor W_go, "
         "Tensor? W_v, Tensor xhr, Tensor xg, Tensor sg, Tensor act, Tensor vin, Tensor p, Tensor index, Tensor slot, "
-        "Tensor kept, Tensor history, float tau, bool squash, bool read_output, bool hard) -> Tensor[]",
+        "Tensor kept, Tensor history, float tau, bool squash, bool read_output, bool hard, bool address_gradient) -> Tensor[]",
         &sequence_backward);
 }

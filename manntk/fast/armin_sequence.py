@@ -33,13 +33,18 @@ DTYPES = (torch.float32, torch.float64)
 
 
 class _ArminSequence(torch.autograd.Function):
-    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, weights...) -> (o [T, B, d_o], h_T, M_T, filled_T)``."""
+    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, weights...) -> (o [T, B, d_o], h_T, M_T, filled_T)``.
+
+    ``options``: the operator's ``(tau, forget_bias, squash, read_output, hard, argmax_write,
+    fill)`` and, last, whether the address passes a gradient (soft reads, and hard reads in
+    training, straight-through; not an argmax read in evaluation).
+    """
 
     @staticmethod
     def forward(ctx: Any, options: tuple[float, float, bool, bool, bool, bool, bool], x: Tensor, h0: Tensor, m0: Tensor,
                 filled0: Tensor, noise: Tensor | None, *weights: Tensor) -> tuple[Tensor, ...]:
         W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v = weights
-        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options)
+        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1])
         ctx.options = options
         ctx.save_for_backward(memory, W_s, W_ig, W_go, W_v, *saved)
         ctx.mark_non_differentiable(filled)
@@ -50,8 +55,9 @@ class _ArminSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_h: Tensor | None, d_memory: Tensor | None, _filled: None) -> tuple[Tensor | None, ...]:
         memory, W_s, W_ig, W_go, W_v, *saved = ctx.saved_tensors
-        tau, _, squash, read_output, hard, _, _ = ctx.options
-        grads = extension().sequence_backward(d_out, d_h, d_memory, memory, W_s, W_ig, W_go, W_v, *saved, tau, squash, read_output, hard)
+        tau, _, squash, read_output, hard, _, _, address_gradient = ctx.options
+        grads = extension().sequence_backward(d_out, d_h, d_memory, memory, W_s, W_ig, W_go, W_v, *saved, tau, squash, read_output,
+                                              hard, address_gradient)
         d_x, d_h0, d_m0, *d_weights, d_W_v, d_b_v = grads
         if W_v is None:  # no projection: v = h_t
             d_W_v = d_b_v = None
@@ -75,14 +81,14 @@ class ArminSequence:
         covered = type(cell) is ArminCell and type(addressing) is AutoAddressing and type(write) is Overwrite
         return cls(cell, addressing, write) if covered and not cell.config.layer_norm else None
 
-    def applies(self, x: Tensor, discrete: bool) -> bool:
+    def applies(self, x: Tensor) -> bool:
         """Whether this chunk can run here: a CPU float32/float64 input outside
-        ``torch.compile``, autocast and tracing, not the discrete evaluation path, no
-        zoneout in training, and kernels that built."""
+        ``torch.compile``, autocast and tracing, no zoneout in training, and kernels that
+        built. (In evaluation, hard reads are the argmax row and hard writes replace it,
+        as on the engine's discrete path.)"""
         return (
             x.device.type == "cpu"
             and x.dtype in DTYPES
-            and not discrete
             and not (self.cell.training and self.cell.config.zoneout)
             and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled("cpu")
@@ -99,7 +105,7 @@ class ArminSequence:
         fill = write.fill_empty_first
         filled = state["write"]["filled"] if fill else torch.zeros(batch, dtype=torch.long)
         options = (float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
-                   addressing.hard, write.argmax, fill)
+                   addressing.hard, write.argmax, fill, addressing.training or not addressing.hard)
         projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
         weights = (addressing.W_s.weight, addressing.W_s.bias, cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias,
                    *projection)
