@@ -15,7 +15,7 @@ from manntk.config import AddressingSpec, CellSpec, ConfigError, TaskSpec, Write
 from manntk.context import BuildContext
 from manntk.engine import MemoryLayer, MemoryRNN
 from manntk.plugins import Plugins, default_plugins
-from manntk.registry import Registry
+from manntk.registry import PartError, Registry
 from manntk.tasks.base import Task, TaskContext
 
 if TYPE_CHECKING:
@@ -217,6 +217,8 @@ def build_task(spec: TaskSpec, context: TaskContext | None = None, plugins: Plug
         raise
     except ValueError as error:  # options the task's data cannot take
         raise ConfigError([f"task {spec.name!r}: {error} @ $.task"]) from None
+    except Exception as error:  # a plugin's task may raise anything: one line naming it and where it comes from
+        raise PartError("task", "tasks", entry, error) from error
 
 
 def model_config_for(config: ModelConfig, task: Task) -> ModelConfig:

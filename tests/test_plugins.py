@@ -205,6 +205,16 @@ class Boom:
 @hookimpl
 def register_cells(register):
     register("boom", Boom, BoomConfig)
+
+
+class BoomTask:
+    def __init__(self, config, context):
+        raise RuntimeError("the task's data went missing")
+
+
+@hookimpl
+def register_tasks(register):
+    register("boom_task", BoomTask, BoomConfig)
 """
 
 
@@ -236,6 +246,18 @@ def test_a_part_whose_constructor_raises_is_one_line_naming_the_plugin(boom, tmp
                    "ValueError: hidden_size 8 is cursed (the traceback: manntk --debug train ..., or MANNTK_DEBUG=1)\n")
     assert main(["train", str(boom), "--dry-run"]) == 1  # the same for a dry run
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_task_whose_constructor_raises_is_one_line_naming_the_plugin(boom, capsys):
+    import yaml
+
+    mapping = yaml.safe_load(boom.read_text())
+    mapping["task"] = {"name": "boom_task"}
+    boom.write_text(yaml.safe_dump(mapping), encoding="utf-8")
+    assert main(["train", str(boom), "--dry-run"]) == 1
+    assert capsys.readouterr().err == (
+        "manntk train: error: task (task 'boom_task' of plugin 'boom', manntk_boom 0.1): "
+        "RuntimeError: the task's data went missing (the traceback: manntk --debug train ..., or MANNTK_DEBUG=1)\n")
 
 
 @pytest.mark.parametrize("how", ["--debug", "MANNTK_DEBUG=1"])
