@@ -282,11 +282,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A breakdown (``bce_by_length``) with at most this many keys is printed in full; a longer
+#: one by its extremes (the whole of it is in metrics.jsonl and results.json).
+SHOWN_IN_FULL = 8
+
+
 def metrics_line(metrics: Metrics) -> str:
     """A split's metrics on one line: ``bce 0.6931, ...``; a breakdown such as
-    ``bce_by_length`` as ``bce_by_length {1: 0.6931, 2: ...}``."""
+    ``bce_by_length`` as ``bce_by_length {1: 0.6931, 2: ...}``, or, past
+    ``SHOWN_IN_FULL`` keys, as ``{50 keys; lowest 0.0012 at 3, highest 0.0410 at 50}``."""
 
     def shown(value: float | dict[str, float]) -> str:
+        if isinstance(value, dict) and len(value) > SHOWN_IN_FULL:
+            low, high = min(value, key=value.__getitem__), max(value, key=value.__getitem__)
+            return f"{{{len(value)} keys; lowest {value[low]:.4f} at {low}, highest {value[high]:.4f} at {high}}}"
         if isinstance(value, dict):
             return "{" + ", ".join(f"{key}: {item:.4f}" for key, item in value.items()) + "}"
         return f"{value:.4f}"

@@ -63,6 +63,17 @@ def test_a_run_writes_its_directory_and_evaluates(tmp_path, capsys):
     assert f"bce_by_length {{{first[0]}: {first[1]:.4f}" in printed
 
 
+def test_a_long_breakdown_is_printed_by_its_extremes():
+    from manntk.cli import SHOWN_IN_FULL, metrics_line
+
+    many = {str(length): 0.5 - length / 1000 for length in range(1, SHOWN_IN_FULL + 3)}
+    assert metrics_line({"bce": 0.25, "bce_by_length": many}) == (
+        f"bce 0.2500, bce_by_length {{{SHOWN_IN_FULL + 2} keys; lowest {0.5 - (SHOWN_IN_FULL + 2) / 1000:.4f} at "
+        f"{SHOWN_IN_FULL + 2}, highest 0.4990 at 1}}")
+    few = dict(list(many.items())[:2])
+    assert metrics_line({"bce_by_length": few}) == "bce_by_length {1: 0.4990, 2: 0.4980}"
+
+
 def test_the_run_seed_drives_the_data_unless_the_task_names_its_own(tmp_path):
     from manntk.build import build_task
     from manntk.recipe import recipe_from_mapping as recipe
