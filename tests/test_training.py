@@ -333,23 +333,26 @@ def test_the_duration_decision_is_rank_0s_in_a_job_of_several_processes():
 
 
 def test_the_run_estimate_and_the_cpu_notice(tmp_path, monkeypatch, capsys):
-    """The first steps are timed (40 s each here) and the rest of the budget estimated from
-    them; past the CPU threshold the recipe's cpu_alternative is named."""
+    """The steps after the first are timed, three of them or as many as take ESTIMATE_SECONDS
+    (one at 40 s a step), and the rest of the budget estimated from them; past the CPU
+    threshold the recipe's cpu_alternative is named."""
     import manntk.training.estimate as estimate
 
     mapping = tiny_copy(steps=10, log_every=100)
     mapping["cpu_alternative"] = "armin_copy"
-    monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.05)  # 3 minutes: 6 steps x 40 s = 4 minutes is over it
+    threads = torch.get_num_threads()
+    machine = f"this CPU ({threads} thread{'s' if threads > 1 else ''})"
+    monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.05)  # 3 minutes: 8 steps x 40 s = 5.3 minutes is over it
     run_on_a_fake_clock(monkeypatch, tmp_path / "over", 40.0, mapping, progress=True)
     err = capsys.readouterr().err.splitlines()
-    threads = torch.get_num_threads()
-    assert err[0] == (f"estimate: 6 steps at ~40 s/step = ~4 min on this CPU ({threads} thread{'s' if threads > 1 else ''}); "
-                      "training steps only, validation and checkpoints add to it")
+    assert err[0] == f"estimate: 8 steps at ~40 s/step = ~5 min on {machine}; training steps only, validation and checkpoints add to it"
     assert err[1] == "notice: this recipe is sized for a GPU; on this CPU try the CPU-sized recipe instead: manntk train armin_copy"
     monkeypatch.setattr(estimate, "CPU_NOTICE_HOURS", 0.1)  # 6 minutes: not over it
     run_on_a_fake_clock(monkeypatch, tmp_path / "under", 40.0, mapping, progress=True)
     err = capsys.readouterr().err
-    assert "estimate: 6 steps" in err and "notice" not in err
+    assert "estimate: 8 steps" in err and "notice" not in err
+    run_on_a_fake_clock(monkeypatch, tmp_path / "quick", 1.0, mapping, progress=True)  # 3 steps take 3 s: all three timed
+    assert f"estimate: 6 steps at ~1 s/step = ~6 s on {machine}" in capsys.readouterr().err
 
 
 def test_the_estimate_names_the_cap_and_the_solved_stop():

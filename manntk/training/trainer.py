@@ -38,7 +38,7 @@ from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
 from manntk.training.distributed import Distributed, pick_device
-from manntk.training.estimate import ESTIMATE_STEPS, describe_machine, estimate_lines
+from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler
@@ -168,7 +168,7 @@ class Trainer:
         if train.compile:
             bar.set_postfix_str("compiling each layer's chunk: the first steps take minutes")
         window: dict[str, float] = {}
-        window_units, timed_from = 0, 0.0
+        window_units, timed_from, estimated = 0, 0.0, False
         now = time.perf_counter()
         started, last = now - elapsed, dict.fromkeys(self.every, now)  # when each of log, eval, checkpoint last happened
         while step < self.total_steps and stop_reason == "steps":
@@ -176,10 +176,12 @@ class Trainer:
             state, sums = self.train_step(step, batch, None if batch.fresh else state)
             step += 1
             elapsed = time.perf_counter() - started
-            if show and step == first_step + 1:
-                timed_from = elapsed  # the first step paid for warm-up: the estimate times the next ones
-            elif show and step == first_step + 1 + ESTIMATE_STEPS:
-                for line in self.estimate(step, elapsed, (elapsed - timed_from) / ESTIMATE_STEPS):
+            timed = step - first_step - 1  # the first step paid for warm-up: the estimate times the next ones
+            if show and timed == 0:
+                timed_from = elapsed
+            elif show and not estimated and (timed == ESTIMATE_STEPS or elapsed - timed_from >= ESTIMATE_SECONDS):
+                estimated = True
+                for line in self.estimate(step, elapsed, (elapsed - timed_from) / timed):
                     tqdm.write(line, file=sys.stderr)
             for key, value in sums.items():
                 window[key] = window.get(key, 0.0) + value
