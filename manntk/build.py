@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from manntk.config import AddressingSpec, CellSpec, ConfigError, TaskSpec, WriteSpec, non_negative, positive, probability, structure
 from manntk.context import BuildContext
-from manntk.engine import MemoryLayer, MemoryRNN
+from manntk.engine import READ_ORDERS, MemoryLayer, MemoryRNN
 from manntk.plugins import Plugins, default_plugins
 from manntk.registry import PartError, Registry
 from manntk.tasks.base import Task, TaskContext
@@ -91,6 +91,15 @@ class ModelConfig:
             parts, device and dtype allow (an ARMIN layer on the CPU: one C++ kernel per
             chunk, ``manntk.fast.armin_sequence``); ``false`` forces the plain per-step
             path everywhere.
+        read: where in the step the read happens. ``before`` the cell (the ARMIN paper,
+            figure 1): the head keys from ``[x_t, h_{t-1}]`` and the cell takes this
+            step's read ``r_t``. ``after`` it (loudinthecloud/pytorch-ntm, ``ntm/ntm.py``):
+            the cell takes the previous step's read ``r_{t-1}`` (zeros at the start of a
+            sequence, carried across TBPTT chunks in the state), the head keys from
+            ``[x_t, h_t]``, reads ``r_t`` from ``M_{t-1}`` before the write, and the layer
+            outputs ``[h_t, r_t]`` (``d_h + D`` units) in place of the cell's ``o_t``.
+            ``after`` always runs the plain per-step path (the ARMIN chunk kernel
+            implements ``before`` only).
     """
 
     cell: CellSpec
@@ -104,6 +113,7 @@ class ModelConfig:
     dropout: float = attrs.field(default=0.0, validator=[non_negative, probability])
     discrete_eval: bool = True
     fast: bool = True
+    read: Literal["before", "after"] = attrs.field(default="before", validator=attrs.validators.in_(READ_ORDERS))
 
 
 def build_model(mapping: dict[str, Any] | ModelConfig, plugins: Plugins | None = None) -> MemoryRNN:
@@ -155,6 +165,7 @@ def _build_layer(config: ModelConfig, input_size: int, context: BuildContext, in
         resample_bound=config.memory.uniform_bound(slots, width) if config.memory.per_sequence else None,
         discrete_eval=config.discrete_eval,
         fast=config.fast,
+        read=config.read,
     )
 
 

@@ -7,6 +7,17 @@ o_t, c = cell(x_t, c, r_t)                         # c["h"] is h_t
 M_t, s = write(M_{t-1}, h_t, w_t, s)
 ```
 
+With ``read="after"`` (``model.read: after``, pytorch-ntm's order) the same four calls run
+with the cell first: it takes the previous step's read, and the head keys from ``h_t``:
+
+```
+_, c   = cell(x_t, c, r_{t-1})                     # c["h"] is h_t
+w_t, a = addressing(x_t, h_t, M_{t-1}, a)
+r_t    = read(M_{t-1}, w_t)
+M_t, s = write(M_{t-1}, h_t, w_t, s)
+o_t    = [h_t, r_t]                                # r_{t-1} is carried in the state as "read"
+```
+
 The engine follows ``torch.nn.LSTM``: ``model(x, state=None) -> (y, state)``, batch
 first. Layers run one after another over the whole chunk, so every part can ``prepare``
 its input projections for all T steps at once.
@@ -18,12 +29,14 @@ can do ([`manntk.backends`][manntk.backends]).
 
 from __future__ import annotations
 
+from typing import Any, Literal, NamedTuple
+
 import torch
 from torch import Tensor, nn
 
-from manntk.backends import backend_for, tape_capable
+from manntk.backends import IndexedMemory, SlotMemory, TapedMemory, backend_for, tape_capable
 from manntk.fast.armin_sequence import ArminSequence
-from manntk.parts import Addressing, Cell, Part, Write
+from manntk.parts import Address, Addressing, Cell, Part, Write
 from manntk.state import State
 from manntk.trace import record, scope
 
@@ -34,6 +47,29 @@ from manntk.trace import record, scope
 #: float64 on torch 2.13; docs/architecture.md has a reproducer without manntk); realizing every
 #: intermediate that is read more than once makes them exact.
 INDUCTOR_OPTIONS = {"realize_opcount_threshold": 0}
+
+
+#: The two orders of the step (``model.read``): ``before`` the cell (the ARMIN paper) or
+#: ``after`` it (pytorch-ntm).
+READ_ORDERS = ("before", "after")
+
+
+class _Prepared(NamedTuple):
+    """What each part's ``prepare`` returned for the chunk."""
+
+    cell: Any
+    addressing: Any
+    write: Any
+
+
+class _Carry(NamedTuple):
+    """What one step hands the next: the parts' states, the memory and ``r_t`` (``read="after"`` only)."""
+
+    cell: dict[str, Tensor]
+    addressing: dict[str, Tensor]
+    write: dict[str, Tensor]
+    memory: SlotMemory | IndexedMemory | TapedMemory
+    read: Tensor | None
 
 
 class MemoryLayer(nn.Module):
@@ -49,7 +85,10 @@ class MemoryLayer(nn.Module):
             same outputs as the weighted path with one-hot weights).
         chunk_kernel: the C++ kernel that runs a whole chunk of these parts
             ([`ArminSequence`][manntk.fast.armin_sequence.ArminSequence]), or ``None`` (the
-            parts are not a composition it covers, or ``fast=False``).
+            parts are not a composition it covers, ``fast=False``, or ``read="after"``,
+            an order the kernel does not implement).
+        read: ``before`` (address from ``h_{t-1}``, then the cell) or ``after`` (the
+            cell on ``r_{t-1}``, then address from ``h_t``; the output is ``[h_t, r_t]``).
     """
 
     def __init__(
@@ -64,18 +103,24 @@ class MemoryLayer(nn.Module):
         resample_bound: float | None = None,
         discrete_eval: bool = True,
         fast: bool = True,
+        read: Literal["before", "after"] = "before",
     ) -> None:
         """``memory_start``: the ``[N, D]`` initial memory (zeros when ``None``), a trained
         parameter with ``learned_start``; with ``resample_bound`` every fresh state draws
         its own memory uniformly from ``[-bound, bound]`` instead. ``fast=False`` keeps
-        every chunk on the plain per-step path."""
+        every chunk on the plain per-step path. ``read``: the order of the step (module
+        docstring)."""
         super().__init__()
+        if read not in READ_ORDERS:
+            raise ValueError(f"read must be one of {', '.join(map(repr, READ_ORDERS))}; got {read!r}")
         self.cell, self.addressing, self.write = cell, addressing, write
         self.slots, self.width = slots, width
         self.discrete_eval = discrete_eval
         self.tape_capable = tape_capable(addressing, write)
         self.resample_bound = resample_bound
-        self.chunk_kernel = ArminSequence.for_parts(cell, addressing, write) if fast else None
+        self.read = read
+        # the kernel implements the "before" order only
+        self.chunk_kernel = ArminSequence.for_parts(cell, addressing, write) if fast and read == "before" else None
         initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
         if learned_start:
             self.memory_init = nn.Parameter(initial)
@@ -84,21 +129,29 @@ class MemoryLayer(nn.Module):
 
     @property
     def output_size(self) -> int:
-        """Width of the layer's output ``o_t``."""
-        return self.cell.output_size
+        """Width of the layer's output ``o_t``: the cell's, or ``d_h + D`` (``[h_t, r_t]``) with ``read="after"``."""
+        return self.cell.hidden_size + self.width if self.read == "after" else self.cell.output_size
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         """A fresh state: zero cell state, the initial memory and empty bookkeeping.
 
-        The memory is a contiguous copy per row, not an expanded view, so a fresh state has
-        the layout of a carried one (a compiled chunk would otherwise compile twice).
+        With ``read="after"`` the state also holds ``"read"``, the previous step's read,
+        which starts at zeros: pytorch-ntm starts from a fixed (untrained) vector drawn
+        from N(0, 0.01^2), whose only effect is a shift of order 0.01 in the first step's
+        gates, and the read of the initial weights would need each addressing's own
+        state. The memory is a contiguous copy per row, not an expanded view, so a fresh
+        state has the layout of a carried one (a compiled chunk would otherwise compile
+        twice).
         """
-        return {
+        state = {
             "cell": self.cell.init_state(batch_size, device, dtype),
             "addressing": self.addressing.init_state(batch_size, device, dtype),
             "write": self.write.init_state(batch_size, device, dtype),
             "memory": self._initial_memory(batch_size, device, dtype),
         }
+        if self.read == "after":
+            state["read"] = torch.zeros(batch_size, self.width, device=device, dtype=dtype)
+        return state
 
     def _initial_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         if self.resample_bound is not None:
@@ -117,23 +170,48 @@ class MemoryLayer(nn.Module):
         if self.chunk_kernel is not None and self.chunk_kernel.applies(x):
             return self.chunk_kernel(x, state)
         discrete = self.discrete_eval and not self.training
-        prepared_cell, prepared_addressing, prepared_write = self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x)
-        cell_state, addressing_state = state["cell"], state.get("addressing", {})
-        write_state, memory = state.get("write", {}), state["memory"]
+        prepared = _Prepared(self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x))
+        memory = state["memory"]
         if discrete and not consume_state:
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
         memory = backend_for(memory, discrete=discrete, tape_capable=self.tape_capable)
+        carry = _Carry(state["cell"], state.get("addressing", {}), state.get("write", {}), memory, state.get("read"))
+        step = self._step_read_after if self.read == "after" else self._step_read_before
         outputs = []
         for t in range(x.shape[1]):
-            extra = {"write_state": write_state} if self.addressing.reads_write_state else {}
-            address, addressing_state = self.addressing.step(prepared_addressing, t, cell_state["h"], memory.values, addressing_state, **extra)
-            address, read, memory = memory.read(address)
-            record("read", lambda address=address: address.dense(self.slots, read.dtype))
-            output, cell_state = self.cell.step(prepared_cell, t, cell_state, read)
-            memory, write_state = memory.write(self.write, prepared_write, t, cell_state["h"], address, write_state)
+            output, carry = step(prepared, t, carry)
             outputs.append(output)
-        new_state = {"cell": cell_state, "addressing": addressing_state, "write": write_state, "memory": memory.end()}
+        new_state = {"cell": carry.cell, "addressing": carry.addressing, "write": carry.write, "memory": carry.memory.end()}
+        if carry.read is not None:
+            new_state["read"] = carry.read
         return torch.stack(outputs, dim=1), new_state
+
+    def _step_read_before(self, prepared: _Prepared, t: int, carry: _Carry) -> tuple[Tensor, _Carry]:
+        """Address from ``h_{t-1}``, read ``r_t``, the cell on ``r_t``, write from ``h_t``; ``o_t`` is the cell's."""
+        address, addressing_state = self._address(prepared, t, carry.cell["h"], carry)
+        address, read, memory = self._read(address, carry.memory)
+        output, cell_state = self.cell.step(prepared.cell, t, carry.cell, read)
+        memory, write_state = memory.write(self.write, prepared.write, t, cell_state["h"], address, carry.write)
+        return output, _Carry(cell_state, addressing_state, write_state, memory, None)
+
+    def _step_read_after(self, prepared: _Prepared, t: int, carry: _Carry) -> tuple[Tensor, _Carry]:
+        """The cell on ``r_{t-1}``, address from ``h_t``, read ``r_t`` from ``M_{t-1}``, write from ``h_t``; ``o_t = [h_t, r_t]``."""
+        _, cell_state = self.cell.step(prepared.cell, t, carry.cell, carry.read)
+        address, addressing_state = self._address(prepared, t, cell_state["h"], carry)
+        address, read, memory = self._read(address, carry.memory)
+        memory, write_state = memory.write(self.write, prepared.write, t, cell_state["h"], address, carry.write)
+        return torch.cat([cell_state["h"], read], dim=1), _Carry(cell_state, addressing_state, write_state, memory, read)
+
+    def _address(self, prepared: _Prepared, t: int, hidden: Tensor, carry: _Carry) -> tuple[Address, dict[str, Tensor]]:
+        """Step ``t``'s read address from ``hidden`` and ``M_{t-1}`` (and the write state, for a part that reads it)."""
+        extra = {"write_state": carry.write} if self.addressing.reads_write_state else {}
+        return self.addressing.step(prepared.addressing, t, hidden, carry.memory.values, carry.addressing, **extra)
+
+    def _read(self, address: Address, memory: SlotMemory | IndexedMemory | TapedMemory) -> tuple[Address, Tensor, Any]:
+        """``r_t`` at ``address`` (recorded for tracing); returns the address as the write sees it, ``r_t`` and the backend."""
+        address, read, memory = memory.read(address)
+        record("read", lambda: address.dense(self.slots, read.dtype))
+        return address, read, memory
 
 
 class MemoryRNN(nn.Module):

@@ -85,7 +85,8 @@ class Cell(Part):
             prepared: what ``prepare`` returned for this chunk.
             t: the time step within the chunk.
             state: the cell state; ``state["h"]`` is ``h_{t-1}`` ``[B, hidden_size]``.
-            read: ``r_t`` ``[B, width]``, the memory read of this step.
+            read: ``r_t`` ``[B, width]``, the memory read of this step (``r_{t-1}``, the
+                previous step's, with ``model.read: after``).
 
         Returns:
             ``o_t`` ``[B, output_size]`` and the new state (``"h"`` holds ``h_t``).
@@ -123,7 +124,7 @@ class Addressing(Part):
             prepared: what ``prepare`` returned for this chunk.
             t: the time step within the chunk.
             hidden: the controller state ``[B, hidden_size]``: ``h_{t-1}`` for a read
-                head, ``h_t`` for a write head.
+                head (``h_t`` with ``model.read: after``), ``h_t`` for a write head.
             memory: ``M_{t-1}`` ``[B, slots, width]``.
             state: the addressing state.
 

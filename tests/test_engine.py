@@ -229,3 +229,124 @@ def test_tracing_records_reads_writes_and_gates_per_step():
     writes = trace["layer0.write"].argmax(-1)
     assert writes[:3].tolist() == [[0] * B, [1] * B, [2] * B]  # fill-empty-first, as recorded
     torch.testing.assert_close(trace["layer0.read"].sum(-1), torch.ones(T, B))
+
+
+# -- model.read: the read before the cell (the paper) or after it (pytorch-ntm) ---------------
+
+
+def spy_step(monkeypatch, part, calls: list) -> None:
+    """Record the arguments and results of ``part.step`` in ``calls``, in call order."""
+    step = part.step
+
+    def recording(*args, **kwargs):
+        result = step(*args, **kwargs)
+        calls.append((args, result))
+        return result
+
+    monkeypatch.setattr(part, "step", recording)
+
+
+@pytest.mark.parametrize("read", ["before", "after"])
+def test_the_read_head_keys_from_h_t_after_the_cell_or_from_h_t_minus_1_before_it(monkeypatch, read):
+    model = build(model_mapping("ntm", output_size=None, read=read))
+    layer = model.layers[0]
+    cell_calls, address_calls = [], []
+    spy_step(monkeypatch, layer.cell, cell_calls)
+    spy_step(monkeypatch, layer.addressing, address_calls)
+    y, _ = model(torch.randn(B, T, 3))
+    h_0 = layer.init_state(B, torch.device("cpu"), torch.float32)["cell"]["h"]
+    hiddens = [h_0] + [result[1]["h"] for _, result in cell_calls]  # h_0 .. h_T
+    for t, (args, _) in enumerate(address_calls):
+        keyed_from = args[2]  # step(prepared, t, hidden, memory, state)
+        torch.testing.assert_close(keyed_from, hiddens[t + 1] if read == "after" else hiddens[t], rtol=0, atol=0)
+    if read == "after":  # the cell takes r_{t-1} (zeros first); o_t = [h_t, r_t]
+        d_h = layer.cell.hidden_size
+        reads = [torch.zeros(B, layer.width)] + list(y[:, :, d_h:].unbind(1))
+        for t, (args, _) in enumerate(cell_calls):
+            torch.testing.assert_close(args[3], reads[t], rtol=0, atol=0)  # step(prepared, t, state, read)
+        torch.testing.assert_close(y[:, :, :d_h], torch.stack(hiddens[1:], 1), rtol=0, atol=0)
+
+
+def test_read_after_is_pytorch_ntms_order_driven_by_hand():
+    """cell(x_t, r_{t-1}) -> h_t; address from h_t; r_t from M_{t-1}; write from h_t; o_t = [h_t, r_t]."""
+    from manntk import memory as mem
+
+    mapping = model_mapping("ntm", output_size=None, read="after", memory_override={"slots": 4, "width": 4, "init": "uniform"})
+    model = build(mapping)
+    layer = model.layers[0]
+    x = torch.randn(B, T, 3)
+    state = layer.init_state(B, torch.device("cpu"), torch.float32)
+    cell, address_state, write_state, memory = state["cell"], state["addressing"], state["write"], state["memory"]
+    read = torch.zeros(B, layer.width)
+    prepared = layer.cell.prepare(x), layer.addressing.prepare(x), layer.write.prepare(x)
+    outputs = []
+    for t in range(T):
+        _, cell = layer.cell.step(prepared[0], t, cell, read)
+        address, address_state = layer.addressing.step(prepared[1], t, cell["h"], memory, address_state)
+        read = mem.read(memory, address.weights)
+        memory, write_state = layer.write.step(prepared[2], t, memory, cell["h"], address, write_state)
+        outputs.append(torch.cat([cell["h"], read], 1))
+    y, new_state = model(x)
+    torch.testing.assert_close(y, torch.stack(outputs, 1))
+    torch.testing.assert_close(new_state["layers"][0]["memory"], memory)
+    torch.testing.assert_close(new_state["layers"][0]["read"], read)
+
+
+def test_read_before_and_after_give_different_outputs_from_the_same_weights():
+    models = {}
+    for read in ("before", "after"):
+        torch.manual_seed(0)
+        models[read] = build(model_mapping("ntm", read=read))
+    before, after = models["before"], models["after"]
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(B, T, 3)
+    assert not torch.allclose(before(x)[0], after(x)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("name, mode", [("ntm", "train"), ("ntm", "eval"), ("armin", "eval")])
+def test_read_after_carries_r_t_across_two_chunks(name, mode):
+    model = build(model_mapping(name, read="after"))
+    getattr(model, mode)()
+    x = torch.randn(B, T, 3)
+    y_full, state_full = model(x)
+    y_first, state = model(x[:, :3])
+    y_second, state = model(x[:, 3:], state)
+    torch.testing.assert_close(torch.cat([y_first, y_second], 1), y_full)
+    assert_states_close(state, state_full)
+    assert state["layers"][0]["read"].shape == (B, model.layers[0].width)
+
+
+def test_read_after_outputs_h_t_and_r_t_and_never_runs_the_chunk_kernel():
+    before, after = build(model_mapping("armin", output_size=None)), build(model_mapping("armin", output_size=None, read="after"))
+    assert after.layers[0].chunk_kernel is None and before.layers[0].chunk_kernel is not None
+    layer = after.layers[0]
+    assert layer.output_size == layer.cell.hidden_size + layer.width
+    assert after(torch.randn(B, T, 3))[0].shape == (B, T, layer.output_size)
+    assert "read" not in before.init_state(B)["layers"][0]
+
+
+def test_read_after_trains():
+    model = build(model_mapping("ntm", read="after"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    x, target = torch.randn(B, T, 3), torch.randn(B, T, 2)
+    losses = []
+    for _ in range(20):
+        loss = (model(x)[0] - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(parameter.grad is not None for parameter in model.parameters())
+
+
+def test_an_unknown_read_order_is_named_with_the_allowed_ones():
+    with pytest.raises(manntk.ConfigError, match=r"expected one of 'before', 'after'; got 'later' @ \$\.model\.read"):
+        build(model_mapping("ntm", read="later"))
+
+
+def test_every_composition_keeps_the_model_contract_with_read_after(composition):
+    from manntk.testing import check_model
+
+    check_model(model_mapping(composition, read="after"))
