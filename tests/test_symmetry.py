@@ -204,3 +204,63 @@ def test_the_authors_recipe_says_what_it_sets():
     assert (optimizer.name, optimizer.lr, optimizer.momentum, optimizer.alpha) == ("rmsprop", 1e-4, 0.9, 0.95)
     assert recipe.train.clip_value == 10.0 and recipe.train.clip_norm is None
     assert recipe.model.addressing.config.hard is False and recipe.model.addressing.config.temperature.steps == 0
+
+
+# -- pytorch-ntm's initialisation --------------------------------------------------------------
+
+
+def pytorch_ntm_init(cell: str = "default", head: str = "default", write: str = "default") -> torch.nn.Module:
+    """An NTM-style model wide enough for weight statistics (W_head 110 -> 206, W_ea 100 -> 400, W 310 -> 400)."""
+    mapping = model_mapping("ntm", input_size=10, slots=8, width=200)
+    mapping["cell"].update(hidden_size=100, init=cell)
+    mapping["addressing"]["init"] = head
+    mapping["write"].update(init=write, addressing={"name": "ntm", "init": head})
+    return manntk.build_model(mapping)
+
+
+def is_pytorch_ntm_head(linear: torch.nn.Linear) -> bool:
+    """Xavier-uniform weights with gain 1.4 (filling their range) and N(0, 0.01^2) biases."""
+    bound = 1.4 * math.sqrt(6 / (linear.in_features + linear.out_features))
+    weight, bias = linear.weight.detach(), linear.bias.detach()
+    return bool(0.95 * bound < weight.abs().max() <= bound and 0.008 < bias.std() < 0.012 and bias.mean().abs() < 0.003)
+
+
+@pytest.mark.parametrize("init", ["default", "xavier"])
+def test_ntm_heads_and_the_erase_add_projection_can_start_as_pytorch_ntms_heads(init):
+    layer = pytorch_ntm_init(head=init, write=init).layers[0]
+    heads = {"read head": layer.addressing.W_head, "write head": layer.write.head.W_head, "W_ea": layer.write.W_ea}
+    for name, linear in heads.items():
+        assert is_pytorch_ntm_head(linear) == (init == "xavier"), name
+        if init == "default":  # torch's Linear: U(+-1/sqrt(fan_in)) for weights and biases
+            assert linear.weight.abs().max() <= 1 / math.sqrt(linear.in_features)
+
+
+def test_the_write_heads_projection_and_its_addressing_take_their_own_init():
+    layer = pytorch_ntm_init(write="xavier").layers[0]
+    assert is_pytorch_ntm_head(layer.write.W_ea) and not is_pytorch_ntm_head(layer.write.head.W_head)
+
+
+@pytest.mark.parametrize("init", ["default", "pytorch_ntm"])
+def test_the_lstm_controller_can_start_as_pytorch_ntms(init):
+    W = pytorch_ntm_init(cell=init).layers[0].cell.W  # over [x, h, r]: 10 + 100 + 200 inputs
+    if init == "pytorch_ntm":
+        bound = 5 / math.sqrt(10 + 200 + 100)
+        assert 0.95 * bound < W.weight.abs().max() <= bound and torch.equal(W.bias, torch.zeros(400))
+    else:
+        assert W.weight.abs().max() <= 1 / math.sqrt(310) and W.bias.abs().min() > 0
+
+
+def test_an_unknown_init_is_named_with_the_allowed_ones():
+    with pytest.raises(manntk.ConfigError, match=r"expected one of 'default', 'xavier'; got 'glorot' @ \$\.model\.addressing\.init"):
+        pytorch_ntm_init(head="glorot")
+    with pytest.raises(manntk.ConfigError, match=r"expected one of 'default', 'pytorch_ntm'; got 'xavier' @ \$\.model\.cell\.init"):
+        pytorch_ntm_init(cell="xavier")
+
+
+def test_the_pytorch_ntm_recipe_sets_its_step_order_and_initialisation():
+    from manntk.recipe import load_recipe
+
+    model = load_recipe(Path(__file__).resolve().parents[1] / "recipes/algorithmic/copy/ntm_pytorch_ntm.yaml").model
+    assert model.read == "after" and model.cell.config.init == "pytorch_ntm" and model.cell.config.learned_state
+    write = model.write.config
+    assert (model.addressing.config.init, write.init, write.addressing.config.init, write.add) == ("xavier", "xavier", "xavier", "linear")

@@ -47,6 +47,10 @@ class NtmConfig:
         start: the weights before the first step: ``uniform`` (1/N on every slot),
             ``first_slot`` (all on slot 0, as a tape head starts) or ``learned`` (the
             softmax of trained logits, drawn from N(0, 1) when the model is built).
+        init: the head Linear's initialisation: ``default`` (torch's) or ``xavier``
+            (pytorch-ntm's heads, ``ntm/head.py``: Xavier-uniform weights with gain 1.4,
+            biases from N(0, 0.01^2); the fan-in here counts ``x_t`` too, which
+            pytorch-ntm's heads do not see).
     """
 
     interpolation: bool = True
@@ -56,6 +60,15 @@ class NtmConfig:
     start: Literal["uniform", "first_slot", "learned"] = attrs.field(
         default="first_slot", validator=attrs.validators.in_(("uniform", "first_slot", "learned"))
     )
+    init: Literal["default", "xavier"] = attrs.field(default="default", validator=attrs.validators.in_(("default", "xavier")))
+
+
+def xavier_head_init(linear: nn.Linear) -> None:
+    """pytorch-ntm's initialisation of a head's Linear (``ntm/head.py``, ``reset_parameters``),
+    in place: weights Xavier-uniform with gain 1.4, biases from N(0, 0.01^2)."""
+    with torch.no_grad():
+        nn.init.xavier_uniform_(linear.weight, gain=1.4)
+        nn.init.normal_(linear.bias, std=0.01)
 
 
 def cosine_similarity(key: Tensor, memory: Tensor, eps: float) -> Tensor:
@@ -92,6 +105,8 @@ class NtmAddressing(Addressing):
         self.input_size, self.slots, self.width = context.input_size, context.slots, context.width
         self.sizes = [context.width, 1, 1 if config.interpolation else 0, 2 * config.shift + 1 if config.shift else 0, 1 if config.sharpen else 0]
         self.W_head = nn.Linear(context.input_size + context.hidden_size, sum(self.sizes))
+        if config.init == "xavier":
+            xavier_head_init(self.W_head)
         if config.start == "learned":
             self.start_logits = nn.Parameter(torch.randn(self.slots))
 

@@ -12,7 +12,8 @@ With no memory (addressing ``none``) it is a plain LSTM: the baseline of the pap
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
@@ -38,6 +39,10 @@ class LstmConfig:
         zoneout: probability that a unit of ``h`` and of ``c`` keeps its previous value.
         learned_state: ``h_0`` and ``c_0`` are trained parameters (starting at zero, as
             pytorch-ntm's controller) instead of zeros.
+        init: the initialisation of ``W``: ``default`` (torch's Linear) or
+            ``pytorch_ntm`` (pytorch-ntm's controller, ``ntm/controller.py``
+            ``reset_parameters``: weights uniform in ``+-5 / sqrt(d_i + d_r + d_h)``, its
+            LSTM's inputs ``[x_t, r]`` plus its outputs, and biases zero).
     """
 
     hidden_size: int = attrs.field(validator=positive)
@@ -45,6 +50,7 @@ class LstmConfig:
     layer_norm: bool = False
     zoneout: float = attrs.field(default=0.0, validator=probability)
     learned_state: bool = False
+    init: Literal["default", "pytorch_ntm"] = attrs.field(default="default", validator=attrs.validators.in_(("default", "pytorch_ntm")))
 
 
 class _Prepared(NamedTuple):
@@ -62,6 +68,11 @@ class LstmCell(Cell):
         self.input_size, self.hidden_size, self.read_size = d_i, d_h, d_r
         self.output_size = d_h + d_r
         self.W = nn.Linear(d_i + d_h + d_r, 4 * d_h)
+        if config.init == "pytorch_ntm":
+            bound = 5 / math.sqrt(d_i + d_r + d_h)
+            with torch.no_grad():
+                nn.init.uniform_(self.W.weight, -bound, bound)
+                nn.init.zeros_(self.W.bias)
         self.norm_gates = GateNorm([d_h] * 4) if config.layer_norm else nn.Identity()
         self.norm_cell = nn.LayerNorm(d_h) if config.layer_norm else nn.Identity()
         if config.learned_state:

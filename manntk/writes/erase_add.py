@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk import memory as mem
+from manntk.addressing.ntm import xavier_head_init
 from manntk.config import AddressingSpec
 from manntk.context import BuildContext
 from manntk.fast.recurrent import RecurrentWeight
@@ -32,10 +33,15 @@ class EraseAddConfig:
         addressing: the write head's addressing (a plugin node, like ``model.addressing``).
         add: the add vector's activation: ``tanh`` (bounded, Graves et al.) or ``linear``
             (pytorch-ntm).
+        init: the initialisation of ``W_ea``, the Linear giving ``[e, a]``: ``default``
+            (torch's) or ``xavier`` (pytorch-ntm's write head: Xavier-uniform weights with
+            gain 1.4, biases from N(0, 0.01^2); pytorch-ntm's one Linear also gives the
+            head's addressing, whose own ``init`` is the head's option).
     """
 
     addressing: AddressingSpec = attrs.field(factory=lambda: AddressingSpec("ntm"))
     add: Literal["tanh", "linear"] = attrs.field(default="tanh", validator=attrs.validators.in_(("tanh", "linear")))
+    init: Literal["default", "xavier"] = attrs.field(default="default", validator=attrs.validators.in_(("default", "xavier")))
 
 
 class _Prepared(NamedTuple):
@@ -53,6 +59,8 @@ class EraseAdd(Write):
         self.slots, self.width = context.slots, context.width
         self.head = context.build(config.addressing, path=f"{context.path}.addressing")
         self.W_ea = nn.Linear(context.hidden_size, 2 * context.width)
+        if config.init == "xavier":
+            xavier_head_init(self.W_ea)
         self.bounded_add = config.add == "tanh"
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
