@@ -326,6 +326,12 @@ def test_read_after_outputs_h_t_and_r_t_and_never_runs_the_chunk_kernel():
     assert "read" not in before.init_state(B)["layers"][0]
 
 
+def test_a_read_after_layer_refuses_a_state_without_the_previous_read():
+    before, after = build(model_mapping("ntm")), build(model_mapping("ntm", read="after"))
+    with pytest.raises(ValueError, match=r"reads after the cell \(model.read: after\) and needs the previous read"):
+        after(torch.randn(B, T, 3), before.init_state(B))
+
+
 def test_read_after_trains():
     model = build(model_mapping("ntm", read="after"))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
