@@ -19,7 +19,7 @@ import manntk
 from manntk.build import build_experiment
 from manntk.engine import MemoryLayer
 from manntk.fast import armin_sequence
-from manntk.fast.armin_sequence import _ArminSequence
+from manntk.fast.armin_sequence import Options, _ArminSequence
 from manntk.recipe import load_recipe
 from manntk.trace import tracing
 from tests.conftest import fused_kernels_error
@@ -131,7 +131,7 @@ def test_the_operator_passes_gradcheck(fill, value_from_input):
         tensor(4 * d_h + D, d_i + d_h + D), tensor(4 * d_h + D), tensor(D, d_i * value_from_input + d_h), tensor(D),
     )
     filled = torch.tensor([0, 2])
-    options = (0.8, 0.3, True, True, False, True, fill, True)
+    options = Options(0.8, 0.3, squash=True, read_output=True, hard=False, argmax_write=True, fill=fill, address_gradient=True)
 
     def function(x, h0, m0, *weights):
         return _ArminSequence.apply(options, x, h0, m0, filled, None, *weights)[:3]
@@ -156,7 +156,8 @@ def test_a_default_armin_recipe_builds_the_kernel_and_trains_through_it(monkeypa
 
 def test_the_plain_path_runs_where_the_kernel_does_not_apply():
     """Tracing (``manntk inspect`` records gates and addresses per step), other dtypes and
-    zoneout in training step aside to the plain path."""
+    zoneout (in evaluation too: the cell then keeps the expected state) step aside to the
+    plain path."""
     model = manntk.build_model(mapping(True, hard=True))
     layer: MemoryLayer = model.layers[0]
     x = torch.randn(2, 5, INPUT)
@@ -169,7 +170,43 @@ def test_the_plain_path_runs_where_the_kernel_does_not_apply():
     zoned = manntk.build_model({**mapping(True), "cell": {**mapping(True)["cell"], "zoneout": 0.1}})
     assert not zoned.layers[0].chunk_kernel.applies(x)
     zoned.eval()
-    assert zoned.layers[0].chunk_kernel.applies(x)
+    assert not zoned.layers[0].chunk_kernel.applies(x)
+
+
+def test_a_state_that_does_not_fit_the_input_is_an_error_not_a_read_past_its_end():
+    model = manntk.build_model(mapping(True))
+    state = model.init_state(1)
+    with pytest.raises(RuntimeError, match=r"armin sequence: h must be \[4, 7\]"):
+        model(torch.randn(4, 3, INPUT), state)
+
+
+def test_the_returned_state_may_change_before_backward_and_the_output_is_contiguous():
+    """As on the plain path: a caller that resets a row of the returned memory in place
+    (a finished sequence) still gets its gradients; the output is a contiguous [B, T, d_o]."""
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        options = mapping(fast, hard=True)
+        del options["output_size"]
+        model = manntk.build_model(options).double()
+        x = torch.randn(BATCH, STEPS, INPUT, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(5)
+        y, state = model(x)
+        assert y.is_contiguous() and y.shape == (BATCH, STEPS, model.layers[0].output_size)
+        state["layers"][0]["memory"][0].zero_()
+        y.square().sum().backward()
+        results.append({"y": y.detach(), **{name: p.grad for name, p in model.named_parameters()}})
+    assert_same(*results, torch.float64)
+
+
+def test_an_argmax_read_in_evaluation_gives_the_address_no_gradient():
+    """As the discrete path: no gradient reaches W_s (None, not zeros an optimizer would step on)."""
+    for fast in (False, True):
+        model = manntk.build_model(mapping(fast, hard=True)).eval()
+        model(torch.randn(2, 5, INPUT))[0].sum().backward()
+        addressing = model.layers[0].addressing
+        assert addressing.W_s.weight.grad is None and addressing.W_s.bias.grad is None, fast
+        assert model.layers[0].cell.W_go.weight.grad is not None
 
 
 @pytest.mark.parametrize("options", [{"hard": True}, {"hard": True, "fill": False, "value": "input_and_hidden"}, {"argmax": True}])

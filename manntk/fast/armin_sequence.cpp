@@ -51,7 +51,7 @@ Sizes sizes_of(const at::Tensor& x, const at::Tensor& m0, const at::Tensor& W_ig
   TORCH_CHECK(W_ig.size(1) == s.K && W_go.size(0) == s.G && W_go.size(1) == s.K, "armin sequence: W_ig ", W_ig.sizes(),
               " or W_go ", W_go.sizes(), " do not fit inputs ", s.di, ", hidden ", s.dh, ", slot width ", s.dr);
   if (W_v.defined()) {
-    TORCH_CHECK(W_v.size(0) == s.D && (s.dvx == 0 || s.dvx == s.di), "armin sequence: W_v ", W_v.sizes(),
+    TORCH_CHECK(W_v.dim() == 2 && W_v.size(0) == s.D && (s.dvx == 0 || s.dvx == s.di), "armin sequence: W_v ", W_v.sizes(),
                 " must map [h] or [x, h] to the slot width ", s.D);
   } else {
     TORCH_CHECK(s.D == s.dh, "armin sequence: without W_v the slot width ", s.D, " must be the hidden size ", s.dh);
@@ -121,8 +121,25 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
                 "armin sequence: expected contiguous CPU tensors of one dtype");
   }
+  if (project) {
+    for (const at::Tensor* t : {&W_v, &b_v}) {
+      TORCH_CHECK(t->defined() && t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
+                  "armin sequence: W_v and b_v must be contiguous CPU tensors of x's dtype");
+    }
+  }
+  TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "armin sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
+  TORCH_CHECK(m0.dim() == 3, "armin sequence: the memory must be [B, N, D], got ", m0.sizes());
   const Sizes s = sizes_of(x, m0, W_ig, W_go, W_v, read_output);
   const int64_t T = s.T, B = s.B, N = s.N, D = s.D, K = s.K, Kv = s.Kv, di = s.di, dh = s.dh, dr = s.dr;
+  // a state of another batch size, memory or model must not be read past its end
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({B, dh}), "armin sequence: h must be [", B, ", ", dh, "], got ", h0.sizes());
+  TORCH_CHECK(m0.size(0) == B, "armin sequence: the memory holds ", m0.size(0), " rows, the input ", B);
+  TORCH_CHECK(filled0.device().is_cpu() && filled0.scalar_type() == at::kLong && filled0.is_contiguous() &&
+                  filled0.sizes() == at::IntArrayRef({B}),
+              "armin sequence: filled must be a contiguous int64 CPU tensor of ", B, " values, got ", filled0.sizes());
+  TORCH_CHECK(W_s.dim() == 2 && W_s.size(0) == N && W_s.size(1) == di + dh && b_s.numel() == N && b_ig.numel() == dh + dr &&
+                  b_go.numel() == s.G && (!project || b_v.numel() == D),
+              "armin sequence: W_s ", W_s.sizes(), " or a bias does not fit ", N, " slots, inputs ", di, " and hidden ", dh);
   const bool blends = !hard && !argmax_write;
   auto opts = x.options();
   auto out = at::empty({T, B, s.O}, opts);

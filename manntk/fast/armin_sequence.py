@@ -9,8 +9,8 @@ each row between them, and backward the same in reverse, with every weight's gra
 in one product over the whole chunk at the end.
 
 It covers one composition, the ARMIN layer: the ``armin`` cell (without layer norm or
-zoneout), ``auto`` addressing (soft reads, or hard straight-through Gumbel-softmax reads in
-training) and the ``overwrite`` write (``h_t``, or its projection ``W_v``, or ``value:
+zoneout), ``auto`` addressing (soft reads; hard reads: straight-through Gumbel-softmax in
+training, the argmax row in evaluation) and the ``overwrite`` write (``h_t``, or its projection ``W_v``, or ``value:
 input_and_hidden``; replacement by slot, argmax or the soft blend; fill-empty-first). The
 numbers are those of the plain path up to float rounding (``tests/test_armin_sequence.py``
 compares outputs, states and gradients with it and gradchecks the operator in float64).
@@ -18,7 +18,7 @@ compares outputs, states and gradients with it and gradchecks the operator in fl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,21 +32,34 @@ from manntk.trace import is_tracing
 DTYPES = (torch.float32, torch.float64)
 
 
-class _ArminSequence(torch.autograd.Function):
-    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, weights...) -> (o [T, B, d_o], h_T, M_T, filled_T)``.
+class Options(NamedTuple):
+    """The chunk's settings: the operator's arguments after the tensors, in its order, then
+    whether the address passes a gradient (soft reads, and hard reads in training,
+    straight-through; not an argmax read in evaluation, as on the discrete path)."""
 
-    ``options``: the operator's ``(tau, forget_bias, squash, read_output, hard, argmax_write,
-    fill)`` and, last, whether the address passes a gradient (soft reads, and hard reads in
-    training, straight-through; not an argmax read in evaluation).
+    tau: float
+    forget_bias: float
+    squash: bool
+    read_output: bool
+    hard: bool
+    argmax_write: bool
+    fill: bool
+    address_gradient: bool
+
+
+class _ArminSequence(torch.autograd.Function):
+    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v)
+    -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are ``None`` without a projection.
     """
 
     @staticmethod
-    def forward(ctx: Any, options: tuple[float, float, bool, bool, bool, bool, bool], x: Tensor, h0: Tensor, m0: Tensor,
-                filled0: Tensor, noise: Tensor | None, *weights: Tensor) -> tuple[Tensor, ...]:
-        W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v = weights
+    def forward(ctx: Any, options: Options, x: Tensor, h0: Tensor, m0: Tensor, filled0: Tensor, noise: Tensor | None,
+                *weights: Tensor | None) -> tuple[Tensor, ...]:
+        W_s, _, W_ig, _, W_go, _, W_v, _ = weights
         out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1])
         ctx.options = options
-        ctx.save_for_backward(memory, W_s, W_ig, W_go, W_v, *saved)
+        # a copy of M_T of its own: the caller may change the returned state in place before backward
+        ctx.save_for_backward(memory.clone(), W_s, W_ig, W_go, W_v, *saved)
         ctx.mark_non_differentiable(filled)
         ctx.set_materialize_grads(False)
         return out, h, memory, filled
@@ -55,13 +68,15 @@ class _ArminSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_h: Tensor | None, d_memory: Tensor | None, _filled: None) -> tuple[Tensor | None, ...]:
         memory, W_s, W_ig, W_go, W_v, *saved = ctx.saved_tensors
-        tau, _, squash, read_output, hard, _, _, address_gradient = ctx.options
-        grads = extension().sequence_backward(d_out, d_h, d_memory, memory, W_s, W_ig, W_go, W_v, *saved, tau, squash, read_output,
-                                              hard, address_gradient)
-        d_x, d_h0, d_m0, *d_weights, d_W_v, d_b_v = grads
+        options: Options = ctx.options
+        grads = extension().sequence_backward(d_out, d_h, d_memory, memory, W_s, W_ig, W_go, W_v, *saved, options.tau, options.squash,
+                                              options.read_output, options.hard, options.address_gradient)
+        d_x, d_h0, d_m0, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v = grads
+        if not options.address_gradient:  # an argmax read: W_s gets no gradient, as on the discrete path
+            d_W_s = d_b_s = None
         if W_v is None:  # no projection: v = h_t
             d_W_v = d_b_v = None
-        return None, d_x, d_h0, d_m0, None, None, *d_weights, d_W_v, d_b_v
+        return None, d_x, d_h0, d_m0, None, None, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v
 
 
 class ArminSequence:
@@ -83,13 +98,15 @@ class ArminSequence:
 
     def applies(self, x: Tensor) -> bool:
         """Whether this chunk can run here: a CPU float32/float64 input outside
-        ``torch.compile``, autocast and tracing, no zoneout in training, and kernels that
+        ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), a cell without
+        zoneout (which also changes evaluation: the expected state), and kernels that
         built. (In evaluation, hard reads are the argmax row and hard writes replace it,
         as on the engine's discrete path.)"""
         return (
             x.device.type == "cpu"
             and x.dtype in DTYPES
-            and not (self.cell.training and self.cell.config.zoneout)
+            and not self.cell.config.zoneout
+            and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled("cpu")
             and not is_tracing()
@@ -104,8 +121,8 @@ class ArminSequence:
         noise = addressing.chunk_noise((steps, batch, memory.shape[1]), x)  # drawn as the plain path draws it
         fill = write.fill_empty_first
         filled = state["write"]["filled"] if fill else torch.zeros(batch, dtype=torch.long)
-        options = (float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
-                   addressing.hard, write.argmax, fill, addressing.training or not addressing.hard)
+        options = Options(float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
+                          addressing.hard, write.argmax, fill, address_gradient=addressing.training or not addressing.hard)
         projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
         weights = (addressing.W_s.weight, addressing.W_s.bias, cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias,
                    *projection)
@@ -114,7 +131,7 @@ class ArminSequence:
             None if noise is None else noise.contiguous(), *weights,
         )
         new_state = {"cell": {"h": h}, "addressing": state.get("addressing", {}), "write": {"filled": filled} if fill else {}, "memory": memory}
-        return out.transpose(0, 1), new_state
+        return out.transpose(0, 1).contiguous(), new_state  # batch first and contiguous, as the plain path's
 
 
 _built: bool | None = None
@@ -131,6 +148,9 @@ def available() -> bool:
         except RuntimeError as error:
             import warnings
 
-            warnings.warn(f"{error} Running the plain (slower) path.", RuntimeWarning, stacklevel=3)
+            cause = error.__cause__ or error
+            warnings.warn(f"model.fast: the ARMIN chunk kernel could not be built ({cause}); running the plain (slower) path. "
+                          "Install a C++ compiler and ninja, or set model.fast: false to run the plain path without this warning.",
+                          RuntimeWarning, stacklevel=3)
             _built = False
     return _built
