@@ -134,7 +134,7 @@ def test_the_operator_passes_gradcheck(fill, value_from_input):
     options = Options(0.8, 0.3, squash=True, read_output=True, hard=False, argmax_write=True, fill=fill, address_gradient=True)
 
     def function(x, h0, m0, *weights):
-        return _ArminSequence.apply(options, x, h0, m0, filled, None, *weights)[:3]
+        return _ArminSequence.apply(options, True, x, h0, m0, filled, None, *weights)[:3]
 
     assert torch.autograd.gradcheck(function, (tensor(T, B, d_i), tensor(B, d_h), tensor(B, N, D), *weights))
 
@@ -171,6 +171,28 @@ def test_the_plain_path_runs_where_the_kernel_does_not_apply():
     assert not zoned.layers[0].chunk_kernel.applies(x)
     zoned.eval()
     assert not zoned.layers[0].chunk_kernel.applies(x)
+
+
+def test_without_a_backward_to_come_the_kernel_keeps_one_step_of_what_backward_reads(monkeypatch):
+    """Evaluation under no_grad holds one step of the gates and addresses, not T (ARMIN 500
+    at batch 128 and T 50: 64 MB of gate activations alone)."""
+    from manntk.fast.armin_fused import extension
+
+    forward, kept = extension().sequence_forward, []
+
+    def recording(*args):
+        outputs = forward(*args)
+        kept.append((args[-1], outputs[7].shape[0]))  # keep, and the activations' step count
+        return outputs
+
+    monkeypatch.setattr(armin_sequence, "extension", lambda: type("Ops", (), {"sequence_forward": staticmethod(recording)})())
+    model = manntk.build_model(mapping(True, hard=True))
+    x = torch.randn(2, STEPS, INPUT)
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)  # evaluation with gradients on: they may still be asked for
+    assert kept == [(False, 1), (True, STEPS)]
 
 
 def test_a_state_that_does_not_fit_the_input_is_an_error_not_a_read_past_its_end():

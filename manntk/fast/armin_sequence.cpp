@@ -104,8 +104,8 @@ void rows(int64_t B, const F& body) {
   });
 }
 
-// Forward. Returns {out [T,B,O], h_T [B,dh], M_T [B,N,D], filled_T [B], and what backward
-// needs: xhr [T,B,K] ([x, h_{t-1}, r_t]), xg [T,B,K] ([x, h^g, r^g]), sg, act, vin [T,B,Kv]
+// Forward. keep: whether backward will run (else the buffers only it reads hold one step).
+// Returns {out [T,B,O], h_T [B,dh], M_T [B,N,D], filled_T [B], and what backward needs: xhr [T,B,K] ([x, h_{t-1}, r_t]), xg [T,B,K] ([x, h^g, r^g]), sg, act, vin [T,B,Kv]
 // ([(x,) h_t]), p [T,B,N], index [T,B] (argmax, or -1), slot [T,B] (-1: blend), kept [T,B,D]
 // (the rows replaced; empty when a write blends) and history [T,B,N,D] (M_{t-1}; empty when
 // every write replaces)}.
@@ -114,7 +114,8 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
                                          const at::Tensor& W_ig, const at::Tensor& b_ig, const at::Tensor& W_go,
                                          const at::Tensor& b_go, const std::optional<at::Tensor>& W_v_,
                                          const std::optional<at::Tensor>& b_v_, const std::optional<at::Tensor>& noise, double tau, double forget_bias,
-                                         bool squash, bool read_output, bool hard, bool argmax_write, bool fill) {
+                                         bool squash, bool read_output, bool hard, bool argmax_write, bool fill,
+                                         bool keep) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
   const bool project = W_v.defined();
   for (const at::Tensor* t : {&x, &h0, &m0, &W_s, &b_s, &W_ig, &b_ig, &W_go, &b_go}) {
@@ -143,12 +144,14 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
   const bool blends = !hard && !argmax_write;
   auto opts = x.options();
   auto out = at::empty({T, B, s.O}, opts);
-  auto xhr = at::empty({T, B, K}, opts), xg = at::empty({T, B, K}, opts);
-  auto sg = at::empty({T, B, dh + dr}, opts), act = at::empty({T, B, s.G}, opts);
-  auto vin = at::empty({T, B, Kv}, opts), p = at::empty({T, B, N}, opts);
+  // without backward (keep false) the buffers only backward reads hold one step, reused
+  const int64_t Tk = keep ? T : 1;
+  auto xhr = at::empty({T, B, K}, opts), xg = at::empty({Tk, B, K}, opts);
+  auto sg = at::empty({Tk, B, dh + dr}, opts), act = at::empty({Tk, B, s.G}, opts);
+  auto vin = at::empty({T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
-  auto kept = at::empty({blends ? 0 : T, B, D}, opts);
-  auto history = at::empty({blends ? T : 0, B, N, D}, opts);
+  auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
+  auto history = at::empty({blends ? Tk : 0, B, N, D}, opts);
   auto memory = m0.clone();
   auto filled = filled0.clone();
   auto z = at::empty({B, N}, opts), ig = at::empty({B, dh + dr}, opts), go = at::empty({B, s.G}, opts),
@@ -169,7 +172,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
        *pgo = go.data_ptr<T_>(), *pv = v.data_ptr<T_>();
     int64_t *pindex = index.data_ptr<int64_t>(), *pslot = slot.data_ptr<int64_t>(), *pfilled = filled.data_ptr<int64_t>();
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t row0 = t * B;
+      const int64_t row0 = t * B, krow0 = keep ? row0 : 0;  // krow0: rows of the buffers only backward reads
       rows(B, [&](int64_t b) {  // [x_t, h_{t-1}]
         T_* row = pxhr + (row0 + b) * K;
         copy_row(px + (row0 + b) * di, row, di);
@@ -179,7 +182,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
       at::mm_out(z, step_xhr.narrow(1, 0, di + dh), Ws_t);
       rows(B, [&](int64_t b) {  // the address and r_t
         T_* zb = pz + b * N;
-        T_* pb = pp + (row0 + b) * N;
+        T_* pb = pp + (krow0 + b) * N;
         for (int64_t j = 0; j < N; ++j) zb[j] += pbs[j] + (pnoise ? pnoise[(row0 + b) * N + j] : T_(0));
         softmax_row(zb, pb, N, temperature);
         const int64_t chosen = hard ? argmax(zb, N) : argmax_write ? argmax(pb, N) : -1;
@@ -196,20 +199,20 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
             for (int64_t k = 0; k < D; ++k) r[k] += w * mj[k];
           }
         }
-        if (blends) copy_row(mb, phist + (row0 + b) * N * D, N * D);
+        if (blends) copy_row(mb, phist + (krow0 + b) * N * D, N * D);
       });
       at::mm_out(ig, step_xhr, Wig_t);
       rows(B, [&](int64_t b) {  // sigmoid([g_h, g_r]) and [x, h^g, r^g]
         const T_* row = pxhr + (row0 + b) * K;
-        T_* gated = pxg + (row0 + b) * K;
+        T_* gated = pxg + (krow0 + b) * K;
         copy_row(row, gated, di);
-        gates_in_row(pig + b * (dh + dr), pbig, row + di, row + di + dh, psg + (row0 + b) * (dh + dr), gated + di, dh, dr);
+        gates_in_row(pig + b * (dh + dr), pbig, row + di, row + di + dh, psg + (krow0 + b) * (dh + dr), gated + di, dh, dr);
       });
-      at::mm_out(go, xg[t], Wgo_t);
+      at::mm_out(go, xg[keep ? t : 0], Wgo_t);
       rows(B, [&](int64_t b) {  // the gates, h_t, o_t
         const T_* row = pxhr + (row0 + b) * K;
         T_* value_in = pvin + (row0 + b) * Kv;
-        cell_out_row(pgo + b * s.G, pbgo, row + di, row + di + dh, pact + (row0 + b) * s.G, value_in + s.dvx,
+        cell_out_row(pgo + b * s.G, pbgo, row + di, row + di + dh, pact + (krow0 + b) * s.G, value_in + s.dvx,
                      pout + (row0 + b) * s.O, dh, dr, fb, squash, read_output);
         if (s.dvx) copy_row(row, value_in, di);
       });
@@ -221,10 +224,10 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
         const int64_t target = (fill && pfilled[b] < N) ? pfilled[b] : pindex[row0 + b];
         pslot[row0 + b] = target;
         if (target >= 0) {
-          if (!blends) copy_row(mb + target * D, pkept + (row0 + b) * D, D);
+          if (!blends) copy_row(mb + target * D, pkept + (krow0 + b) * D, D);
           copy_row(vb, mb + target * D, D);
         } else {
-          const T_* pb = pp + (row0 + b) * N;
+          const T_* pb = pp + (krow0 + b) * N;
           for (int64_t j = 0; j < N; ++j) {
             T_* mj = mb + j * D;
             const T_ w = pb[j];
@@ -371,7 +374,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
 TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("sequence_forward(Tensor x, Tensor h0, Tensor m0, Tensor filled0, Tensor W_s, Tensor b_s, Tensor W_ig, "
         "Tensor b_ig, Tensor W_go, Tensor b_go, Tensor? W_v, Tensor? b_v, Tensor? noise, float tau, float forget_bias, "
-        "bool squash, bool read_output, bool hard, bool argmax_write, bool fill) -> Tensor[]",
+        "bool squash, bool read_output, bool hard, bool argmax_write, bool fill, bool keep) -> Tensor[]",
         &sequence_forward);
   m.def("sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_m, Tensor m_last, Tensor W_s, Tensor W_ig, Tensor W_go, "
         "Tensor? W_v, Tensor xhr, Tensor xg, Tensor sg, Tensor act, Tensor vin, Tensor p, Tensor index, Tensor slot, "

@@ -48,15 +48,17 @@ class Options(NamedTuple):
 
 
 class _ArminSequence(torch.autograd.Function):
-    """``(x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig, W_go, b_go, W_v, b_v)
-    -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are ``None`` without a projection.
+    """``(options, keep, x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig, W_go, b_go,
+    W_v, b_v) -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are ``None`` without a
+    projection. ``keep``: a backward may come; without one the kernel holds a single step of
+    what only backward reads.
     """
 
     @staticmethod
-    def forward(ctx: Any, options: Options, x: Tensor, h0: Tensor, m0: Tensor, filled0: Tensor, noise: Tensor | None,
+    def forward(ctx: Any, options: Options, keep: bool, x: Tensor, h0: Tensor, m0: Tensor, filled0: Tensor, noise: Tensor | None,
                 *weights: Tensor | None) -> tuple[Tensor, ...]:
         W_s, _, W_ig, _, W_go, _, W_v, _ = weights
-        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1])
+        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1], keep)
         ctx.options = options
         # a copy of M_T of its own: the caller may change the returned state in place before backward
         ctx.save_for_backward(memory.clone(), W_s, W_ig, W_go, W_v, *saved)
@@ -76,7 +78,7 @@ class _ArminSequence(torch.autograd.Function):
             d_W_s = d_b_s = None
         if W_v is None:  # no projection: v = h_t
             d_W_v = d_b_v = None
-        return None, d_x, d_h0, d_m0, None, None, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v
+        return None, None, d_x, d_h0, d_m0, None, None, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v
 
 
 class ArminSequence:
@@ -126,8 +128,10 @@ class ArminSequence:
         projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
         weights = (addressing.W_s.weight, addressing.W_s.bias, cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias,
                    *projection)
+        inputs = (x, state["cell"]["h"], memory, *(weight for weight in weights if weight is not None))
+        keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
         out, h, memory, filled = _ArminSequence.apply(
-            options, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
+            options, keep, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
             None if noise is None else noise.contiguous(), *weights,
         )
         new_state = {"cell": {"h": h}, "addressing": state.get("addressing", {}), "write": {"filled": filled} if fill else {}, "memory": memory}
