@@ -167,8 +167,8 @@ class MemoryLayer(nn.Module):
         its memory in place instead of into a copy (for ARMIN 800 with 256 slots at batch
         128 the copy is 105 MB per chunk).
         """
-        if self.chunk_kernel is not None and self.chunk_kernel.applies(x):
-            return self.chunk_kernel(x, state)
+        if self.chunk_kernel is not None and self.chunk_kernel.applies(self, x):
+            return self.chunk_kernel(self, x, state)
         discrete = self.discrete_eval and not self.training
         prepared = _Prepared(self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x))
         memory = state["memory"]

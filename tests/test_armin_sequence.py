@@ -161,16 +161,16 @@ def test_the_plain_path_runs_where_the_kernel_does_not_apply():
     model = manntk.build_model(mapping(True, hard=True))
     layer: MemoryLayer = model.layers[0]
     x = torch.randn(2, 5, INPUT)
-    assert layer.chunk_kernel.applies(x)
-    assert not layer.chunk_kernel.applies(x.to(torch.bfloat16))
+    assert layer.chunk_kernel.applies(layer, x)
+    assert not layer.chunk_kernel.applies(layer, x.to(torch.bfloat16))
     with tracing() as trace:
-        assert not layer.chunk_kernel.applies(x)
+        assert not layer.chunk_kernel.applies(layer, x)
         model(x)
     assert "layer0.read" in trace and trace["layer0.read"].shape[0] == 5
     zoned = manntk.build_model({**mapping(True), "cell": {**mapping(True)["cell"], "zoneout": 0.1}})
-    assert not zoned.layers[0].chunk_kernel.applies(x)
+    assert not zoned.layers[0].chunk_kernel.applies(zoned.layers[0], x)
     zoned.eval()
-    assert not zoned.layers[0].chunk_kernel.applies(x)
+    assert not zoned.layers[0].chunk_kernel.applies(zoned.layers[0], x)
 
 
 def test_without_a_backward_to_come_the_kernel_keeps_one_step_of_what_backward_reads(monkeypatch):
@@ -272,6 +272,10 @@ def test_other_compositions_get_no_kernel():
     layer_norm = mapping(True)
     layer_norm["cell"]["layer_norm"] = True
     assert manntk.build_model(layer_norm).layers[0].chunk_kernel is None
+    swapped = manntk.build_model(mapping(True))  # parts swapped after the build: the kernel steps aside
+    swapped.layers[0].write = manntk.build_model({**mapping(True), "cell": {"name": "armin", "hidden_size": WIDTH},
+                                                  "write": {"name": "erase_add"}}).layers[0].write
+    assert not swapped.layers[0].chunk_kernel.applies(swapped.layers[0], torch.randn(2, 3, INPUT))
 
 
 def test_without_a_compiler_the_plain_path_runs_with_one_warning(monkeypatch):

@@ -82,32 +82,35 @@ class _ArminSequence(torch.autograd.Function):
 
 
 class ArminSequence:
-    """The chunk kernel bound to one layer's parts; [`for_parts`][manntk.fast.armin_sequence.ArminSequence.for_parts]
-    says whether the parts are the composition it covers."""
+    """The chunk kernel of a layer (``layer.cell``, ``.addressing``, ``.write``, read at every
+    chunk, so parts swapped after the build are seen); [`for_parts`][manntk.fast.armin_sequence.ArminSequence.for_parts]
+    says whether parts are the composition it covers."""
 
-    def __init__(self, cell: Any, addressing: Any, write: Any) -> None:
-        self.cell, self.addressing, self.write = cell, addressing, write
-
-    @classmethod
-    def for_parts(cls, cell: Any, addressing: Any, write: Any) -> "ArminSequence | None":
-        """The kernel for these parts, or ``None`` when they are not the ARMIN layer it covers."""
+    @staticmethod
+    def covers(cell: Any, addressing: Any, write: Any) -> bool:
+        """Whether these parts are the ARMIN layer the kernel implements."""
         from manntk.addressing.auto import AutoAddressing
         from manntk.cells.armin import ArminCell
         from manntk.writes.overwrite import Overwrite
 
-        covered = type(cell) is ArminCell and type(addressing) is AutoAddressing and type(write) is Overwrite
-        return cls(cell, addressing, write) if covered and not cell.config.layer_norm else None
+        return type(cell) is ArminCell and type(addressing) is AutoAddressing and type(write) is Overwrite and not cell.config.layer_norm
 
-    def applies(self, x: Tensor) -> bool:
-        """Whether this chunk can run here: a CPU float32/float64 input outside
-        ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), a cell without
-        zoneout (which also changes evaluation: the expected state), and kernels that
-        built. (In evaluation, hard reads are the argmax row and hard writes replace it,
-        as on the engine's discrete path.)"""
+    @classmethod
+    def for_parts(cls, cell: Any, addressing: Any, write: Any) -> "ArminSequence | None":
+        """The kernel for a layer of these parts, or ``None`` when they are not the ARMIN layer it covers."""
+        return cls() if cls.covers(cell, addressing, write) else None
+
+    def applies(self, layer: Any, x: Tensor) -> bool:
+        """Whether the chunk ``x`` of ``layer`` can run here: the parts it covers, a CPU
+        float32/float64 input outside ``torch.compile``, autocast and tracing (manntk's,
+        ``torch.jit``'s), a cell without zoneout (which also changes evaluation: the
+        expected state), and kernels that built. (In evaluation, hard reads are the argmax
+        row and hard writes replace it, as on the engine's discrete path.)"""
         return (
-            x.device.type == "cpu"
+            self.covers(layer.cell, layer.addressing, layer.write)
+            and x.device.type == "cpu"
             and x.dtype in DTYPES
-            and not self.cell.config.zoneout
+            and not layer.cell.config.zoneout
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled("cpu")
@@ -115,9 +118,9 @@ class ArminSequence:
             and available()
         )
 
-    def __call__(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """The chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new state, as the plain path."""
-        cell, addressing, write = self.cell, self.addressing, self.write
+    def __call__(self, layer: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """``layer``'s chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new state, as the plain path."""
+        cell, addressing, write = layer.cell, layer.addressing, layer.write
         batch, steps = x.shape[0], x.shape[1]
         memory = state["memory"]
         noise = addressing.chunk_noise((steps, batch, memory.shape[1]), x)  # drawn as the plain path draws it
