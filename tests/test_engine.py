@@ -52,12 +52,18 @@ def test_state_carried_across_two_chunks_equals_one_long_sequence(composition, m
         mapping = soften(mapping)
     model = build(mapping)
     getattr(model, mode)()
+    assert_two_chunks_are_one(model)
+
+
+def assert_two_chunks_are_one(model) -> dict:
+    """A sequence run as two chunks (the state carried) gives the outputs and state of one chunk; returns the state."""
     x = torch.randn(B, T, 3)
     y_full, state_full = model(x)
     y_first, state = model(x[:, :3])
     y_second, state = model(x[:, 3:], state)
     torch.testing.assert_close(torch.cat([y_first, y_second], 1), y_full)
     assert_states_close(state, state_full)
+    return state
 
 
 @pytest.mark.parametrize("name", ["armin", "awta", "tardis"])
@@ -308,12 +314,7 @@ def test_read_before_and_after_give_different_outputs_from_the_same_weights():
 def test_read_after_carries_r_t_across_two_chunks(name, mode):
     model = build(model_mapping(name, read="after"))
     getattr(model, mode)()
-    x = torch.randn(B, T, 3)
-    y_full, state_full = model(x)
-    y_first, state = model(x[:, :3])
-    y_second, state = model(x[:, 3:], state)
-    torch.testing.assert_close(torch.cat([y_first, y_second], 1), y_full)
-    assert_states_close(state, state_full)
+    state = assert_two_chunks_are_one(model)
     assert state["layers"][0]["read"].shape == (B, model.layers[0].width)
 
 
