@@ -168,7 +168,7 @@ class MemoryLayer(nn.Module):
         128 the copy is 105 MB per chunk).
         """
         if self.chunk_kernel is not None and self.chunk_kernel.applies(self, x):
-            return self.chunk_kernel(self, x, state)
+            return self.chunk_kernel(self, x, state, consume_state)
         discrete = self.discrete_eval and not self.training
         prepared = _Prepared(self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x))
         memory = state["memory"]

@@ -105,6 +105,7 @@ void rows(int64_t B, const F& body) {
 }
 
 // Forward. keep: whether backward will run (else the buffers only it reads hold one step).
+// in_place: the caller gives m0 up; without backward the memory is written into it.
 // Returns {out [T,B,O], h_T [B,dh], M_T [B,N,D], filled_T [B], and what backward needs: xhr [T,B,K] ([x, h_{t-1}, r_t]), xg [T,B,K] ([x, h^g, r^g]), sg, act, vin [T,B,Kv]
 // ([(x,) h_t]), p [T,B,N], index [T,B] (argmax, or -1), slot [T,B] (-1: blend), kept [T,B,D]
 // (the rows replaced; empty when a write blends) and history [T,B,N,D] (M_{t-1}; empty when
@@ -115,7 +116,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
                                          const at::Tensor& b_go, const std::optional<at::Tensor>& W_v_,
                                          const std::optional<at::Tensor>& b_v_, const std::optional<at::Tensor>& noise, double tau, double forget_bias,
                                          bool squash, bool read_output, bool hard, bool argmax_write, bool fill,
-                                         bool keep) {
+                                         bool keep, bool in_place) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
   const bool project = W_v.defined();
   for (const at::Tensor* t : {&x, &h0, &m0, &W_s, &b_s, &W_ig, &b_ig, &W_go, &b_go}) {
@@ -152,7 +153,8 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
   auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
   auto history = at::empty({blends ? Tk : 0, B, N, D}, opts);
-  auto memory = m0.clone();
+  // the caller's memory is written in place only when it gives the state up and no backward needs M_0
+  auto memory = (in_place && !keep) ? m0 : m0.clone();
   auto filled = filled0.clone();
   auto z = at::empty({B, N}, opts), ig = at::empty({B, dh + dr}, opts), go = at::empty({B, s.G}, opts),
        v = at::empty({B, D}, opts);
@@ -184,7 +186,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
         T_* zb = pz + b * N;
         T_* pb = pp + (krow0 + b) * N;
         for (int64_t j = 0; j < N; ++j) zb[j] += pbs[j] + (pnoise ? pnoise[(row0 + b) * N + j] : T_(0));
-        softmax_row(zb, pb, N, temperature);
+        if (!hard || keep) softmax_row(zb, pb, N, temperature);  // hard reads without backward need only the argmax
         const int64_t chosen = hard ? argmax(zb, N) : argmax_write ? argmax(pb, N) : -1;
         pindex[row0 + b] = chosen;
         const T_* mb = pm + b * N * D;
@@ -374,7 +376,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
 TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("sequence_forward(Tensor x, Tensor h0, Tensor m0, Tensor filled0, Tensor W_s, Tensor b_s, Tensor W_ig, "
         "Tensor b_ig, Tensor W_go, Tensor b_go, Tensor? W_v, Tensor? b_v, Tensor? noise, float tau, float forget_bias, "
-        "bool squash, bool read_output, bool hard, bool argmax_write, bool fill, bool keep) -> Tensor[]",
+        "bool squash, bool read_output, bool hard, bool argmax_write, bool fill, bool keep, bool in_place) -> Tensor[]",
         &sequence_forward);
   m.def("sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_m, Tensor m_last, Tensor W_s, Tensor W_ig, Tensor W_go, "
         "Tensor? W_v, Tensor xhr, Tensor xg, Tensor sg, Tensor act, Tensor vin, Tensor p, Tensor index, Tensor slot, "

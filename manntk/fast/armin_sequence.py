@@ -48,20 +48,21 @@ class Options(NamedTuple):
 
 
 class _ArminSequence(torch.autograd.Function):
-    """``(options, keep, x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig, W_go, b_go,
-    W_v, b_v) -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are ``None`` without a
-    projection. ``keep``: a backward may come; without one the kernel holds a single step of
-    what only backward reads.
+    """``(options, keep, in_place, x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig,
+    W_go, b_go, W_v, b_v) -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are
+    ``None`` without a projection. ``keep``: a backward may come; without one the kernel holds
+    a single step of what only backward reads, and with ``in_place`` (the caller gives the
+    state up) writes into ``M_0`` instead of a copy.
     """
 
     @staticmethod
-    def forward(ctx: Any, options: Options, keep: bool, x: Tensor, h0: Tensor, m0: Tensor, filled0: Tensor, noise: Tensor | None,
-                *weights: Tensor | None) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, options: Options, keep: bool, in_place: bool, x: Tensor, h0: Tensor, m0: Tensor, filled0: Tensor,
+                noise: Tensor | None, *weights: Tensor | None) -> tuple[Tensor, ...]:
         W_s, _, W_ig, _, W_go, _, W_v, _ = weights
-        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1], keep)
+        out, h, memory, filled, *saved = extension().sequence_forward(x, h0, m0, filled0, *weights, noise, *options[:-1], keep, in_place)
         ctx.options = options
-        # a copy of M_T of its own: the caller may change the returned state in place before backward
-        ctx.save_for_backward(memory.clone(), W_s, W_ig, W_go, W_v, *saved)
+        if keep:  # a copy of M_T of its own: the caller may change the returned state in place before backward
+            ctx.save_for_backward(memory.clone(), W_s, W_ig, W_go, W_v, *saved)
         ctx.mark_non_differentiable(filled)
         ctx.set_materialize_grads(False)
         return out, h, memory, filled
@@ -78,7 +79,7 @@ class _ArminSequence(torch.autograd.Function):
             d_W_s = d_b_s = None
         if W_v is None:  # no projection: v = h_t
             d_W_v = d_b_v = None
-        return None, None, d_x, d_h0, d_m0, None, None, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v
+        return None, None, None, d_x, d_h0, d_m0, None, None, d_W_s, d_b_s, *d_cell, d_W_v, d_b_v
 
 
 class ArminSequence:
@@ -118,8 +119,9 @@ class ArminSequence:
             and available()
         )
 
-    def __call__(self, layer: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """``layer``'s chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new state, as the plain path."""
+    def __call__(self, layer: Any, x: Tensor, state: State, consume_state: bool = False) -> tuple[Tensor, State]:
+        """``layer``'s chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new
+        state, as the plain path; ``consume_state`` as [`MemoryRNN`][manntk.engine.MemoryRNN]'s."""
         cell, addressing, write = layer.cell, layer.addressing, layer.write
         batch, steps = x.shape[0], x.shape[1]
         memory = state["memory"]
@@ -133,8 +135,9 @@ class ArminSequence:
                    *projection)
         inputs = (x, state["cell"]["h"], memory, *(weight for weight in weights if weight is not None))
         keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
+        in_place = consume_state and memory.is_contiguous()
         out, h, memory, filled = _ArminSequence.apply(
-            options, keep, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
+            options, keep, in_place, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
             None if noise is None else noise.contiguous(), *weights,
         )
         new_state = {"cell": {"h": h}, "addressing": state.get("addressing", {}), "write": {"filled": filled} if fill else {}, "memory": memory}
