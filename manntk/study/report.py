@@ -52,12 +52,11 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
     """The summary of one run directory and the metric it reports (``None`` before any row)."""
     from manntk.tools.plot import PlotError, headline_metric, load_run
 
-    results_file = path / "results.json"
-    results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else None
     try:
         run = load_run(path)
     except PlotError:  # not started yet: no metrics
         return RunSummary(arm, seed, path, False, 0, None, None, None, None, None, None, ()), metric
+    results = run.results  # results.json, read by load_run
     metric = metric or headline_metric([run])
     steps, times, values = run.validations(metric)
     recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) if (path / "recipe.yaml").exists() else {}
