@@ -169,15 +169,15 @@ class MemoryLayer(nn.Module):
         """
         if self.chunk_kernel is not None and self.chunk_kernel.applies(self, x):
             return self.chunk_kernel(self, x, state, consume_state)
+        if self.read == "after" and "read" not in state:
+            raise ValueError("this layer reads after the cell (model.read: after) and needs the previous read, state['read']: "
+                             "start from init_state() or a state this model returned, not one of a model that reads before")
         discrete = self.discrete_eval and not self.training
         prepared = _Prepared(self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x))
         memory = state["memory"]
         if discrete and not consume_state:
             memory = memory.clone()  # the discrete path writes in place; the caller's state stays intact
         memory = backend_for(memory, discrete=discrete, tape_capable=self.tape_capable)
-        if self.read == "after" and "read" not in state:
-            raise ValueError("this layer reads after the cell (model.read: after) and needs the previous read, state['read']: "
-                             "start from init_state() or a state this model returned, not one of a model that reads before")
         carry = _Carry(state["cell"], state.get("addressing", {}), state.get("write", {}), memory, state.get("read"))
         step = self._step_read_after if self.read == "after" else self._step_read_before
         outputs = []
