@@ -120,8 +120,8 @@ def add_plugin_commands(commands: argparse._SubParsersAction, plugins: Plugins) 
         contributed += [entry for entry in added if entry not in contributed]
 
 
-#: Set to ``1`` (anything but empty and ``0``), it does what ``manntk --debug`` does.
 DEBUG_VARIABLE = "MANNTK_DEBUG"
+"""Set to ``1`` (anything but empty and ``0``), it does what ``manntk --debug`` does."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,9 +282,9 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-#: A breakdown (``bce_by_length``) with at most this many keys is printed in full; a longer
-#: one by its extremes (the whole of it is in metrics.jsonl and results.json).
 SHOWN_IN_FULL = 8
+"""A breakdown (``bce_by_length``) with at most this many keys is printed in full; a longer
+one by its extremes (the whole of it is in metrics.jsonl and results.json)."""
 
 
 def metrics_line(metrics: Metrics) -> str:

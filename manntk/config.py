@@ -258,14 +258,14 @@ def probability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
 
 
-#: A recipe setting for how often something happens in a run: a step count (``50``), a
-#: duration of wall clock (``"10min"``), or both (``[50, "10min"]``: whichever comes
-#: first). The recipe keeps the value as written; [`parse_every`][manntk.config.parse_every]
-#: reads it.
 EverySetting = int | str | list[int | str]
+"""A recipe setting for how often something happens in a run: a step count (``50``), a
+duration of wall clock (``"10min"``), or both (``[50, "10min"]``: whichever comes
+first). The recipe keeps the value as written; [`parse_every`][manntk.config.parse_every]
+reads it."""
 
-#: The units a duration may end in, and their seconds.
 DURATION_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+"""The units a duration may end in, and their seconds."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$")
 

@@ -41,17 +41,17 @@ from manntk.state import State
 from manntk.trace import record, scope
 
 
-#: Inductor options of [`MemoryRNN.compile_layers`][manntk.engine.MemoryRNN.compile_layers].
-#: With its default ``realize_opcount_threshold`` Inductor's CPU code computes wrong
-#: gradients for ARMIN's gates (``[g_h * h, g_r * r]`` from one split gate: 25% off in
-#: float64 on torch 2.13; docs/architecture.md has a reproducer without manntk); realizing every
-#: intermediate that is read more than once makes them exact.
 INDUCTOR_OPTIONS = {"realize_opcount_threshold": 0}
+"""Inductor options of [`MemoryRNN.compile_layers`][manntk.engine.MemoryRNN.compile_layers].
+With its default ``realize_opcount_threshold`` Inductor's CPU code computes wrong
+gradients for ARMIN's gates (``[g_h * h, g_r * r]`` from one split gate: 25% off in
+float64 on torch 2.13; docs/architecture.md has a reproducer without manntk); realizing every
+intermediate that is read more than once makes them exact."""
 
 
-#: The two orders of the step (``model.read``): ``before`` the cell (the ARMIN paper) or
-#: ``after`` it (pytorch-ntm).
 READ_ORDERS = ("before", "after")
+"""The two orders of the step (``model.read``): ``before`` the cell (the ARMIN paper) or
+``after`` it (pytorch-ntm)."""
 
 
 class _Prepared(NamedTuple):

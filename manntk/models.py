@@ -39,7 +39,6 @@ class PaperModel:
         }
 
 
-#: By key, in the paper's order.
 PAPER_MODELS: dict[str, PaperModel] = {
     "armin": PaperModel("ARMIN", "armin", "auto", "overwrite", 100, "recipes/algorithmic/copy/armin.yaml"),
     "awta": PaperModel("AwTA", "armin", "tardis", "overwrite", 100, "recipes/algorithmic/copy/awta.yaml"),
@@ -47,6 +46,7 @@ PAPER_MODELS: dict[str, PaperModel] = {
     "ntm": PaperModel("NTM-style", "lstm", "ntm", "erase_add", 100, "recipes/algorithmic/copy/ntm.yaml"),
     "lstm": PaperModel("LSTM baseline", "lstm", "none", "none", 300, "recipes/algorithmic/copy/lstm.yaml"),
 }
+"""By key, in the paper's order."""
 
 
 def composition_table(recipes: bool = False) -> str:

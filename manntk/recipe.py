@@ -187,8 +187,8 @@ class Recipe:
     cpu_alternative: str | None = attrs.field(default=None, validator=shipped_recipe_name)
 
 
-#: Paths of the plugin nodes, whose ``name`` swaps the part and its options together.
 PLUGIN_NODES = ("task", "model.cell", "model.addressing", "model.write", "model.write.addressing")
+"""Paths of the plugin nodes, whose ``name`` swaps the part and its options together."""
 
 
 class RecipeLoader(yaml.SafeLoader):

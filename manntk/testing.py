@@ -72,14 +72,14 @@ from manntk.state import flatten_state, load_state, map_state, save_state
 
 __all__ = ["CheckReport", "check_address", "check_addressing", "check_cell", "check_model", "check_symmetry", "check_write"]
 
-#: ``factory(config, context) -> nn.Module``, as registered through the hooks.
 PartFactory = Callable[[Any, BuildContext], nn.Module]
+"""``factory(config, context) -> nn.Module``, as registered through the hooks."""
 
-#: Tolerance of "the weights sum to one" and "the weights are non-negative".
 WEIGHT_TOLERANCE = 1e-5
+"""Tolerance of "the weights sum to one" and "the weights are non-negative"."""
 
-#: The device of the parity check (a constant, so the kit's own tests can aim it elsewhere).
 _PARITY_DEVICE = "cuda"
+"""The device of the parity check (a constant, so the kit's own tests can aim it elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -979,10 +979,10 @@ def check_model(
     return checks.report()
 
 
-#: Smallest spread ``max_i w_i - min_i w_i`` of the weights over the slots, relative to
-#: the uniform weight ``1/N``, and smallest difference between slots, relative to the
-#: memory's largest entry, that count as broken symmetry (far above float32 rounding).
 SYMMETRY_TOLERANCE = 1e-3
+"""Smallest spread ``max_i w_i - min_i w_i`` of the weights over the slots, relative to
+the uniform weight ``1/N``, and smallest difference between slots, relative to the
+memory's largest entry, that count as broken symmetry (far above float32 rounding)."""
 
 
 def check_symmetry(

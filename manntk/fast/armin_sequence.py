@@ -28,8 +28,8 @@ from manntk.fast.armin_fused import extension
 from manntk.state import State
 from manntk.trace import is_tracing
 
-#: dtypes the kernels are built for.
 DTYPES = (torch.float32, torch.float64)
+"""dtypes the kernels are built for."""
 
 
 class Options(NamedTuple):

@@ -28,8 +28,8 @@ from manntk.study.spec import Arm, Study, load_study
 
 __all__ = ["Arm", "Job", "Study", "jobs_of", "load_study", "markdown", "plot", "report_study", "run_study"]
 
-#: The study file copied into its directory, so that ``manntk study report DIR`` needs nothing else.
 STUDY_FILE = "study.yaml"
+"""The study file copied into its directory, so that ``manntk study report DIR`` needs nothing else."""
 
 
 def jobs_of(study: Study, root: str | Path, overrides: Sequence[str] = (), threads: int | None = 1) -> list[Job]:

@@ -26,8 +26,8 @@ import yaml
 from manntk.study import stats
 from manntk.study.spec import Study
 
-#: Metrics where higher is better (the others are losses), as the built-in tasks report them.
 HIGHER_IS_BETTER = ("accuracy",)
+"""Metrics where higher is better (the others are losses), as the built-in tasks report them."""
 
 
 @attrs.frozen

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-#: z of a two-sided 95% interval.
 Z95 = 1.959963984540054
+"""z of a two-sided 95% interval."""
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

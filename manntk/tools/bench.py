@@ -64,12 +64,12 @@ from manntk.fast.machine import cpu_info
 from manntk.hookspecs import hookimpl
 from manntk.models import PAPER_MODELS
 
-#: Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized).
 VOCAB = 50
+"""Character-LM shapes: vocabulary and embedding width (the issue's; PTB-sized)."""
 EMBEDDING = 128
 
-#: The key of the reference model.
 REFERENCE = "torch-lstm"
+"""The key of the reference model."""
 
 MODES: tuple[str, ...] = ("train", "eval", "algo")
 UNITS = {"train": "chars/s", "eval": "chars/s", "algo": "it/s"}
@@ -94,7 +94,6 @@ class ModelKind:
         return self.addressing not in (None, "none")
 
 
-#: The benchmarked models by key (``--models``); ``torch-lstm`` is the outside reference.
 MODELS: dict[str, ModelKind] = {
     **{key: ModelKind(model.name, model.cell, model.addressing, model.write) for key, model in PAPER_MODELS.items() if key != "lstm"},
     "armin-plain": ModelKind("ARMIN plain", "armin", "auto", "overwrite", fast=False),
@@ -103,6 +102,7 @@ MODELS: dict[str, ModelKind] = {
     "lstm": ModelKind("LSTM (engine)", "lstm", "none", "none"),
     REFERENCE: ModelKind("torch.nn.LSTM"),
 }
+"""The benchmarked models by key (``--models``); ``torch-lstm`` is the outside reference."""
 
 
 @attrs.frozen
@@ -594,9 +594,9 @@ def _algo(model: str, hidden: int = 100, slots: int = 50, width: int = 32, seque
     return Case(model, "algo", hidden, slots, width, sequences=sequences, max_length=max_length)
 
 
-#: Every model but ``armin-compiled``: the copy protocol's sequences have many lengths, and
-#: each new length would compile again (minutes each).
 ALL_MODELS = ("armin", "armin-plain", "armin-fused", "awta", "tardis", "ntm", "lstm", REFERENCE)
+"""Every model but ``armin-compiled``: the copy protocol's sequences have many lengths, and
+each new length would compile again (minutes each)."""
 
 
 def _cpu_targets() -> Preset:
@@ -803,9 +803,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-#: Environment variables that change how the C library allocates (glibc's ``MALLOC_*`` and
-#: tunables, a preloaded allocator such as jemalloc).
 ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES")
+"""Environment variables that change how the C library allocates (glibc's ``MALLOC_*`` and
+tunables, a preloaded allocator such as jemalloc)."""
 
 
 def allocator_settings() -> dict[str, str]:

@@ -13,8 +13,8 @@ from manntk.build import build_model
 from manntk.models import PAPER_MODELS as MODELS
 from manntk.hookspecs import hookimpl
 
-#: The paper's models at their algorithmic-task sizes, by name.
 PAPER_MODELS: dict[str, dict[str, Any]] = {model.name: model.parts() for model in MODELS.values()}
+"""The paper's models at their algorithmic-task sizes, by name."""
 
 
 def run_demo(batch_size: int = 4, steps: int = 20, out: TextIO | None = None, seed: int = 0) -> dict[str, float]:

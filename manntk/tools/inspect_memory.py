@@ -28,12 +28,12 @@ from manntk.config import UsageError
 from manntk.hookspecs import hookimpl
 from manntk.trace import tracing
 
-#: Steps shown of a language-model chunk unless told otherwise.
 DEFAULT_TEXT_STEPS = 100
-#: The ARMIN cell's recorded gates, in drawing order.
+"""Steps shown of a language-model chunk unless told otherwise."""
 GATES = ("g_h", "g_r", "o_r")
-#: Digits kept of the numbers in the JSON.
+"""The ARMIN cell's recorded gates, in drawing order."""
 DIGITS = 5
+"""Digits kept of the numbers in the JSON."""
 
 
 class InspectError(ValueError):

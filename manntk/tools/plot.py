@@ -32,12 +32,12 @@ from manntk.hookspecs import hookimpl
 from manntk.training.metrics import read_metrics
 from manntk.training.ownership import resolve_run_dir
 
-#: Headline metrics of the built-in tasks, in the order they are looked for.
 HEADLINE_METRICS = ("bce", "bpc", "accuracy")
-#: Metrics where higher is better (everything else is a loss).
+"""Headline metrics of the built-in tasks, in the order they are looked for."""
 HIGHER_IS_BETTER = ("accuracy",)
-#: The "solved" line of the algorithmic tasks (mean validation BCE per bit).
+"""Metrics where higher is better (everything else is a loss)."""
 SOLVED_BCE = 0.01
+"""The "solved" line of the algorithmic tasks (mean validation BCE per bit)."""
 
 
 class PlotError(ValueError):
@@ -341,8 +341,8 @@ class GrowthLine:
     memory: tuple[float | None, ...]
 
 
-#: The axes a benchmark sweeps, and their labels.
 GROWTH_AXES = {"slots": "memory slots N", "hidden": "hidden size"}
+"""The axes a benchmark sweeps, and their labels."""
 _MODE_STYLES = {"train": "-", "eval": "--", "algo": ":"}
 
 

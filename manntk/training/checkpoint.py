@@ -112,11 +112,11 @@ def load_rng(path: Path, rank: int, device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
-#: ``"<phase>@<step>"``: the process dies at that phase of that step's checkpoint (the fault
-#: tests' kill, at a known point; unset in normal use). Phases, in order: ``weights``,
-#: ``state`` (the trainer's), then ``trainer``, ``manifest``, ``rename``, ``latest``, ``prune``
-#: (``finish``'s).
 FAULT_AT = "MANNTK_FAULT_AT"
+"""``"<phase>@<step>"``: the process dies at that phase of that step's checkpoint (the fault
+tests' kill, at a known point; unset in normal use). Phases, in order: ``weights``,
+``state`` (the trainer's), then ``trainer``, ``manifest``, ``rename``, ``latest``, ``prune``
+(``finish``'s)."""
 
 
 class Killed(BaseException):

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-#: Steps timed for the estimate, after the first one...
 ESTIMATE_STEPS = 3
+"""Steps timed for the estimate, after the first one..."""
 
-#: ...or fewer, once they took this many seconds: a GPU-sized step on a CPU (~11 s for
-#: armin_ptb on two cores) gets its estimate after the second step, not the fourth.
 ESTIMATE_SECONDS = 10.0
+"""...or fewer, once they took this many seconds: a GPU-sized step on a CPU (~11 s for
+armin_ptb on two cores) gets its estimate after the second step, not the fourth."""
 
-#: A run estimated to take longer than this on a CPU gets a notice naming a CPU-sized
-#: recipe to try instead (the recipe's ``cpu_alternative``).
 CPU_NOTICE_HOURS = 3.0
+"""A run estimated to take longer than this on a CPU gets a notice naming a CPU-sized
+recipe to try instead (the recipe's ``cpu_alternative``)."""
 
 
 def describe_duration(seconds: float) -> str:

@@ -18,11 +18,11 @@ from typing import IO
 
 LOCK = ".lock"
 
-#: The name, in a runs folder, of the link to the newest run started there.
 LATEST = "latest"
+"""The name, in a runs folder, of the link to the newest run started there."""
 
-#: What marks a directory as a run's: any of these inside it.
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "checkpoints", "results.json")
+"""What marks a directory as a run's: any of these inside it."""
 
 
 class RunDirectoryError(RuntimeError):
