@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk.backends import IndexedMemory, SlotMemory, TapedMemory, backend_for, tape_capable
-from manntk.fast.armin_sequence import ArminSequence
+from manntk.fast.chunks import chunk_kernel_for
 from manntk.parts import Address, Addressing, Cell, Part, Write
 from manntk.state import State
 from manntk.trace import record, scope
@@ -83,10 +83,10 @@ class MemoryLayer(nn.Module):
         width: D, the width of a slot (0 without memory).
         discrete_eval: in evaluation, read and write hard addresses by index (faster;
             same outputs as the weighted path with one-hot weights).
-        chunk_kernel: the C++ kernel that runs a whole chunk of these parts
-            ([`ArminSequence`][manntk.fast.armin_sequence.ArminSequence]), or ``None`` (the
-            parts are not a composition it covers, ``fast=False``, or ``read="after"``,
-            an order the kernel does not implement).
+        chunk_kernel: what runs a whole chunk of these parts in one call
+            ([`chunk_kernel_for`][manntk.fast.chunks.chunk_kernel_for]), or ``None`` (no
+            kernel covers the parts, ``fast=False``, or ``read="after"``, an order the
+            kernels do not implement).
         read: ``before`` (address from ``h_{t-1}``, then the cell) or ``after`` (the
             cell on ``r_{t-1}``, then address from ``h_t``; the output is ``[h_t, r_t]``).
     """
@@ -119,8 +119,7 @@ class MemoryLayer(nn.Module):
         self.tape_capable = tape_capable(addressing, write)
         self.resample_bound = resample_bound
         self.read = read
-        # the kernel implements the "before" order only
-        self.chunk_kernel = ArminSequence.for_parts(cell, addressing, write) if fast and read == "before" else None
+        self.chunk_kernel = chunk_kernel_for(cell, addressing, write, read) if fast else None
         initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
         if learned_start:
             self.memory_init = nn.Parameter(initial)
@@ -167,11 +166,11 @@ class MemoryLayer(nn.Module):
         its memory in place instead of into a copy (for ARMIN 800 with 256 slots at batch
         128 the copy is 105 MB per chunk).
         """
-        if self.chunk_kernel is not None and self.chunk_kernel.applies(self, x):
-            return self.chunk_kernel(self, x, state, consume_state)
         if self.read == "after" and "read" not in state:
             raise ValueError("this layer reads after the cell (model.read: after) and needs the previous read, state['read']: "
                              "start from init_state() or a state this model returned, not one of a model that reads before")
+        if self.chunk_kernel is not None and self.chunk_kernel.applies(self, x):
+            return self.chunk_kernel(self, x, state, consume_state)
         discrete = self.discrete_eval and not self.training
         prepared = _Prepared(self.cell.prepare(x), self.addressing.prepare(x), self.write.prepare(x))
         memory = state["memory"]

@@ -10,6 +10,10 @@ the plain path it replaces by named tests.
 - [`armin_sequence`][manntk.fast.armin_sequence]: a whole chunk of an ARMIN layer as one
   C++ forward and backward, the default on the CPU (``model.fast: false`` turns it off):
   ``tests/test_armin_sequence.py``.
+- [`lstm_sequence`][manntk.fast.lstm_sequence]: a chunk of a memoryless LSTM layer (the
+  paper's baseline) through torch's own LSTM, the default on the CPU:
+  ``tests/test_lstm_sequence.py``.
+- [`chunks`][manntk.fast.chunks]: which chunk kernel, if any, runs a layer's parts.
 - [`armin_fused`][manntk.fast.armin_fused]: the ARMIN cell's elementwise work as C++
   kernels, one autograd node per step (``fused: true``): ``tests/test_armin_fused.py``.
 - [`machine`][manntk.fast.machine]: what the fast paths read about the CPU.

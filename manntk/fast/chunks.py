@@ -1,0 +1,29 @@
+"""Which chunk kernel runs a layer: the first whose ``for_parts`` accepts its parts.
+
+A chunk kernel runs a whole chunk of one composition of parts in one call (forward and
+backward) instead of the engine's per-step loop; each is checked against the plain path
+by its own tests. It is chosen once, when the layer is built, by what the parts are, and
+asked again at every chunk whether it ``applies`` (device, dtype, compile, tracing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manntk.fast.armin_sequence import ArminSequence
+from manntk.fast.lstm_sequence import LstmSequence
+
+CHUNK_KERNELS = (ArminSequence, LstmSequence)
+"""The kernels, tried in order. Each implements the ``before`` order of the step (the read
+before the cell) only."""
+
+
+def chunk_kernel_for(cell: Any, addressing: Any, write: Any, read: str = "before") -> Any | None:
+    """The chunk kernel for a layer of these parts and this read order, or ``None`` (the plain path)."""
+    if read != "before":
+        return None
+    for kernel in CHUNK_KERNELS:
+        chosen = kernel.for_parts(cell, addressing, write)
+        if chosen is not None:
+            return chosen
+    return None
