@@ -216,3 +216,21 @@ def test_a_run_that_fails_is_reported_and_the_study_exits_non_zero(tmp_path, cap
     assert "FAILED gpu/seed-0 (exit status" in captured.err
     assert "1 run(s) did not finish (gpu/seed-0)" in captured.err
     assert "| soft | 1 |" in captured.out and "| gpu | 0 (+1 unfinished) |" in captured.out
+
+
+def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "--arms", "small", "train.steps=4"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.parent.parent.name for p in out.glob("*/seed-*/results.json")) == ["small"]
+    assert "| small | 1 |" in printed and "| soft | 0 (+1 unfinished) |" in printed
+
+
+def test_an_unknown_arm_is_refused_with_the_nearest_name_before_anything_runs(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--out", str(out), "--arms", "smal"]) != 0
+    error = capsys.readouterr().err
+    assert "no arm 'smal'" in error and "did you mean 'small'?" in error and "its arms: soft, small" in error
+    assert not out.exists()

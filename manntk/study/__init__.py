@@ -22,6 +22,7 @@ from typing import Any, Sequence, TextIO
 
 import yaml
 
+from manntk.config import did_you_mean
 from manntk.study.launch import Job, run_local, run_submitit
 from manntk.study.report import markdown, plot, summarize, write_report
 from manntk.study.spec import Arm, Study, load_study
@@ -59,6 +60,7 @@ def run_study(
     cluster: str | None = None,
     out: TextIO | None = None,
     progress: bool = True,
+    arms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run every (arm, seed) not yet done (resuming the interrupted ones), then report.
 
@@ -70,14 +72,27 @@ def run_study(
         launcher: ``local`` or ``submitit`` (SLURM through submitit; ``cluster`` passes on).
         threads: ``train.threads`` of every run (``None``: the recipe's).
         data_root: a data folder every run looks in first.
+        arms: run only these arms (``None``: all); the study file and the report still
+            cover every arm, the others' runs as far as they got.
 
     Returns:
         The report ([`report_study`][manntk.study.report_study]).
+
+    Raises:
+        ValueError: an arm of ``arms`` that the study does not have.
     """
     from manntk.recipe import load_recipe
 
     root = Path(root)
     jobs_list = jobs_of(study, root, overrides, threads)
+    if arms is not None:
+        names = [arm.name for arm in study.arms]
+        unknown = [name for name in arms if name not in names]
+        if unknown:
+            nearest = did_you_mean(unknown[0], names)
+            hint = f" (did you mean {nearest!r}?)" if nearest else ""
+            raise ValueError(f"study {study.name!r} has no arm {', '.join(map(repr, unknown))}{hint}; its arms: {', '.join(names)}")
+        jobs_list = [job for job in jobs_list if job.label.split("/")[0] in arms]
     for arm in study.arms:  # every arm's recipe must load before anything runs
         load_recipe(arm.recipe, [*arm.overrides, *study.budget, *overrides])
     root.mkdir(parents=True, exist_ok=True)

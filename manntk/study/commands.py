@@ -20,6 +20,7 @@ def register_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("study", help="study YAML file")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run (train.steps=200)")
     run.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the file's")
+    run.add_argument("--arms", metavar="A,B", help="run only these arms (comma-separated); the report still covers every arm")
     run.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the number of CPU cores)")
     run.add_argument("--launcher", choices=["local", "submitit"], default="local", help="local processes, or SLURM jobs through submitit")
     run.add_argument("--threads", type=int, default=1, metavar="T", help="train.threads of every run (default 1)")
@@ -43,16 +44,18 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
         study = study.with_seeds(args.seeds)
     out = Path(args.out or Path("runs") / "studies" / study.name)
+    arms = [name.strip() for name in args.arms.split(",") if name.strip()] if args.arms else None
     try:
         report = run_study(study, out, overrides=args.overrides, jobs=args.jobs, launcher=args.launcher,
-                           threads=args.threads, data_root=args.data)
+                           threads=args.threads, data_root=args.data, arms=arms)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to resume ({out})", file=sys.stderr)
         return 130
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise UsageError(str(error)) from None
     status = _show(report, out, as_json=False, plot_to=args.plot)
-    unfinished = [f"{run['arm']}/seed-{run['seed']}" for run in report["runs"] if not run["finished"]]
+    unfinished = [f"{run['arm']}/seed-{run['seed']}" for run in report["runs"]
+                  if not run["finished"] and (arms is None or run["arm"] in arms)]  # of the arms that ran
     if unfinished:  # a run that failed: the study is not done, and the exit status says so
         print(f"{len(unfinished)} run(s) did not finish ({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}): "
               f"see their train.log; running the study again retries them", file=sys.stderr)
