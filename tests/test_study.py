@@ -133,8 +133,11 @@ def hand_report(root: Path, arms: list[str], seeds: list[int]) -> dict[str, dict
         solved = sorted(r["solved_step"] for r in results if r["solved"])
         finals = sorted(r["metrics"]["test"]["bce"] for r in results)
         n = len(results)
+        metas = [json.loads((root / arm / f"seed-{s}" / "meta.json").read_text()) for s in seeds]
+        commits = {m["git"]["commit"][:7] + ("+dirty" if m["git"]["dirty"] else "") for m in metas if m.get("git")}
         expected[arm] = {"n": n, "solved": len(solved), "finals": finals, "solved_steps": solved,
-                         "by_seed": {s: r["metrics"]["test"]["bce"] for s, r in zip(seeds, results)}}
+                         "by_seed": {s: r["metrics"]["test"]["bce"] for s, r in zip(seeds, results)},
+                         "relapsed": sum(1 for r in results if r["relapses"]), "commits": sorted(commits)}
     return expected
 
 
@@ -167,6 +170,7 @@ def test_a_tiny_study_runs_resumes_and_reports_what_the_run_directories_say(tmp_
         hand = expected[arm["arm"]]
         n, k = hand["n"], hand["solved"]
         assert arm["n"] == n == 3 and arm["solved"] == k and arm["solve_rate"] == pytest.approx(k / n)
+        assert arm["relapsed"] == hand["relapsed"] and arm["commits"] == hand["commits"]
         z = 1.959963984540054
         centre = (k / n + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -234,3 +238,15 @@ def test_an_unknown_arm_is_refused_with_the_nearest_name_before_anything_runs(tm
     error = capsys.readouterr().err
     assert "no arm 'smal'" in error and "did you mean 'small'?" in error and "its arms: soft, small" in error
     assert not out.exists()
+
+
+def test_a_runs_commit_is_read_from_its_meta_json(tmp_path):
+    from manntk.study.report import run_commit
+
+    assert run_commit(tmp_path) is None  # no meta.json
+    (tmp_path / "meta.json").write_text(json.dumps({"git": {"commit": "0123456789abcdef", "dirty": True}}))
+    assert run_commit(tmp_path) == "0123456+dirty"
+    (tmp_path / "meta.json").write_text(json.dumps({"git": {"commit": "fedcba9876543210", "dirty": False}}))
+    assert run_commit(tmp_path) == "fedcba9"
+    (tmp_path / "meta.json").write_text(json.dumps({"git": None}))  # not a git checkout
+    assert run_commit(tmp_path) is None

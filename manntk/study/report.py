@@ -46,6 +46,8 @@ class RunSummary:
     solved_seconds: float | None
     final: float | None
     curve: tuple[tuple[int, float], ...]
+    relapses: int | None = None
+    commit: str | None = None
 
 
 def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSummary, str | None]:
@@ -73,7 +75,19 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
     return RunSummary(
         arm, seed, path, results is not None, last_step, budget, results["seconds"] if results else None,
         solved, solved_step if solved else None, solved_seconds, final, tuple(zip(steps, values)),
+        results.get("relapses") if results else None, run_commit(path),
     ), metric
+
+
+def run_commit(path: Path) -> str | None:
+    """The code a run started from: the short git commit in its ``meta.json``, with ``+dirty``
+    when the working tree had changes; ``None`` when it was not recorded."""
+    try:
+        git = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("git") or {}
+    except (OSError, ValueError):
+        return None
+    commit = git.get("commit")
+    return None if not commit else commit[:7] + ("+dirty" if git.get("dirty") else "")
 
 
 def censored_quantiles(solved_at: Sequence[float], runs: int) -> list[float]:
@@ -116,6 +130,8 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
             "iterations_to_solve": _quantile_dict(censored_quantiles([r.solved_step for r in solved], len(solvable))) if solvable else None,
             "seconds_to_solve": _quantile_dict(censored_quantiles([r.solved_seconds for r in solved if r.solved_seconds is not None], len(solvable))) if solvable else None,
             "final": {"median": median, "q1": q1, "q3": q3, "mean": mean, "std": std},
+            "relapsed": sum(1 for r in finished if r.relapses),
+            "commits": sorted({r.commit for r in mine if r.commit}),
         }
         if arm.name != study.baseline:
             difference, d_low, d_high, pairs = stats.paired_bootstrap({r.seed: r.final for r in finished if r.final is not None}, baseline_finals)
@@ -125,7 +141,8 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
         "study": study.name, "metric": metric, "higher_is_better": higher, "baseline": study.baseline,
         "seeds": list(study.seeds), "arms": arms,
         "runs": [{"arm": r.arm, "seed": r.seed, "finished": r.finished, "steps": r.steps, "solved": r.solved,
-                  "solved_step": r.solved_step, "final": r.final, "path": str(r.path)} for r in runs],
+                  "solved_step": r.solved_step, "final": r.final, "relapses": r.relapses, "commit": r.commit, "path": str(r.path)}
+                 for r in runs],
         "curves": {r.arm + f"/seed-{r.seed}": [list(point) for point in r.curve] for r in runs if r.curve},
     }
 
@@ -151,8 +168,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Study {report['study']}: {metric} ({'higher' if report['higher_is_better'] else 'lower'} is better), "
         f"baseline {report['baseline']}, seeds {', '.join(map(str, report['seeds']))}",
         "",
-        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] | relapsed | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in report["arms"]:
         budget = arm["budget"]
@@ -174,10 +191,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {arm['arm']} | {arm['n']}{pending} | {solved} | {rate} | {iterations} | {seconds} | "
             f"{_number(final['median'])} [{_number(final['q1'])}, {_number(final['q3'])}] | "
-            f"{_number(final['mean'])} ± {_number(final['std'])} | {vs} |"
+            f"{_number(final['mean'])} ± {_number(final['std'])} | {vs} | {arm['relapsed']} | {', '.join(arm['commits']) or '—'} |"
         )
     lines += ["", "Unsolved runs are censored at the budget (`>budget`); final = the test split's metric "
-              "(validation when there is no test split); the difference is arm - baseline over the seeds both ran."]
+              "(validation when there is no test split); the difference is arm - baseline over the seeds both ran; "
+              "relapsed = runs with a validation above the threshold after they had solved (solved = solved at the end); "
+              "commit = the code the runs started from (`+dirty`: with uncommitted changes)."]
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +205,8 @@ def csv_text(report: dict[str, Any]) -> str:
     buffer = io.StringIO()
     columns = ["arm", "n", "unfinished", "budget", "solved", "solve_rate", "solve_rate_ci95_low", "solve_rate_ci95_high",
                "iterations_q1", "iterations_median", "iterations_q3", "seconds_median", "final_median", "final_q1",
-               "final_q3", "final_mean", "final_std", "vs_baseline_mean_difference", "vs_baseline_ci95_low", "vs_baseline_ci95_high"]
+               "final_q3", "final_mean", "final_std", "vs_baseline_mean_difference", "vs_baseline_ci95_low", "vs_baseline_ci95_high",
+               "relapsed", "commits"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for arm in report["arms"]:
@@ -199,6 +219,7 @@ def csv_text(report: dict[str, Any]) -> str:
             "iterations_q1": iterations.get("q1"), "iterations_median": iterations.get("median"), "iterations_q3": iterations.get("q3"),
             "seconds_median": seconds.get("median"), **{f"final_{k}": v for k, v in arm["final"].items()},
             "vs_baseline_mean_difference": vs["mean_difference"], "vs_baseline_ci95_low": vs["ci95"][0], "vs_baseline_ci95_high": vs["ci95"][1],
+            "relapsed": arm["relapsed"], "commits": " ".join(arm["commits"]),
         })
     return buffer.getvalue()
 
