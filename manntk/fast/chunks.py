@@ -12,17 +12,19 @@ from typing import Any
 
 from manntk.fast.armin_sequence import ArminSequence
 from manntk.fast.lstm_sequence import LstmSequence
+from manntk.fast.ntm_sequence import NtmSequence
 
-CHUNK_KERNELS = (ArminSequence, LstmSequence)
-"""The kernels, tried in order. Each implements the ``before`` order of the step (the read
-before the cell) only."""
+CHUNK_KERNELS = (ArminSequence, LstmSequence, NtmSequence)
+"""The kernels, tried in order. Each implements the step orders in its ``read_orders``
+(``("before",)``, the read before the cell, where it has none; the NTM-style kernel
+implements both)."""
 
 
 def chunk_kernel_for(cell: Any, addressing: Any, write: Any, read: str = "before") -> Any | None:
     """The chunk kernel for a layer of these parts and this read order, or ``None`` (the plain path)."""
-    if read != "before":
-        return None
     for kernel in CHUNK_KERNELS:
+        if read not in getattr(kernel, "read_orders", ("before",)):
+            continue
         chosen = kernel.for_parts(cell, addressing, write)
         if chosen is not None:
             return chosen

@@ -99,6 +99,7 @@ MODELS: dict[str, ModelKind] = {
     "armin-plain": ModelKind("ARMIN plain", "armin", "auto", "overwrite", fast=False),
     "armin-fused": ModelKind("ARMIN fused step", "armin", "auto", "overwrite", (("fused", True),), fast=False),
     "armin-compiled": ModelKind("ARMIN compiled", "armin", "auto", "overwrite", compiled=True),
+    "ntm-plain": ModelKind("NTM-style plain", "lstm", "ntm", "erase_add", fast=False),
     "lstm": ModelKind("LSTM (engine)", "lstm", "none", "none"),
     REFERENCE: ModelKind("torch.nn.LSTM"),
 }
