@@ -87,6 +87,9 @@ class ArminSequence:
     chunk, so parts swapped after the build are seen); [`for_parts`][manntk.fast.armin_sequence.ArminSequence.for_parts]
     says whether parts are the composition it covers."""
 
+    read_orders = ("before",)
+    """The step orders it implements: the read before the cell only."""
+
     @staticmethod
     def covers(cell: Any, addressing: Any, write: Any) -> bool:
         """Whether these parts are the ARMIN layer the kernel implements."""

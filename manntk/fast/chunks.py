@@ -16,14 +16,13 @@ from manntk.fast.ntm_sequence import NtmSequence
 
 CHUNK_KERNELS = (ArminSequence, LstmSequence, NtmSequence)
 """The kernels, tried in order. Each implements the step orders in its ``read_orders``
-(``("before",)``, the read before the cell, where it has none; the NTM-style kernel
-implements both)."""
+(the ARMIN and LSTM kernels the read before the cell; the NTM-style kernel both)."""
 
 
 def chunk_kernel_for(cell: Any, addressing: Any, write: Any, read: str = "before") -> Any | None:
     """The chunk kernel for a layer of these parts and this read order, or ``None`` (the plain path)."""
     for kernel in CHUNK_KERNELS:
-        if read not in getattr(kernel, "read_orders", ("before",)):
+        if read not in kernel.read_orders:
             continue
         chosen = kernel.for_parts(cell, addressing, write)
         if chosen is not None:

@@ -30,6 +30,9 @@ class LstmSequence:
     """The chunk path of a memoryless ``lstm`` layer; [`for_parts`][manntk.fast.lstm_sequence.LstmSequence.for_parts]
     says whether parts are the composition it covers. The parts are read at every chunk."""
 
+    read_orders = ("before",)
+    """The step orders it implements: the read before the cell only."""
+
     @staticmethod
     def covers(cell: Any, addressing: Any, write: Any) -> bool:
         """Whether these parts are a memoryless LSTM without layer norm (torch's LSTM has none)."""
