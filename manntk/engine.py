@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from manntk.backends import IndexedMemory, SlotMemory, TapedMemory, backend_for, tape_capable
 from manntk.fast.armin_sequence import ArminSequence
+from manntk.fast.tardis_sequence import TardisSequence
 from manntk.parts import Address, Addressing, Cell, Part, Write
 from manntk.state import State
 from manntk.trace import record, scope
@@ -47,6 +48,11 @@ With its default ``realize_opcount_threshold`` Inductor's CPU code computes wron
 gradients for ARMIN's gates (``[g_h * h, g_r * r]`` from one split gate: 25% off in
 float64 on torch 2.13; docs/architecture.md has a reproducer without manntk); realizing every
 intermediate that is read more than once makes them exact."""
+
+
+CHUNK_KERNELS = (ArminSequence, TardisSequence)
+"""The C++ chunk kernels a layer may hold, tried in order: the first whose ``for_parts``
+covers the layer's parts runs its chunks (``model.fast``)."""
 
 
 READ_ORDERS = ("before", "after")
@@ -84,7 +90,8 @@ class MemoryLayer(nn.Module):
         discrete_eval: in evaluation, read and write hard addresses by index (faster;
             same outputs as the weighted path with one-hot weights).
         chunk_kernel: the C++ kernel that runs a whole chunk of these parts
-            ([`ArminSequence`][manntk.fast.armin_sequence.ArminSequence]), or ``None`` (the
+            ([`ArminSequence`][manntk.fast.armin_sequence.ArminSequence],
+            [`TardisSequence`][manntk.fast.tardis_sequence.TardisSequence]), or ``None`` (the
             parts are not a composition it covers, ``fast=False``, or ``read="after"``,
             an order the kernel does not implement).
         read: ``before`` (address from ``h_{t-1}``, then the cell) or ``after`` (the
@@ -120,7 +127,7 @@ class MemoryLayer(nn.Module):
         self.resample_bound = resample_bound
         self.read = read
         # the kernel implements the "before" order only
-        self.chunk_kernel = ArminSequence.for_parts(cell, addressing, write) if fast and read == "before" else None
+        self.chunk_kernel = next(filter(None, (kind.for_parts(cell, addressing, write) for kind in CHUNK_KERNELS)), None) if fast and read == "before" else None
         initial = torch.zeros(slots, width) if memory_start is None else memory_start.detach().clone()
         if learned_start:
             self.memory_init = nn.Parameter(initial)
