@@ -26,8 +26,9 @@ fill-empty-first). The numbers are those of the plain path up to float rounding
 (``tests/test_tardis_sequence.py`` compares outputs, states and every gradient with it and
 gradchecks the operator in float64).
 
-Speed (training steps of ``recipes/algorithmic/copy/awta.yaml`` at batch 1, one thread, a
-2-core AMD EPYC; ``benchmarks/tardis_kernel.py``): see the figures below.
+Speed: training steps (forward, backward, clip, Adam) of ``recipes/algorithmic/copy/awta.yaml``
+at batch 1, one thread, on a shared 2-core AMD EPYC (``python benchmarks/tardis_kernel.py``):
+10.0 steps/s on the plain path (``model.fast: false``), 92 with the kernel (9.2x).
 """
 
 from __future__ import annotations
