@@ -104,6 +104,61 @@ class _TardisSequence(torch.autograd.Function):
                 d_W_v, d_b_v)
 
 
+class CellOptions(NamedTuple):
+    """The settings of a chunk with the TARDIS cell, as [`Options`][manntk.fast.tardis_sequence.Options]."""
+
+    tau: float
+    forget_bias: float
+    gate_temperature: float
+    hard: bool
+    argmax_write: bool
+    fill: bool
+    usage: bool
+    penalty: float
+    address_gradient: bool
+
+
+class _TardisCellSequence(torch.autograd.Function):
+    """``(options, keep, in_place, x [T, B, d_i], h_0, c_0, M_0, filled_0, usage_0, previous_0, noise,
+    cell_noise, W_q, b_q, K, P, w_u, a, W_all, b_all, W_v, b_v) -> (o [T, B, d_h + D], h_T, c_T, M_T,
+    filled_T, usage_T, previous_T)``: the chunk with the TARDIS cell, whose weights enter as
+    ``W_all = [W_gates; blockdiag(W_x, W_h, W_r)]`` and ``b_all = [b_gates, b_x, 0]``;
+    ``cell_noise`` ``[T, B, 2]`` is the logistic noise of the gates alpha, beta (training)."""
+
+    @staticmethod
+    def forward(ctx: Any, options: CellOptions, keep: bool, in_place: bool, x: Tensor, h0: Tensor, c0: Tensor, m0: Tensor,
+                filled0: Tensor, usage0: Tensor, previous0: Tensor, noise: Tensor | None, cell_noise: Tensor | None,
+                *weights: Tensor | None) -> tuple[Tensor, ...]:
+        W_q, _, _, P, _, a, W_all, _, W_v, _ = weights
+        out, h, c, memory, filled, usage, previous, *saved = extension().tardis_cell_sequence_forward(
+            x, h0, c0, m0, filled0, usage0, previous0, noise, cell_noise, *weights, *options[:-1], keep, in_place)
+        ctx.options = options
+        if keep:  # copies of their own: the caller may change the state in place before backward
+            ctx.save_for_backward(memory.clone(), c0.clone(), W_q, P, a, W_all, W_v, *saved)
+        ctx.mark_non_differentiable(filled, usage, previous)
+        ctx.set_materialize_grads(False)
+        return out, h, c, memory, filled, usage, previous
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, d_out: Tensor | None, d_h: Tensor | None, d_c: Tensor | None, d_memory: Tensor | None,
+                 *_bookkeeping: None) -> tuple[Tensor | None, ...]:
+        memory, c0, W_q, P, a, W_all, W_v, *saved = ctx.saved_tensors
+        options: CellOptions = ctx.options
+        grads = extension().tardis_cell_sequence_backward(d_out, d_h, d_c, d_memory, memory, c0, W_q, P, a, W_all, W_v, *saved,
+                                                          options.tau, options.gate_temperature, options.hard,
+                                                          options.address_gradient)
+        d_x, d_h0, d_c0, d_m0, *d_address, d_W_all, d_b_all, d_W_v, d_b_v = grads
+        if not options.address_gradient:
+            d_address = [None] * 6
+        elif not options.usage:
+            d_address[4] = None
+        if W_v is None:
+            d_W_v = d_b_v = None
+        return (None, None, None, d_x, d_h0, d_c0, d_m0, None, None, None, None, None, *d_address, d_W_all, d_b_all,
+                d_W_v, d_b_v)
+
+
 class TardisSequence:
     """The chunk kernel of a layer with TARDIS addressing (``layer.cell``, ``.addressing``,
     ``.write``, read at every chunk, so parts swapped after the build are seen);
@@ -112,12 +167,14 @@ class TardisSequence:
 
     @staticmethod
     def covers(cell: Any, addressing: Any, write: Any) -> bool:
-        """Whether these parts are a composition the kernel implements (AwTA)."""
+        """Whether these parts are a composition the kernel implements (AwTA or TARDIS)."""
         from manntk.addressing.tardis import TardisAddressing
         from manntk.cells.armin import ArminCell
+        from manntk.cells.tardis import TardisCell
         from manntk.writes.overwrite import Overwrite
 
-        return type(cell) is ArminCell and type(addressing) is TardisAddressing and type(write) is Overwrite and not cell.config.layer_norm
+        cell_covered = (type(cell) is ArminCell and not cell.config.layer_norm) or type(cell) is TardisCell
+        return cell_covered and type(addressing) is TardisAddressing and type(write) is Overwrite
 
     @classmethod
     def for_parts(cls, cell: Any, addressing: Any, write: Any) -> "TardisSequence | None":
@@ -132,7 +189,7 @@ class TardisSequence:
             self.covers(layer.cell, layer.addressing, layer.write)
             and x.device.type == "cpu"
             and x.dtype in DTYPES
-            and not layer.cell.config.zoneout
+            and not getattr(layer.cell.config, "zoneout", 0.0)
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled("cpu")
@@ -143,16 +200,21 @@ class TardisSequence:
     def __call__(self, layer: Any, x: Tensor, state: State, consume_state: bool = False) -> tuple[Tensor, State]:
         """``layer``'s chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_o]`` and the new
         state, as the plain path; ``consume_state`` as [`MemoryRNN`][manntk.engine.MemoryRNN]'s."""
+        from manntk.cells.tardis import TardisCell
+
         cell, addressing, write = layer.cell, layer.addressing, layer.write
         batch, steps = x.shape[0], x.shape[1]
+        tardis_cell = type(cell) is TardisCell
+        cell_noise = None
+        if tardis_cell and cell.training:  # drawn as TardisCell.prepare draws it, before the addressing's noise
+            uniform = torch.rand(steps, batch, 2, device=x.device, dtype=x.dtype).clamp(1e-6, 1 - 1e-6)
+            cell_noise = torch.log(uniform) - torch.log1p(-uniform)
         memory = state["memory"]
         noise = addressing.chunk_noise((steps, batch, addressing.slots), x)  # drawn as the plain path draws it
         fill = write.fill_empty_first
         filled = state["write"]["filled"] if fill else torch.zeros(batch, dtype=torch.long)
         config = addressing.config
         address_gradient = addressing.training or not addressing.hard
-        options = Options(float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
-                          addressing.hard, write.argmax, fill, config.usage, float(config.reread_penalty), address_gradient)
         projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
         key_size = addressing.key_size
         with torch.set_grad_enabled(torch.is_grad_enabled() and address_gradient):  # an argmax read: no gradient, as the discrete path
@@ -166,17 +228,38 @@ class TardisSequence:
             )
             if not address_gradient:
                 address_weights = tuple(weight.detach() for weight in address_weights)
-        weights = (*address_weights, cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias, *projection)
+        if tardis_cell:
+            W_all = torch.cat([cell.W_gates.weight, torch.block_diag(cell.W_x.weight, cell.W_h.weight, cell.W_r.weight)])
+            b_all = torch.cat([cell.W_gates.bias, cell.W_x.bias, cell.W_x.bias.new_zeros(2 * cell.hidden_size)])
+            cell_weights: tuple[Tensor, ...] = (W_all, b_all)
+        else:
+            cell_weights = (cell.W_ig.weight, cell.W_ig.bias, cell.W_go.weight, cell.W_go.bias)
+        weights = (*address_weights, *cell_weights, *projection)
         inputs = (x, state["cell"]["h"], memory, *(weight for weight in weights if weight is not None))
         keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
+        if tardis_cell:
+            keep = keep or (torch.is_grad_enabled() and state["cell"]["c"].requires_grad)
         in_place = consume_state and memory.is_contiguous()
         bookkeeping = state["addressing"]
-        out, h, memory, filled, usage, previous = _TardisSequence.apply(
-            options, keep, in_place, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
-            bookkeeping["usage"].contiguous(), bookkeeping["previous"].contiguous(), None if noise is None else noise.contiguous(),
-            *weights,
-        )
-        new_state = {"cell": {"h": h}, "addressing": {"usage": usage, "previous": previous},
+        sequence = (x.transpose(0, 1).contiguous(),)
+        carried = (memory.contiguous(), filled, bookkeeping["usage"].contiguous(), bookkeeping["previous"].contiguous(),
+                   None if noise is None else noise.contiguous())
+        if tardis_cell:
+            options = CellOptions(float(addressing.tau()), float(cell.config.forget_bias), float(cell.config.gate_temperature),
+                                  addressing.hard, write.argmax, fill, config.usage, float(config.reread_penalty), address_gradient)
+            out, h, c, memory, filled, usage, previous = _TardisCellSequence.apply(
+                options, keep, in_place, *sequence, state["cell"]["h"].contiguous(), state["cell"]["c"].contiguous(), *carried,
+                cell_noise, *weights,
+            )
+            cell_state = {"h": h, "c": c}
+        else:
+            options = Options(float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
+                              addressing.hard, write.argmax, fill, config.usage, float(config.reread_penalty), address_gradient)
+            out, h, memory, filled, usage, previous = _TardisSequence.apply(
+                options, keep, in_place, *sequence, state["cell"]["h"].contiguous(), *carried, *weights,
+            )
+            cell_state = {"h": h}
+        new_state = {"cell": cell_state, "addressing": {"usage": usage, "previous": previous},
                      "write": {"filled": filled} if fill else {}, "memory": memory}
         return out.transpose(0, 1).contiguous(), new_state  # batch first and contiguous, as the plain path's
 
