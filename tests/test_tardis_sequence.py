@@ -36,11 +36,15 @@ def _kernels():
 
 
 def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=True, value="hidden", squash=False,
-            read_output=True, tau=0.7, batch_first_noise=None):
+            read_output=True, tau=0.7, cell="armin"):
+    """The armin cell (AwTA), or with ``cell="tardis"`` the tardis cell (TARDIS; ``squash`` and
+    ``read_output`` are armin options and are then left out)."""
+    cell_options = ({"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output}
+                    if cell == "armin" else {"name": "tardis", "hidden_size": HIDDEN, "forget_bias": 0.5, "gate_temperature": 0.3})
     return {
         "input_size": INPUT,
         "output_size": 4,
-        "cell": {"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output},
+        "cell": cell_options,
         "addressing": {"name": "tardis", "hard": hard, "key_size": KEY, "attention_size": ATTENTION, "usage": usage,
                        "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}},
         "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
@@ -76,9 +80,12 @@ def run_both(options: dict, dtype: torch.dtype, steps=STEPS, second=4, batch=BAT
         y2, state = model(x[:, :second], state)
         layer = state["layers"][0]
         loss = y.square().sum() + y2.sin().sum() + layer["memory"].cos().sum() + layer["cell"]["h"].sum()
+        if "c" in layer["cell"]:  # the tardis cell
+            loss = loss + layer["cell"]["c"].tanh().sum()
         loss.backward()
-        values = {"y": y, "y2": y2, "memory": layer["memory"], "h": layer["cell"]["h"], "x.grad": x.grad,
-                  "usage": layer["addressing"]["usage"], "previous": layer["addressing"]["previous"]}
+        values = {"y": y, "y2": y2, "memory": layer["memory"], "x.grad": x.grad,
+                  "usage": layer["addressing"]["usage"], "previous": layer["addressing"]["previous"],
+                  **{f"cell.{name}": value for name, value in layer["cell"].items()}}
         values.update({f"{name}.grad": p.grad for name, p in model.named_parameters()})
         results.append({name: None if value is None else value.detach() for name, value in values.items()})
     return results
@@ -128,6 +135,28 @@ def test_the_kernel_gives_the_plain_paths_outputs_states_and_gradients_in_float6
     assert_same(plain, kernel, torch.float64, steps=steps)
 
 
+#: The tardis cell: the options of the addressing and the write (the first six columns of the array).
+TARDIS_CASES = [{**{name: value for name, value in case.items() if name not in ("squash", "read_output")}, "cell": "tardis"}
+                for case in CASES]
+
+
+@pytest.mark.parametrize("options", TARDIS_CASES, ids=case_id)
+def test_the_tardis_cell_kernel_gives_the_plain_paths_outputs_states_and_gradients_in_float64(options):
+    """As above with the tardis cell (TARDIS): the gates alpha, beta draw their logistic noise
+    before the addressing's Gumbel noise, on both paths."""
+    steps = 3 * SLOTS + 1
+    plain, kernel = run_both(options, torch.float64, steps=steps)
+    assert "cell.c" in plain and "layers.0.cell.W_r.weight.grad" in plain
+    assert_same(plain, kernel, torch.float64, steps=steps)
+
+
+@pytest.mark.parametrize("options", TARDIS_CASES[::4], ids=case_id)
+def test_in_evaluation_the_tardis_cell_kernel_gives_the_plain_paths_outputs_and_gradients(options):
+    steps = 3 * SLOTS + 1
+    plain, kernel = run_both(options, torch.float64, steps=steps, evaluate=True)
+    assert_same(plain, kernel, torch.float64, steps=steps)
+
+
 @pytest.mark.parametrize("options", CASES[::3], ids=case_id)
 def test_in_evaluation_the_kernel_gives_the_plain_paths_outputs_and_gradients(options):
     """Evaluation: hard reads are the argmax slot (no noise) and the scores' weights get no
@@ -138,13 +167,14 @@ def test_in_evaluation_the_kernel_gives_the_plain_paths_outputs_and_gradients(op
     assert (plain["layers.0.addressing.A.grad"] is None) is options["hard"]
 
 
-@pytest.mark.parametrize("options", [{}, {"hard": False, "penalty": 100.0}], ids=case_id)
+@pytest.mark.parametrize("options", [{}, {"hard": False, "penalty": 100.0}, {"cell": "tardis", "penalty": 100.0}], ids=case_id)
 def test_the_kernel_matches_the_plain_path_at_batch_1(options):
     plain, kernel = run_both(options, torch.float64, steps=2 * SLOTS + 3, batch=1)
     assert_same(plain, kernel, torch.float64, steps=2 * SLOTS + 3)
 
 
-@pytest.mark.parametrize("options", [{"hard": False}, {"hard": False, "argmax": True, "usage": False, "penalty": 100.0}], ids=case_id)
+@pytest.mark.parametrize("options", [{"hard": False}, {"hard": False, "argmax": True, "usage": False, "penalty": 100.0},
+                                     {"hard": False, "cell": "tardis"}], ids=case_id)
 def test_the_kernel_matches_the_plain_path_in_float32(options):
     """Soft reads: a hard read's argmax may flip between two near-equal scores under float32
     rounding, which would be a different (equally valid) sample, not an error."""
@@ -197,6 +227,13 @@ def test_the_default_awta_copy_recipe_builds_the_kernel_and_trains_through_it(mo
     assert calls == [1]
     assert all(p.grad is not None for p in model.layers[0].addressing.parameters())
     _, plain = build_experiment(load_recipe(recipe, ["model.fast=false"]))
+    assert plain.layers[0].chunk_kernel is None
+
+
+def test_the_default_tardis_copy_recipe_builds_the_kernel():
+    task, model = build_experiment(load_recipe("recipes/algorithmic/copy/tardis.yaml"))
+    assert isinstance(model.layers[0].chunk_kernel, tardis_sequence.TardisSequence)
+    _, plain = build_experiment(load_recipe("recipes/algorithmic/copy/tardis.yaml", ["model.fast=false"]))
     assert plain.layers[0].chunk_kernel is None
 
 
