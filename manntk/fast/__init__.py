@@ -10,6 +10,8 @@ the plain path it replaces by named tests.
 - [`armin_sequence`][manntk.fast.armin_sequence]: a whole chunk of an ARMIN layer as one
   C++ forward and backward, the default on the CPU (``model.fast: false`` turns it off):
   ``tests/test_armin_sequence.py``.
+- [`tardis_sequence`][manntk.fast.tardis_sequence]: the same for TARDIS addressing
+  (AwTA and TARDIS): ``tests/test_tardis_sequence.py``.
 - [`armin_fused`][manntk.fast.armin_fused]: the ARMIN cell's elementwise work as C++
   kernels, one autograd node per step (``fused: true``): ``tests/test_armin_fused.py``.
 - [`machine`][manntk.fast.machine]: what the fast paths read about the CPU.
