@@ -84,8 +84,9 @@ class MemoryLayer(nn.Module):
         discrete_eval: in evaluation, read and write hard addresses by index (faster;
             same outputs as the weighted path with one-hot weights).
         chunk_kernel: what runs a whole chunk of these parts in one call
-            ([`chunk_kernel_for`][manntk.fast.chunks.chunk_kernel_for]: the ARMIN layer
-            and the NTM-style layer in C++, the memoryless LSTM through torch's), or
+            ([`chunk_kernel_for`][manntk.fast.chunks.chunk_kernel_for]: the ARMIN,
+            TARDIS-addressing and NTM-style layers in C++, the memoryless LSTM through
+            torch's), or
             ``None`` (no kernel covers the parts in this step order: only the NTM-style
             kernel implements ``read="after"``; or ``fast=False``).
         read: ``before`` (address from ``h_{t-1}``, then the cell) or ``after`` (the

@@ -10,6 +10,9 @@ the plain path it replaces by named tests.
 - [`armin_sequence`][manntk.fast.armin_sequence]: a whole chunk of an ARMIN layer as one
   C++ forward and backward, the default on the CPU (``model.fast: false`` turns it off):
   ``tests/test_armin_sequence.py``.
+- [`tardis_sequence`][manntk.fast.tardis_sequence]: a whole chunk of a layer with TARDIS
+  addressing (AwTA, TARDIS) as one C++ forward and backward, the default on the CPU:
+  ``tests/test_tardis_sequence.py``.
 - [`ntm_sequence`][manntk.fast.ntm_sequence]: a whole chunk of an NTM-style layer (LSTM
   controller, NTM read head, erase/add write with its own NTM head; either step order) as
   one C++ forward and backward, the default on the CPU: ``tests/test_ntm_sequence.py``.

@@ -33,10 +33,11 @@ from torch.autograd.function import once_differentiable
 from manntk.fast.machine import cpu_info
 from manntk.fast.recurrent import RecurrentWeight
 
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("armin_rows.h", "armin_fused.cpp", "armin_sequence.cpp", "ntm_sequence.cpp"))
-"""The extension's files: the row kernels (a header) and the three sets of operators (the
-fused ARMIN step, the ARMIN chunk, the NTM-style chunk), built into one library
-(``torch.ops.manntk_armin_fused``)."""
+_SOURCES = tuple(Path(__file__).with_name(name) for name in (
+    "armin_rows.h", "armin_fused.cpp", "armin_sequence.cpp", "ntm_sequence.cpp", "tardis_sequence.cpp"))
+"""The extension's files: the row kernels (a header) and the four sets of operators (the
+fused ARMIN step, the ARMIN chunk, the NTM-style chunk, the TARDIS-addressing chunk),
+built into one library (``torch.ops.manntk_armin_fused``)."""
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _LDFLAGS = ["-lmvec", "-fopenmp"]
 _extension: Any = None  # torch.ops.manntk_armin_fused, once built and loaded

@@ -13,10 +13,12 @@ from typing import Any
 from manntk.fast.armin_sequence import ArminSequence
 from manntk.fast.lstm_sequence import LstmSequence
 from manntk.fast.ntm_sequence import NtmSequence
+from manntk.fast.tardis_sequence import TardisSequence
 
-CHUNK_KERNELS = (ArminSequence, LstmSequence, NtmSequence)
+CHUNK_KERNELS = (ArminSequence, TardisSequence, LstmSequence, NtmSequence)
 """The kernels, tried in order. Each implements the step orders in its ``read_orders``
-(the ARMIN and LSTM kernels the read before the cell; the NTM-style kernel both)."""
+(the ARMIN, TARDIS-addressing and LSTM kernels the read before the cell; the NTM-style
+kernel both)."""
 
 
 def chunk_kernel_for(cell: Any, addressing: Any, write: Any, read: str = "before") -> Any | None:
