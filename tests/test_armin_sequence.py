@@ -18,7 +18,7 @@ import torch
 import manntk
 from manntk.build import build_experiment
 from manntk.engine import MemoryLayer
-from manntk.fast import armin_sequence
+from manntk.fast import armin_fused, armin_sequence
 from manntk.fast.armin_sequence import Options, _ArminSequence
 from manntk.recipe import load_recipe
 from manntk.trace import tracing
@@ -298,8 +298,8 @@ def test_without_a_compiler_the_plain_path_runs_with_one_warning(monkeypatch):
     def no_compiler():
         raise RuntimeError("model.cell.fused: the C++ kernels could not be built: no compiler.")
 
-    monkeypatch.setattr(armin_sequence, "extension", no_compiler)
-    monkeypatch.setattr(armin_sequence, "_built", None)
+    monkeypatch.setattr(armin_fused, "extension", no_compiler)
+    monkeypatch.setattr(armin_fused, "_built", None)
     model = manntk.build_model(mapping(True))
     x = torch.randn(2, 5, INPUT)
     with warnings.catch_warnings(record=True) as caught:

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from manntk.fast.machine import cpu_info
 from manntk.fast.recurrent import RecurrentWeight
+from manntk.trace import is_tracing
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in (
     "armin_rows.h", "armin_fused.cpp", "armin_sequence.cpp", "ntm_sequence.cpp", "tardis_sequence.cpp"))
@@ -119,6 +120,46 @@ def extension() -> Any:
                 "writable; TORCH_EXTENSIONS_DIR moves it), or set fused: false."
             ) from error
     return _extension
+
+
+DTYPES = (torch.float32, torch.float64)
+"""dtypes the kernels are built for."""
+
+_built: bool | None = None
+
+
+def kernels_available() -> bool:
+    """Whether the kernels are built (on the first call: built now); when they cannot be
+    (no C++ compiler), one warning says why and the plain path runs."""
+    global _built
+    if _built is None:
+        try:
+            extension()
+            _built = True
+        except RuntimeError as error:
+            import warnings
+
+            cause = error.__cause__ or error
+            warnings.warn(f"model.fast: the C++ chunk kernels could not be built ({cause}); running the plain (slower) path. "
+                          "Install a C++ compiler and ninja, or set model.fast: false to run the plain path without this warning.",
+                          RuntimeWarning, stacklevel=3)
+            _built = False
+    return _built
+
+
+def kernel_runs_on(x: Tensor) -> bool:
+    """Whether a C++ chunk kernel may run a chunk ``x``: a CPU float32/float64 input outside
+    ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), with the kernels
+    built. Each kernel adds what its parts need (``applies``)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in DTYPES
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and not is_tracing()
+        and kernels_available()
+    )
 
 
 class _FusedStep(torch.autograd.Function):

@@ -34,12 +34,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from manntk.fast.armin_fused import extension
+from manntk.fast.armin_fused import extension, kernel_runs_on
 from manntk.state import State
-from manntk.trace import is_tracing
 
-DTYPES = (torch.float32, torch.float64)
-"""dtypes the kernels are built for."""
 
 
 class Options(NamedTuple):
@@ -127,14 +124,8 @@ class NtmSequence:
         expected state), and kernels that built."""
         return (
             self.covers(layer.cell, layer.addressing, layer.write)
-            and x.device.type == "cpu"
-            and x.dtype in DTYPES
             and not layer.cell.config.zoneout
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled("cpu")
-            and not is_tracing()
-            and available()
+            and kernel_runs_on(x)
         )
 
     def __call__(self, layer: Any, x: Tensor, state: State, consume_state: bool = False) -> tuple[Tensor, State]:
@@ -164,25 +155,3 @@ class NtmSequence:
         if after:
             new_state["read"] = read
         return out.transpose(0, 1).contiguous(), new_state  # batch first and contiguous, as the plain path's
-
-
-_built: bool | None = None
-
-
-def available() -> bool:
-    """Whether the kernels are built (on the first call: built now); when they cannot be
-    (no C++ compiler), one warning says why and the plain path runs."""
-    global _built
-    if _built is None:
-        try:
-            extension()
-            _built = True
-        except RuntimeError as error:
-            import warnings
-
-            cause = error.__cause__ or error
-            warnings.warn(f"model.fast: the NTM chunk kernel could not be built ({cause}); running the plain (slower) path. "
-                          "Install a C++ compiler and ninja, or set model.fast: false to run the plain path without this warning.",
-                          RuntimeWarning, stacklevel=3)
-            _built = False
-    return _built
