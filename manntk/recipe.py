@@ -64,6 +64,11 @@ class ScheduleConfig:
         milestones: steps at which ``step`` multiplies the rate by ``gamma``.
         gamma: the factor of ``step``.
         min_lr: the final rate of ``cosine``.
+        solved_gamma: multiply the rate by this once, when the run first solves its task
+            (validation and test under the threshold) and goes on training
+            (``stop_when_solved: false``); 1 keeps it. A smaller step size once solved
+            keeps the weights from being knocked out of the solution by the steps that
+            RMSprop and Adam still take at a near-zero loss.
     """
 
     name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
@@ -71,6 +76,7 @@ class ScheduleConfig:
     milestones: list[int] = attrs.field(factory=list)
     gamma: float = attrs.field(default=0.1, validator=positive)
     min_lr: float = attrs.field(default=0.0, validator=non_negative)
+    solved_gamma: float = attrs.field(default=1.0, validator=positive)
 
 
 @attrs.define

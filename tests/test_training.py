@@ -154,6 +154,29 @@ def test_stop_when_solved_and_time_budget(tmp_path, monkeypatch):
     assert result.stop_reason == "time" and result.step == 1
 
 
+def test_the_rate_drops_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    """schedule.solved_gamma: from the first solved validation (step 2) on, the rate is
+    gamma times the schedule's, also after a resume from a later checkpoint, and it drops
+    only once although every later validation is solved too."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+
+    monkeypatch.setattr(AlgorithmicTask, "summarize", lambda self, sums: {"loss": 0.001, "bce": 0.001, "solved": 1.0})
+    schedule = {"name": "step", "milestones": [5], "gamma": 0.5, "solved_gamma": 0.1}
+    recipe = tiny_copy(steps=8, eval_every=2, checkpoint_every=4, stop_when_solved=False, schedule=schedule)
+    straight = train(recipe_from_mapping(recipe), tmp_path / "straight", progress=False)
+    assert straight.solved_step == 2
+    expected = [0.01, 0.01, 0.001, 0.001, 0.0005, 0.0005, 0.0005, 0.0005]  # the drop at 2 (x0.1), the milestone at 5 (x0.5)
+    assert [r["lr"] for r in train_rows(straight.run_dir)] == pytest.approx(expected)
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight.run_dir, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000008")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000004\n")
+    train(recipe_from_mapping(recipe), interrupted, resume=True, progress=False)
+    assert [r["lr"] for r in train_rows(interrupted)] == pytest.approx(expected)
+    without = train(recipe_from_mapping(tiny_copy(steps=4, eval_every=2, stop_when_solved=False)), tmp_path / "without", progress=False)
+    assert [r["lr"] for r in train_rows(without.run_dir)] == pytest.approx([0.01] * 4)  # the default keeps the rate
+
+
 def test_lr_schedules_by_hand():
     warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

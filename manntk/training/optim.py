@@ -44,6 +44,15 @@ def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer, tot
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, base_lr, total_steps))
 
 
+def scale_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: float) -> None:
+    """Multiply the rate of every parameter group by ``factor`` from now on, schedule and
+    all: the scheduler's base rates change (they are in its ``state_dict``, so a resumed
+    run keeps the change) and so do the optimizer's current ones."""
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in scheduler.optimizer.param_groups:
+        group["lr"] *= factor
+
+
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:
     """Clip by value and/or global norm; returns the norm before clipping when clipping by norm."""
     parameters = [p for p in parameters if p.grad is not None]
