@@ -1,0 +1,81 @@
+"""The rows of docs/results.md's "Table 1 across seeds", regenerated from study directories.
+
+Each row names a study directory and one of its arms (``benchmarks/table1_rows.yaml``);
+the figures come from the study's report (``manntk study report``: the run directories
+alone), so the page shows what the runs say, with the seeds run, the budget, the commit
+the runs started from and the command that made them:
+
+```bash
+python benchmarks/table1_rows.py                 # Markdown rows on stdout
+python benchmarks/table1_rows.py --check         # also fail when a study directory is missing
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from manntk.study import report_study
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ("| task | model (arm) | paper | seeds | solved [95% CI] | iterations to solve: median [IQR] | relapsed | "
+          "final test BCE: median [IQR] | budget | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _steps(value: float | None, budget: int | None) -> str:
+    if value is None:
+        return f">{budget / 1000:g}k" if budget else "unsolved"
+    return f"{value / 1000:g}k"
+
+
+def row(spec: dict) -> str | None:
+    """One Markdown row for ``spec`` (study, arm, task, model, paper, command), or ``None`` when the study has not run."""
+    folder = ROOT / spec["study"]
+    if not (folder / "study.yaml").exists():
+        return None
+    report = report_study(None, folder)
+    arm = next(entry for entry in report["arms"] if entry["arm"] == spec["arm"])
+    runs = [run for run in report["runs"] if run["arm"] == spec["arm"] and run["finished"]]
+    seeds = ", ".join(str(run["seed"]) for run in runs) or "none yet"
+    if arm["unfinished"]:
+        seeds += f" (+{arm['unfinished']} not run or unfinished)"
+    budget = arm["budget"]
+    if arm["solved"] is None:
+        solved = iterations = "—"
+    else:
+        low, high = arm["solve_rate_ci95"]
+        solved = f"**{arm['solved']} / {arm['n']}** [{low:.2f}, {high:.2f}]"
+        it = arm["iterations_to_solve"]
+        iterations = f"{_steps(it['median'], budget)} [{_steps(it['q1'], budget)}, {_steps(it['q3'], budget)}]"
+    final = arm["final"]
+    finals = "—" if not arm["n"] else f"{final['median']:.3g} [{final['q1']:.3g}, {final['q3']:.3g}]"
+    commits = ", ".join(arm["commits"]) or "—"
+    return (f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | {seeds} | {solved} | {iterations} | "
+            f"{arm['relapsed']} | {finals} | {f'{budget:,} it' if budget else '—'} | {commits} | `{spec['command']}` |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="?", default=str(ROOT / "benchmarks" / "table1_rows.yaml"))
+    parser.add_argument("--check", action="store_true", help="fail when a row's study directory is missing")
+    args = parser.parse_args()
+    specs = yaml.safe_load(Path(args.rows).read_text(encoding="utf-8"))
+    print(HEADER)
+    missing = []
+    for spec in specs:
+        line = row(spec)
+        if line is None:
+            missing.append(spec["study"])
+            line = f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | not run yet | | | | | | | `{spec['command']}` |"
+        print(line)
+    if missing:
+        print(f"not run yet: {', '.join(sorted(set(missing)))}", file=sys.stderr)
+    return 1 if missing and args.check else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
