@@ -188,11 +188,18 @@ def test_the_authors_priority_sort_differs_from_armins_in_the_task_only():
     assert (task.sort, task.end_marker, task.input_size) == ("columns", False, 9)
 
 
+OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum", "train.optimizer.alpha",
+                                  "train.clip_norm", "train.clip_value"}}
+"""Training settings a model's recipe may change from the shared protocol, each chosen from
+runs across seeds (the NTM-style copy recipe's RMSprop: studies/ntm_copy_seeds.yaml)."""
+
+
 @pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall", "priority_sort"])
 def test_algorithmic_models_share_the_protocol_and_differ_in_the_model(task):
     for model in ("awta", "tardis", "ntm", "lstm"):
         changed = differences(f"algorithmic/{task}/{model}.yaml", f"algorithmic/{task}/armin.yaml")
-        assert changed and all(key.startswith("model.") for key in changed), (model, changed)
+        own = {key for key in changed if not key.startswith("model.")}
+        assert changed and own <= OWN_TRAINING.get((task, model), set()), (model, own)
     models = ("armin", "awta", "tardis", "ntm", "lstm")
     sizes = {model: load_recipe(recipe(f"algorithmic/{task}/{model}.yaml")).model for model in models}
     assert sizes["armin"].cell.config.hidden_size == sizes["awta"].cell.config.hidden_size == 100
