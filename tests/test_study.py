@@ -171,6 +171,8 @@ def test_a_tiny_study_runs_resumes_and_reports_what_the_run_directories_say(tmp_
         n, k = hand["n"], hand["solved"]
         assert arm["n"] == n == 3 and arm["solved"] == k and arm["solve_rate"] == pytest.approx(k / n)
         assert arm["relapsed"] == hand["relapsed"] and arm["commits"] == hand["commits"]
+        # the runs stop when solved: no validation after the solved one, so they stay solved from it
+        assert arm["solved_to_the_end_from"] == arm["iterations_to_solve"]
         z = 1.959963984540054
         centre = (k / n + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -250,3 +252,14 @@ def test_a_runs_commit_is_read_from_its_meta_json(tmp_path):
     assert run_commit(tmp_path) == "fedcba9"
     (tmp_path / "meta.json").write_text(json.dumps({"git": None}))  # not a git checkout
     assert run_commit(tmp_path) is None
+
+
+def test_solved_to_the_end_from_is_the_validation_after_the_last_relapse():
+    from manntk.study.report import stays_solved_from
+
+    steps = [500, 1000, 1500, 2000, 2500, 3000]
+    assert stays_solved_from(steps, [0, 1, 1, 1, 1, 1], 1000) == 1000  # no relapse: the first solved validation
+    assert stays_solved_from(steps, [0, 1, 0, 1, 0, 1], 1000) == 3000  # the last relapse at 2500
+    assert stays_solved_from(steps, [1, 0, 1, 1, 1, 1], 1500) == 1500  # before solved_step (not test-confirmed) ignored
+    assert stays_solved_from(steps, [0, 1, 1, 1, 1, 0], 1000) is None  # unsolved at the end
+    assert stays_solved_from(steps, [0, 1, 1, 1, 1, 1], None) is None

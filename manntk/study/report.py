@@ -48,6 +48,7 @@ class RunSummary:
     curve: tuple[tuple[int, float], ...]
     relapses: int | None = None
     commit: str | None = None
+    stays_solved_step: int | None = None
 
 
 def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSummary, str | None]:
@@ -76,7 +77,25 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
         arm, seed, path, results is not None, last_step, budget, results["seconds"] if results else None,
         solved, solved_step if solved else None, solved_seconds, final, tuple(zip(steps, values)),
         results.get("relapses") if results else None, run_commit(path),
+        stays_solved_from(*run.validations("solved")[::2], solved_step) if solved else None,
     ), metric
+
+
+def stays_solved_from(steps: Sequence[int], solved: Sequence[float], solved_step: int | None) -> int | None:
+    """The first validation step, at or after ``solved_step``, from which every validation
+    to the end of the run was solved: ``solved_step`` itself for a run that never went back
+    above the threshold, later for one that relapsed; ``None`` when the last one was not solved."""
+    if solved_step is None:
+        return None
+    since = None
+    for step, flag in zip(steps, solved):
+        if step < solved_step:
+            continue
+        if flag:
+            since = step if since is None else since
+        else:
+            since = None
+    return since
 
 
 def run_commit(path: Path) -> str | None:
@@ -128,6 +147,8 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
             "solved": len(solved) if solvable else None, "solve_rate": len(solved) / len(solvable) if solvable else None,
             "solve_rate_ci95": [low, high] if solvable else None,
             "iterations_to_solve": _quantile_dict(censored_quantiles([r.solved_step for r in solved], len(solvable))) if solvable else None,
+            "solved_to_the_end_from": _quantile_dict(censored_quantiles(
+                [r.stays_solved_step for r in solved if r.stays_solved_step is not None], len(solvable))) if solvable else None,
             "seconds_to_solve": _quantile_dict(censored_quantiles([r.solved_seconds for r in solved if r.solved_seconds is not None], len(solvable))) if solvable else None,
             "final": {"median": median, "q1": q1, "q3": q3, "mean": mean, "std": std},
             "relapsed": sum(1 for r in finished if r.relapses),
@@ -141,7 +162,8 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
         "study": study.name, "metric": metric, "higher_is_better": higher, "baseline": study.baseline,
         "seeds": list(study.seeds), "arms": arms,
         "runs": [{"arm": r.arm, "seed": r.seed, "finished": r.finished, "steps": r.steps, "solved": r.solved,
-                  "solved_step": r.solved_step, "final": r.final, "relapses": r.relapses, "commit": r.commit, "path": str(r.path)}
+                  "solved_step": r.solved_step, "stays_solved_step": r.stays_solved_step, "final": r.final, "relapses": r.relapses,
+                  "commit": r.commit, "path": str(r.path)}
                  for r in runs],
         "curves": {r.arm + f"/seed-{r.seed}": [list(point) for point in r.curve] for r in runs if r.curve},
     }
@@ -168,19 +190,21 @@ def markdown(report: dict[str, Any]) -> str:
         f"Study {report['study']}: {metric} ({'higher' if report['higher_is_better'] else 'lower'} is better), "
         f"baseline {report['baseline']}, seeds {', '.join(map(str, report['seeds']))}",
         "",
-        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] | relapsed | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | solved to the end from: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] | relapsed | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in report["arms"]:
         budget = arm["budget"]
         if arm["solved"] is None:
-            solved = rate = iterations = seconds = "—"
+            solved = rate = iterations = stays = seconds = "—"
         else:
             solved = f"{arm['solved']}/{arm['n']}"
             low, high = arm["solve_rate_ci95"]
             rate = f"{arm['solve_rate']:.2f} [{low:.2f}, {high:.2f}]"
             it = arm["iterations_to_solve"]
             iterations = f"{_censored(it['median'], budget)} [{_censored(it['q1'], budget)}, {_censored(it['q3'], budget)}]"
+            end = arm["solved_to_the_end_from"]
+            stays = f"{_censored(end['median'], budget)} [{_censored(end['q1'], budget)}, {_censored(end['q3'], budget)}]"
             seconds = _censored(arm["seconds_to_solve"]["median"], None)
         final = arm["final"]
         vs = "(baseline)"
@@ -189,13 +213,14 @@ def markdown(report: dict[str, Any]) -> str:
             vs = f"{_number(d['mean_difference'])} [{_number(d['ci95'][0])}, {_number(d['ci95'][1])}] ({d['pairs']} pairs)"
         pending = f" (+{arm['unfinished']} unfinished)" if arm["unfinished"] else ""
         lines.append(
-            f"| {arm['arm']} | {arm['n']}{pending} | {solved} | {rate} | {iterations} | {seconds} | "
+            f"| {arm['arm']} | {arm['n']}{pending} | {solved} | {rate} | {iterations} | {stays} | {seconds} | "
             f"{_number(final['median'])} [{_number(final['q1'])}, {_number(final['q3'])}] | "
             f"{_number(final['mean'])} ± {_number(final['std'])} | {vs} | {arm['relapsed']} | {', '.join(arm['commits']) or '—'} |"
         )
     lines += ["", "Unsolved runs are censored at the budget (`>budget`); final = the test split's metric "
               "(validation when there is no test split); the difference is arm - baseline over the seeds both ran; "
-              "relapsed = runs with a validation above the threshold after they had solved (solved = solved at the end); "
+              "relapsed = runs with a validation above the threshold after they had solved (solved = solved at the end), "
+              "and solved to the end from = the validation from which every later one was solved; "
               "commit = the code the runs started from (`+dirty`: with uncommitted changes)."]
     return "\n".join(lines) + "\n"
 
@@ -204,7 +229,7 @@ def csv_text(report: dict[str, Any]) -> str:
     """One row per arm, flat columns."""
     buffer = io.StringIO()
     columns = ["arm", "n", "unfinished", "budget", "solved", "solve_rate", "solve_rate_ci95_low", "solve_rate_ci95_high",
-               "iterations_q1", "iterations_median", "iterations_q3", "seconds_median", "final_median", "final_q1",
+               "iterations_q1", "iterations_median", "iterations_q3", "solved_to_the_end_from_median", "seconds_median", "final_median", "final_q1",
                "final_q3", "final_mean", "final_std", "vs_baseline_mean_difference", "vs_baseline_ci95_low", "vs_baseline_ci95_high",
                "relapsed", "commits"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -217,6 +242,7 @@ def csv_text(report: dict[str, Any]) -> str:
             "arm": arm["arm"], "n": arm["n"], "unfinished": arm["unfinished"], "budget": arm["budget"], "solved": arm["solved"],
             "solve_rate": arm["solve_rate"], "solve_rate_ci95_low": ci[0], "solve_rate_ci95_high": ci[1],
             "iterations_q1": iterations.get("q1"), "iterations_median": iterations.get("median"), "iterations_q3": iterations.get("q3"),
+            "solved_to_the_end_from_median": (arm["solved_to_the_end_from"] or {}).get("median"),
             "seconds_median": seconds.get("median"), **{f"final_{k}": v for k, v in arm["final"].items()},
             "vs_baseline_mean_difference": vs["mean_difference"], "vs_baseline_ci95_low": vs["ci95"][0], "vs_baseline_ci95_high": vs["ci95"][1],
             "relapsed": arm["relapsed"], "commits": " ".join(arm["commits"]),
