@@ -22,8 +22,8 @@ import yaml
 from manntk.study import report_study
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ("| task | model (arm) | paper | seeds | solved [95% CI] | iterations to solve: median [IQR] | relapsed | "
-          "final test BCE: median [IQR] | budget | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| task | model (arm) | paper | seeds | solved [95% CI] | iterations to solve: median [IQR] | solved to the end from | "
+          "relapsed | final test BCE: median [IQR] | budget | commit | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _steps(value: float | None, budget: int | None) -> str:
@@ -45,16 +45,18 @@ def row(spec: dict) -> str | None:
         seeds += f" (+{arm['unfinished']} not run or unfinished)"
     budget = arm["budget"]
     if arm["solved"] is None:
-        solved = iterations = "—"
+        solved = iterations = stays = "—"
     else:
         low, high = arm["solve_rate_ci95"]
         solved = f"**{arm['solved']} / {arm['n']}** [{low:.2f}, {high:.2f}]"
         it = arm["iterations_to_solve"]
         iterations = f"{_steps(it['median'], budget)} [{_steps(it['q1'], budget)}, {_steps(it['q3'], budget)}]"
+        end = arm["solved_to_the_end_from"]
+        stays = f"{_steps(end['median'], budget)} [{_steps(end['q1'], budget)}, {_steps(end['q3'], budget)}]"
     final = arm["final"]
     finals = "—" if not arm["n"] else f"{final['median']:.3g} [{final['q1']:.3g}, {final['q3']:.3g}]"
     commits = ", ".join(arm["commits"]) or "—"
-    return (f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | {seeds} | {solved} | {iterations} | "
+    return (f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | {seeds} | {solved} | {iterations} | {stays} | "
             f"{arm['relapsed']} | {finals} | {f'{budget:,} it' if budget else '—'} | {commits} | `{spec['command']}` |")
 
 
@@ -70,7 +72,7 @@ def main() -> int:
         line = row(spec)
         if line is None:
             missing.append(spec["study"])
-            line = f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | not run yet | | | | | | | `{spec['command']}` |"
+            line = f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | not run yet | | | | | | | | `{spec['command']}` |"
         print(line)
     if missing:
         print(f"not run yet: {', '.join(sorted(set(missing)))}", file=sys.stderr)
