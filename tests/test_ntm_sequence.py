@@ -9,7 +9,6 @@ the largest magnitude of the compared tensor; the bound below allows 8 times tha
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import torch
 import manntk
 from manntk.build import build_experiment
 from manntk.engine import MemoryLayer
-from manntk.fast import armin_fused, ntm_sequence
+from manntk.fast import ntm_sequence
 from manntk.fast.ntm_sequence import NtmSequence, Options, _NtmSequence
 from manntk.recipe import load_recipe
 from manntk.trace import tracing
@@ -274,22 +273,3 @@ def test_a_state_that_does_not_fit_the_input_is_an_error_not_a_read_past_its_end
     del state["layers"][0]["read"]
     with pytest.raises(ValueError, match="needs the previous read"):
         after(torch.randn(2, 3, INPUT), state)
-
-
-def test_without_a_compiler_the_plain_path_runs_with_one_warning(monkeypatch):
-    def no_compiler():
-        raise RuntimeError("model.cell.fused: the C++ kernels could not be built: no compiler.")
-
-    monkeypatch.setattr(armin_fused, "extension", no_compiler)
-    monkeypatch.setattr(armin_fused, "_built", None)
-    model = manntk.build_model(mapping(True))
-    x = torch.randn(2, 5, INPUT)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        y, _ = model(x)
-        model(x)
-    messages = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
-    assert len(messages) == 1 and "no compiler" in messages[0] and "plain" in messages[0]
-    reference = manntk.build_model(mapping(False))
-    reference.load_state_dict(model.state_dict())
-    torch.testing.assert_close(y, reference(x)[0])
