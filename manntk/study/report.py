@@ -77,8 +77,13 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
         arm, seed, path, results is not None, last_step, budget, results["seconds"] if results else None,
         solved, solved_step if solved else None, solved_seconds, final, tuple(zip(steps, values)),
         results.get("relapses") if results else None, run_commit(path),
-        stays_solved_from(*run.validations("solved")[::2], solved_step) if solved else None,
+        _stays_solved_step(run, solved_step) if solved else None,
     ), metric
+
+
+def _stays_solved_step(run: Any, solved_step: int | None) -> int | None:
+    flag_steps, _, flags = run.validations("solved")
+    return stays_solved_from(flag_steps, flags, solved_step)
 
 
 def stays_solved_from(steps: Sequence[int], solved: Sequence[float], solved_step: int | None) -> int | None:
@@ -91,10 +96,10 @@ def stays_solved_from(steps: Sequence[int], solved: Sequence[float], solved_step
     for step, flag in zip(steps, solved):
         if step < solved_step:
             continue
-        if flag:
-            since = step if since is None else since
-        else:
+        if not flag:
             since = None
+        elif since is None:
+            since = step
     return since
 
 
@@ -179,6 +184,11 @@ def _censored(value: float | None, budget: int | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _censored_iqr(quantiles: dict[str, float | None], budget: int | None) -> str:
+    """``median [q1, q3]`` of censored quantiles, ``>budget`` where too few runs solved."""
+    return f"{_censored(quantiles['median'], budget)} [{_censored(quantiles['q1'], budget)}, {_censored(quantiles['q3'], budget)}]"
+
+
 def _number(value: float | None, digits: int = 4) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -201,10 +211,8 @@ def markdown(report: dict[str, Any]) -> str:
             solved = f"{arm['solved']}/{arm['n']}"
             low, high = arm["solve_rate_ci95"]
             rate = f"{arm['solve_rate']:.2f} [{low:.2f}, {high:.2f}]"
-            it = arm["iterations_to_solve"]
-            iterations = f"{_censored(it['median'], budget)} [{_censored(it['q1'], budget)}, {_censored(it['q3'], budget)}]"
-            end = arm["solved_to_the_end_from"]
-            stays = f"{_censored(end['median'], budget)} [{_censored(end['q1'], budget)}, {_censored(end['q3'], budget)}]"
+            iterations = _censored_iqr(arm["iterations_to_solve"], budget)
+            stays = _censored_iqr(arm["solved_to_the_end_from"], budget)
             seconds = _censored(arm["seconds_to_solve"]["median"], None)
         final = arm["final"]
         vs = "(baseline)"
