@@ -93,6 +93,12 @@ class TrainConfig:
         schedule: the learning-rate schedule.
         clip_norm: clip the gradient's global norm to this value.
         clip_value: clip every gradient entry to ``[-clip_value, clip_value]``.
+        ema_decay: judge the run by an exponential moving average of its weights with this
+            decay per step (``0.999``: about the last thousand steps; see
+            [`WeightAverage`][manntk.training.averaging.WeightAverage]): validation, the
+            best checkpoint, whether and when it solved, the final scores, ``manntk
+            eval`` and ``manntk inspect`` use the average, and checkpoints hold it beside
+            the trained weights. ``null`` (the default): the trained weights themselves.
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
@@ -130,6 +136,7 @@ class TrainConfig:
     schedule: ScheduleConfig = attrs.field(factory=ScheduleConfig)
     clip_norm: float | None = attrs.field(default=None, validator=positive)
     clip_value: float | None = attrs.field(default=None, validator=positive)
+    ema_decay: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0

@@ -177,6 +177,72 @@ def test_the_rate_drops_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_pa
     assert [r["lr"] for r in train_rows(without.run_dir)] == pytest.approx([0.01] * 4)  # the default keeps the rate
 
 
+def test_the_weight_average_by_hand():
+    """After n updates the average is sum_i d^(n-i) (1-d) w_i / (1-d^n) over the weights
+    after each step (computed here as a plain weighted sum); integer buffers are copied."""
+    from manntk.training.averaging import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2, dtype=torch.float64)
+    model.register_buffer("counter", torch.zeros((), dtype=torch.long))
+    decay, history = 0.7, []
+    average = WeightAverage(model, decay)
+    for step in range(1, 6):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+            model.counter.fill_(step)
+        history.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        average.update(model)
+    n = len(history)
+    weights = [decay ** (n - i) * (1 - decay) / (1 - decay**n) for i in range(1, n + 1)]
+    assert sum(weights) == pytest.approx(1.0)
+    for name in ("weight", "bias"):
+        expected = sum(w * h[name] for w, h in zip(weights, history))
+        torch.testing.assert_close(average.averaged.state_dict()[name], expected, rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(expected, history[-1][name])  # the average is not the last weights
+    assert int(average.averaged.counter) == 5 and not any(p.requires_grad for p in average.averaged.parameters())
+    with pytest.raises(ValueError, match="must lie in"):
+        WeightAverage(model, 1.0)
+
+
+def test_a_run_with_a_weight_average_is_judged_and_resumed_by_it(tmp_path, capsys):
+    """train.ema_decay: validation, the final scores and manntk eval score the average (kept
+    beside the trained weights in each checkpoint), and a resumed run continues it exactly."""
+    from manntk.build import build_experiment
+    from manntk.training import checkpoint as ckpt
+    from manntk.training.evaluate import evaluate
+
+    recipe = recipe_from_mapping(tiny_copy(steps=6, eval_every=3, checkpoint_every=3, ema_decay=0.5))
+    straight = train(recipe, tmp_path / "straight", progress=False)
+    last = ckpt.latest_checkpoint(straight.run_dir)
+    task, model = build_experiment(recipe, None)
+
+    def test_bce(file: str) -> float:
+        model.load_state_dict(ckpt.load_weights(last, "cpu", file))
+        return evaluate(model, task, "test", recipe.eval.batch_size, torch.device("cpu"))["bce"]
+
+    judged = straight.metrics["test"]["bce"]
+    assert test_bce(ckpt.AVERAGED) == pytest.approx(judged, rel=1e-6)
+    assert abs(test_bce(ckpt.WEIGHTS) - judged) > 1e-4 * judged  # the trained weights score otherwise
+    assert main(["eval", str(straight.run_dir), "--split", "test", "--device", "cpu"]) == 0
+    assert f"bce {judged:.4f}" in capsys.readouterr().out
+
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight.run_dir, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000006")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000003\n")
+    resumed = train(recipe, interrupted, resume=True, progress=False)
+    assert resumed.metrics["test"]["bce"] == pytest.approx(judged, rel=1e-5)
+    again = ckpt.load_weights(ckpt.latest_checkpoint(interrupted), "cpu", ckpt.AVERAGED)
+    for name, tensor in ckpt.load_weights(last, "cpu", ckpt.AVERAGED).items():
+        torch.testing.assert_close(again[name], tensor, rtol=1e-5, atol=1e-7)
+
+    plain = train(recipe_from_mapping(tiny_copy(steps=3)), tmp_path / "plain", progress=False).run_dir
+    with pytest.raises(CheckpointError, match="holds no weight average"):
+        train(recipe, plain, resume=True, progress=False)
+
+
 def test_lr_schedules_by_hand():
     warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

@@ -190,7 +190,7 @@ def inspect_run(
     """
     from manntk.build import build_experiment
     from manntk.recipe import load_recipe
-    from manntk.training.checkpoint import latest_checkpoint, load_weights
+    from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
     from manntk.training.distributed import pick_device
 
     run_dir = Path(run_dir)
@@ -198,7 +198,7 @@ def inspect_run(
     target = pick_device(device)
     task, model = build_experiment(recipe, data_root)
     checkpoint = latest_checkpoint(run_dir)
-    model.load_state_dict(load_weights(checkpoint, target))
+    model.load_state_dict(load_judged_weights(checkpoint, target))
     model.to(target).eval()
     if steps is None and task.tokens:
         steps = DEFAULT_TEXT_STEPS

@@ -1,7 +1,8 @@
 """Checkpoints: weights in safetensors, the rest beside them, written atomically.
 
 A checkpoint is a folder ``checkpoints/step-00001234/`` holding ``weights.safetensors``
-(the model), ``state-rank<r>.safetensors`` (each process's recurrent state) and
+(the model; with ``train.ema_decay`` also ``averaged.safetensors``, the weight average),
+``state-rank<r>.safetensors`` (each process's recurrent state) and
 ``trainer.pt`` (optimizer, schedules, RNG states, step, elapsed time). It is written under
 a temporary name and renamed when complete; ``checkpoints/latest`` names the newest (a
 pointer file replaced in one ``os.replace``, never removed first).
@@ -30,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from manntk.state import State, flatten_state, unflatten_state
 
 WEIGHTS = "weights.safetensors"
+AVERAGED = "averaged.safetensors"
+"""The weight average of a run with ``train.ema_decay``, beside the trained weights."""
 TRAINER = "trainer.pt"
 MANIFEST = "manifest.json"
 
@@ -82,11 +85,11 @@ def staging_dir(root: Path, step: int) -> Path:
     return root / f".{checkpoint_name(step)}.tmp"
 
 
-def save_weights(directory: Path, model: torch.nn.Module) -> None:
-    """The model's state dict as safetensors."""
+def save_weights(directory: Path, model: torch.nn.Module, file: str = WEIGHTS) -> None:
+    """The model's state dict as safetensors, in ``directory / file``."""
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    with writing(directory / WEIGHTS):
-        save_file(tensors, str(directory / WEIGHTS))
+    with writing(directory / file):
+        save_file(tensors, str(directory / file))
 
 
 def save_recurrent_state(directory: Path, rank: int, state: State | None) -> None:
@@ -205,14 +208,21 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return path
 
 
-def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The model weights of checkpoint ``path``, checked against its manifest when it has one."""
+def load_weights(path: Path, device: torch.device | str = "cpu", file: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    """The weights in ``file`` of checkpoint ``path`` (the trained ones by default),
+    checked against its manifest when it has one."""
     listing = path / MANIFEST
-    if listing.exists() and (path / WEIGHTS).exists():
-        expected = _read(listing, lambda file: json.loads(file.read_text(encoding="utf-8"))).get(WEIGHTS)
-        if expected is not None and sha256(path / WEIGHTS) != expected:
-            raise CheckpointError(f"checkpoint file {path / WEIGHTS} does not match its SHA-256 in {listing}: it was changed or corrupted after it was written")
-    return _read(path / WEIGHTS, lambda file: load_file(str(file), device=str(device)))
+    if listing.exists() and (path / file).exists():
+        expected = _read(listing, lambda manifest: json.loads(manifest.read_text(encoding="utf-8"))).get(file)
+        if expected is not None and sha256(path / file) != expected:
+            raise CheckpointError(f"checkpoint file {path / file} does not match its SHA-256 in {listing}: it was changed or corrupted after it was written")
+    return _read(path / file, lambda weights: load_file(str(weights), device=str(device)))
+
+
+def load_judged_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The weights a run is judged by (evaluated, inspected): the weight average when
+    checkpoint ``path`` holds one (``train.ema_decay``), the trained weights otherwise."""
+    return load_weights(path, device, AVERAGED if (path / AVERAGED).exists() else WEIGHTS)
 
 
 def load_recurrent_state(path: Path, rank: int, device: torch.device | str = "cpu") -> State | None:

@@ -59,11 +59,12 @@ def evaluate(
 
 def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> Metrics:
     """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
-    (``run_dir`` may be ``runs/latest``)."""
+    (``run_dir`` may be ``runs/latest``), by the weights the run is judged by: the weight
+    average of a run with ``train.ema_decay``, the trained weights otherwise."""
     from manntk.build import build_experiment
     from manntk.config import UsageError
     from manntk.recipe import load_recipe
-    from manntk.training.checkpoint import latest_checkpoint, load_weights
+    from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
     from manntk.training.distributed import pick_device
     from manntk.training.ownership import resolve_run_dir
 
@@ -75,5 +76,5 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     if split not in task.splits:
         raise UsageError(f"unknown split {split!r}; task {recipe.task.name!r} has: {', '.join(task.splits)}")
     model.to(target)
-    model.load_state_dict(load_weights(latest_checkpoint(run_dir), target))
+    model.load_state_dict(load_judged_weights(latest_checkpoint(run_dir), target))
     return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)

@@ -37,6 +37,7 @@ from manntk.recipe import Recipe, recipe_to_mapping
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
+from manntk.training.averaging import WeightAverage
 from manntk.training.distributed import Distributed, pick_device
 from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
@@ -139,6 +140,7 @@ class Trainer:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.total_steps = total_steps(recipe, self.task)
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
+        self.average = None if train.ema_decay is None else WeightAverage(self.model, train.ema_decay)
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
@@ -314,6 +316,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return detach_state(state), dict(zip(names, totals.tolist()))
 
     def diverged(self, step: int, what: str) -> None:
@@ -334,6 +338,12 @@ class Trainer:
 
     # -- logging and evaluation --------------------------------------------------------
 
+    @property
+    def judged(self) -> torch.nn.Module:
+        """The model that validation and the final scores evaluate: the weight average with
+        ``train.ema_decay``, the trained model otherwise."""
+        return self.model if self.average is None else self.average.averaged
+
     def log_train(self, step: int, elapsed: float, window: dict[str, float], units_per_s: float) -> dict[str, Any]:
         row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
@@ -346,7 +356,7 @@ class Trainer:
         """Score ``split`` (the validation split by default; on rank 0, the verdict shared with every rank)."""
         result: dict[str, float] = {}
         if self.dist.is_main:
-            result = evaluate(self.model, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
+            result = evaluate(self.judged, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
             self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), **result})
         solved = self.dist.sum(torch.tensor([float(result.get("solved", 0.0))], device=self.device))
         result["solved"] = float(solved.item() > 0)
@@ -356,7 +366,7 @@ class Trainer:
         results: dict[str, dict[str, float]] = {}
         if self.dist.is_main:
             for split in self.recipe.eval.splits:
-                results[split] = evaluate(self.model, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
+                results[split] = evaluate(self.judged, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
                 self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), "final": True, **results[split]})
             summary = {
                 "step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason,
@@ -384,6 +394,8 @@ class Trainer:
         if self.dist.is_main:
             staging.mkdir(parents=True, exist_ok=True)
             ckpt.save_weights(staging, self.model)
+            if self.average is not None:
+                ckpt.save_weights(staging, self.average.averaged, ckpt.AVERAGED)
             ckpt.fault_point("weights", step)
         self.dist.barrier()
         ckpt.save_recurrent_state(staging, self.dist.rank, state)
@@ -394,6 +406,7 @@ class Trainer:
             ckpt.finish(self.checkpoints, step, {
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
                 "best": self.best, "relapses": self.relapses,
+                "average_updates": None if self.average is None else self.average.updates,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
@@ -408,6 +421,13 @@ class Trainer:
             )
         ckpt.verify(path, self.dist.world_size)
         self.model.load_state_dict(ckpt.load_weights(path, self.device))
+        if self.average is not None:
+            if trainer_state.get("average_updates") is None:
+                raise ckpt.CheckpointError(
+                    f"{path} holds no weight average, but the recipe sets train.ema_decay: "
+                    "resume with the recipe the run started with")
+            self.average.averaged.load_state_dict(ckpt.load_weights(path, self.device, ckpt.AVERAGED))
+            self.average.updates = trainer_state["average_updates"]
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
