@@ -147,10 +147,10 @@ def kernels_available() -> bool:
     return _built
 
 
-def kernel_runs_on(x: Tensor) -> bool:
-    """Whether a C++ chunk kernel may run a chunk ``x``: a CPU float32/float64 input outside
-    ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), with the kernels
-    built. Each kernel adds what its parts need (``applies``)."""
+def chunk_runs_on(x: Tensor) -> bool:
+    """Whether a chunk kernel may run a chunk ``x``: a CPU float32/float64 input outside
+    ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), which see or
+    change every step. Each kernel adds what its parts need (``applies``)."""
     return (
         x.device.type == "cpu"
         and x.dtype in DTYPES
@@ -158,8 +158,13 @@ def kernel_runs_on(x: Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu")
         and not is_tracing()
-        and kernels_available()
     )
+
+
+def kernel_runs_on(x: Tensor) -> bool:
+    """Whether a C++ chunk kernel may run a chunk ``x``: [`chunk_runs_on`][manntk.fast.armin_fused.chunk_runs_on],
+    with the kernels built."""
+    return chunk_runs_on(x) and kernels_available()
 
 
 class _FusedStep(torch.autograd.Function):

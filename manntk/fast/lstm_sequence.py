@@ -19,11 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from manntk.fast.armin_fused import chunk_runs_on
 from manntk.state import State
-from manntk.trace import is_tracing
-
-DTYPES = (torch.float32, torch.float64)
-"""dtypes it runs (torch's CPU LSTM has these two)."""
 
 
 class LstmSequence:
@@ -49,17 +46,10 @@ class LstmSequence:
         return cls() if cls.covers(cell, addressing, write) else None
 
     def applies(self, layer: Any, x: Tensor) -> bool:
-        """Whether the chunk ``x`` of ``layer`` can run here: the parts it covers, a CPU
-        float32/float64 input, no zoneout (a per-step mask torch's LSTM cannot apply), and
-        not under ``torch.compile`` or manntk's tracing (which records every step)."""
-        return (
-            self.covers(layer.cell, layer.addressing, layer.write)
-            and x.device.type == "cpu"
-            and x.dtype in DTYPES
-            and not layer.cell.config.zoneout
-            and not torch.compiler.is_compiling()
-            and not is_tracing()
-        )
+        """Whether the chunk ``x`` of ``layer`` can run here: the parts it covers, no zoneout
+        (a per-step mask torch's LSTM cannot apply), and where any chunk kernel may run
+        ([`chunk_runs_on`][manntk.fast.armin_fused.chunk_runs_on]; no C++ build needed)."""
+        return self.covers(layer.cell, layer.addressing, layer.write) and not layer.cell.config.zoneout and chunk_runs_on(x)
 
     def __call__(self, layer: Any, x: Tensor, state: State, consume_state: bool = False) -> tuple[Tensor, State]:
         """``layer``'s chunk ``x`` ``[B, T, d_i]`` from ``state``: ``o`` ``[B, T, d_h]`` and the new
