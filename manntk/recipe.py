@@ -42,6 +42,10 @@ class OptimizerConfig:
         eps: the optimizer's epsilon.
         alpha: ``rmsprop``'s smoothing constant of the squared gradients (torch's
             default 0.99; the ARMIN authors and pytorch-ntm use 0.95).
+        amsgrad: ``adam``/``adamw`` divide by the largest second-moment estimate so far
+            (Reddi et al., 2018) instead of the current one, so that once the gradients
+            have shrunk near a solution, a sudden large one does not meet a tiny
+            denominator on every coordinate it touches.
     """
 
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = attrs.field(default="adam", validator=_in(("adam", "adamw", "rmsprop", "sgd")))
@@ -51,6 +55,12 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = attrs.field(default=1e-8, validator=positive)
     alpha: float = attrs.field(default=0.99, validator=[positive, probability])
+    amsgrad: bool = attrs.field(default=False)
+
+    @amsgrad.validator
+    def _amsgrad_needs_adam(self, attribute: attrs.Attribute, value: bool) -> None:
+        if value and self.name not in ("adam", "adamw"):
+            raise ValueError(f"amsgrad is an option of adam and adamw, not of {self.name}")
 
 
 @attrs.define

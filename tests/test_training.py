@@ -257,6 +257,13 @@ def test_lr_schedules_by_hand():
 def test_optimizers(name, cls):
     optimizer = make_optimizer(OptimizerConfig(name=name, lr=0.5, momentum=0.9), [torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(optimizer, cls) and optimizer.param_groups[0]["lr"] == 0.5
+    if name.startswith("adam"):
+        assert optimizer.param_groups[0]["amsgrad"] is False
+        amsgrad = make_optimizer(OptimizerConfig(name=name, amsgrad=True), [torch.nn.Parameter(torch.zeros(2))])
+        assert amsgrad.param_groups[0]["amsgrad"] is True
+    else:
+        with pytest.raises(ValueError, match=f"amsgrad is an option of adam and adamw, not of {name}"):
+            OptimizerConfig(name=name, amsgrad=True)
 
 
 def free_port() -> int:

@@ -14,9 +14,9 @@ def make_optimizer(config: OptimizerConfig, parameters: Iterable[torch.nn.Parame
     """The optimizer that ``config`` names."""
     parameters = list(parameters)
     if config.name == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
     if config.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
     if config.name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=config.lr, alpha=config.alpha, momentum=config.momentum, eps=config.eps, weight_decay=config.weight_decay)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
