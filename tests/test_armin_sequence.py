@@ -22,6 +22,7 @@ from manntk.fast.armin_sequence import Options, _ArminSequence
 from manntk.recipe import load_recipe
 from manntk.trace import tracing
 from tests.conftest import fused_kernels_error
+from tests.kernel_checks import assert_kernel_matches
 
 STEPS, BATCH, INPUT, HIDDEN, SLOTS, WIDTH = 9, 3, 5, 7, 4, 3
 K = INPUT + HIDDEN + WIDTH
@@ -69,12 +70,7 @@ def run_both(options: dict, dtype: torch.dtype, steps=STEPS, second=4):
 
 
 def assert_same(plain: dict, kernel: dict, dtype: torch.dtype, steps=STEPS):
-    eps = torch.finfo(dtype).eps
-    for name, expected in plain.items():
-        scale = max(expected.abs().max().item(), 1.0)
-        bound = 8 * eps * steps * K * scale
-        difference = (kernel[name] - expected).abs().max().item()
-        assert difference <= bound, f"{name}: kernel and plain path differ by {difference:.3g} (bound {bound:.3g})"
+    assert_kernel_matches(plain, kernel, dtype, steps, K)
 
 
 #: Every option at both values, each pair of options in every combination of values (an

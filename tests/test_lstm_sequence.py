@@ -18,6 +18,7 @@ from manntk.fast.lstm_sequence import LstmSequence
 from manntk.recipe import load_recipe
 from manntk.build import build_experiment
 from manntk.trace import tracing
+from tests.kernel_checks import assert_kernel_matches
 
 STEPS, BATCH, INPUT, HIDDEN = 9, 3, 5, 7
 K = INPUT + HIDDEN
@@ -62,14 +63,7 @@ def run_both(options: dict, dtype: torch.dtype, train: bool = True):
 
 
 def assert_same(plain: dict, fast: dict, dtype: torch.dtype):
-    eps = torch.finfo(dtype).eps
-    assert plain.keys() == fast.keys()
-    for name, expected in plain.items():
-        assert fast[name] is not None, f"{name}: no gradient on torch's LSTM path"
-        scale = max(expected.abs().max().item(), 1.0)
-        bound = 8 * eps * STEPS * K * scale
-        difference = (fast[name] - expected).abs().max().item()
-        assert difference <= bound, f"{name}: torch's LSTM and the plain path differ by {difference:.3g} (bound {bound:.3g})"
+    assert_kernel_matches(plain, fast, dtype, STEPS, K)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -21,6 +21,7 @@ from manntk.fast.ntm_sequence import NtmSequence, Options, _NtmSequence
 from manntk.recipe import load_recipe
 from manntk.trace import tracing
 from tests.conftest import fused_kernels_error
+from tests.kernel_checks import assert_kernel_matches
 
 STEPS, INPUT, HIDDEN, SLOTS, WIDTH = 9, 3, 5, 4, 3  # T > N: the heads wrap around the memory
 K = INPUT + HIDDEN + WIDTH
@@ -106,17 +107,7 @@ def run_both(options: dict, dtype: torch.dtype, batch=3, steps=STEPS):
 
 
 def assert_same(plain: dict, kernel: dict, dtype: torch.dtype, steps=STEPS):
-    eps = torch.finfo(dtype).eps
-    assert plain.keys() == kernel.keys()
-    for name, expected in plain.items():
-        if expected is None:
-            assert kernel[name] is None, f"{name}: a gradient on the kernel path only"
-            continue
-        assert kernel[name] is not None, f"{name}: no gradient on the kernel path"
-        scale = max(expected.abs().max().item(), 1.0)
-        bound = 8 * eps * steps * K * scale
-        difference = (kernel[name] - expected).abs().max().item()
-        assert difference <= bound, f"{name}: kernel and plain path differ by {difference:.3g} (bound {bound:.3g})"
+    assert_kernel_matches(plain, kernel, dtype, steps, K)
 
 
 #: Every option at each of its values: both read orders, interpolation on and off, shifts
