@@ -5,30 +5,33 @@ often.
 
     python benchmarks/relapse_errors.py runs/studies/ntm-copy-seeds [ARM ...]
 
-For each finished run with a solved validation: the share of its validations from the
-first solved one on with at least one wrong bit, and how many of its last ten validations
-had one; per arm, the median share over its runs.
+For each finished run with a solved validation (the task's own verdict, read as the study
+report reads it): the share of its validations from the first solved one on with at least
+one wrong bit, and how many of its last ten validations had one; per arm, the median share
+over its runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+from manntk.tools.plot import load_run
 
-def wrong_after_solving(run_dir: Path, threshold: float) -> tuple[float, int] | None:
+
+def wrong_after_solving(run_dir: Path) -> tuple[float, int] | None:
     """(share of validations from the first solved one on with a wrong bit, wrong ones among
     the last ten validations), or ``None`` for a run that is unfinished or never solved."""
-    if not (run_dir / "results.json").exists():
+    run = load_run(run_dir)
+    if run.results is None:
         return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    valid = [row for row in rows if row["split"] == "valid" and not row.get("final")]
-    first = next((i for i, row in enumerate(valid) if row["bce"] < threshold), None)
+    _, _, solved = run.validations("solved")
+    _, _, errors = run.validations("bit_errors_per_sequence")
+    first = next((i for i, flag in enumerate(solved) if flag), None)
     if first is None:
         return None
-    wrong = [row["bit_errors_per_sequence"] > 0 for row in valid]
+    wrong = [value > 0 for value in errors]
     return sum(wrong[first:]) / len(wrong[first:]), sum(wrong[-10:])
 
 
@@ -36,12 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a study directory (runs/studies/<name>)")
     parser.add_argument("arms", nargs="*", help="arms to show (default: every arm folder)")
-    parser.add_argument("--threshold", type=float, default=0.01, help="the solved line of the validation BCE")
     args = parser.parse_args()
     arms = args.arms or sorted(path.name for path in args.study.iterdir() if path.is_dir())
     for arm in arms:
         runs = sorted((args.study / arm).glob("seed-*"), key=lambda path: int(path.name.removeprefix("seed-")))
-        found = {run.name: wrong_after_solving(run, args.threshold) for run in runs}
+        found = {run.name: wrong_after_solving(run) for run in runs}
         solved = {name: value for name, value in found.items() if value is not None}
         if not solved:
             print(f"{arm}: no finished run solved")
