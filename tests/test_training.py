@@ -193,7 +193,7 @@ def test_the_weight_average_by_hand():
                 parameter.add_(torch.randn_like(parameter))
             model.counter.fill_(step)
         history.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
-        average.update(model)
+        average.update()
     n = len(history)
     weights = [decay ** (n - i) * (1 - decay) / (1 - decay**n) for i in range(1, n + 1)]
     assert sum(weights) == pytest.approx(1.0)

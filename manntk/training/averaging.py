@@ -27,7 +27,9 @@ class WeightAverage:
     kept in a copy of the model (``averaged``) that can be evaluated and saved like it.
 
     Args:
-        model: the trained model; copied once, here.
+        model: the trained model, copied once here; ``update`` reads its tensors in place,
+            so it must stay where it is (device, dtype) and be changed only in place, as
+            optimizers and ``load_state_dict`` do.
         decay: the weight of the previous average at each update, in ``(0, 1)``: ``0.999``
             averages over roughly the last thousand steps.
     """
@@ -39,15 +41,17 @@ class WeightAverage:
         self.updates = 0
         self.averaged = copy.deepcopy(model)
         self.averaged.requires_grad_(False)
+        # (average, trained) tensor pairs, found once: a state dict per step costs more than the update
+        pairs = list(zip(self.averaged.state_dict().values(), model.state_dict().values()))
+        self._averaged_pairs = [(average, trained) for average, trained in pairs if average.is_floating_point()]
+        self._copied_pairs = [(average, trained) for average, trained in pairs if not average.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Fold ``model``'s current weights into the average (after an optimizer step)."""
+    def update(self) -> None:
+        """Fold the trained model's current weights into the average (after an optimizer step)."""
         self.updates += 1
         weight = (1.0 - self.decay) / (1.0 - self.decay**self.updates)  # 1 at the first update: a copy
-        current = model.state_dict()
-        for name, average in self.averaged.state_dict().items():
-            if average.is_floating_point():
-                average.lerp_(current[name], weight)
-            else:
-                average.copy_(current[name])
+        for average, trained in self._averaged_pairs:
+            average.lerp_(trained, weight)
+        for average, trained in self._copied_pairs:
+            average.copy_(trained)

@@ -317,7 +317,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         if self.average is not None:
-            self.average.update(self.model)
+            self.average.update()
         return detach_state(state), dict(zip(names, totals.tolist()))
 
     def diverged(self, step: int, what: str) -> None:
