@@ -101,12 +101,14 @@ def test_it_steps_aside_for_what_torch_lstm_cannot_do(options):
     assert layer.chunk_kernel is None or not layer.chunk_kernel.applies(layer, x)
 
 
-def test_it_steps_aside_under_tracing_and_for_other_dtypes():
+def test_it_steps_aside_under_tracing_autocast_and_for_other_dtypes():
     model = manntk.build_model(mapping(True))
     layer = model.layers[0]
     assert layer.chunk_kernel.applies(layer, torch.randn(2, 3, INPUT))
     assert not layer.chunk_kernel.applies(layer, torch.randn(2, 3, INPUT, dtype=torch.bfloat16))
     with tracing():
+        assert not layer.chunk_kernel.applies(layer, torch.randn(2, 3, INPUT))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the plain path's casts are the ones autocast defines
         assert not layer.chunk_kernel.applies(layer, torch.randn(2, 3, INPUT))
 
 
