@@ -222,10 +222,23 @@ def _strict_int(value: Any, _: type) -> int:
 
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str) and _looks_like_a_number(value):
+            raise TypeError(
+                f"expected a number, got the text {value!r}: YAML reads an exponent without a decimal "
+                f"point as text, so write it with one (3.0e-4, not 3e-4)"
+            )
         raise TypeError(f"expected a number, got {value!r}")
     if not math.isfinite(value):  # YAML's .nan and .inf: no setting means anything with them
         raise ValueError(f"expected a finite number, got {value!r}")
     return float(value)
+
+
+def _looks_like_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _strict_bool(value: Any, _: type) -> bool:
