@@ -222,10 +222,11 @@ def _strict_int(value: Any, _: type) -> int:
 
 def _strict_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, str) and _looks_like_a_number(value):
+        number = _finite_number_in(value)
+        if number is not None:
             raise TypeError(
-                f"expected a number, got the text {value!r}: YAML reads an exponent without a decimal "
-                f"point as text, so write it with one (3.0e-4, not 3e-4)"
+                f"expected a number, got the text {value!r}: YAML reads an exponent as a number only "
+                f"with a decimal point and a sign (3.0e-4, 1.0e+5); write {number!r}"
             )
         raise TypeError(f"expected a number, got {value!r}")
     if not math.isfinite(value):  # YAML's .nan and .inf: no setting means anything with them
@@ -233,12 +234,15 @@ def _strict_float(value: Any, _: type) -> float:
     return float(value)
 
 
-def _looks_like_a_number(text: str) -> bool:
+def _finite_number_in(value: Any) -> float | None:
+    """The finite number a text spells (``'3e-4'``, which YAML leaves as text), else ``None``."""
+    if not isinstance(value, str):
+        return None
     try:
-        float(text)
+        number = float(value)
     except ValueError:
-        return False
-    return True
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _strict_bool(value: Any, _: type) -> bool:

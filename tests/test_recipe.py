@@ -95,7 +95,10 @@ def test_bad_overrides(tmp_path, override, message):
     ("train.optimizer.name=adagrad", "expected one of 'adam', 'adamw', 'rmsprop', 'sgd'; got 'adagrad' @ $.train.optimizer.name"),
     ("task.name=cpy", "unknown task 'cpy'"),
     ("train.steps=true", "expected an integer, got True @ $.train.steps"),
-    ("train.optimizer.lr=3e-4", "got the text '3e-4': YAML reads an exponent without a decimal point as text"),
+    ("train.optimizer.lr=3e-4", "got the text '3e-4': YAML reads an exponent as a number only with a decimal point and a sign"),
+    ("train.optimizer.lr=1.0e5", "got the text '1.0e5': YAML reads an exponent"),
+    ("train.optimizer.lr=1e5", "write 100000.0 @ $.train.optimizer.lr"),
+    ("train.optimizer.lr=inf", "expected a number, got 'inf' @ $.train.optimizer.lr"),
     ("train.optimizer.lr=fast", "expected a number, got 'fast' @ $.train.optimizer.lr"),
 ])
 def test_malformed_recipes_give_the_specific_error(tmp_path, change, message):
