@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -23,20 +24,29 @@ def test_ending_kinds() -> None:
     assert ending(torch.stack([zero])) == "others"
 
 
-def test_zero_tail_changes_only_the_last_vectors_of_inputs_and_targets() -> None:
+@pytest.mark.parametrize("count", [2, 3])
+def test_zero_tail_changes_only_the_last_vectors_of_inputs_and_targets(count: int) -> None:
     config = CopyConfig(width=6, min_length=1, max_length=8)
     batch = generate(config, 50, torch.Generator().manual_seed(3))
-    changed = zero_tail(batch, 2, config.width)
-    for row, length in enumerate(batch.mask.sum(dim=1).tolist()):
-        shown = batch.targets[row][batch.mask[row]]
+    original = generate(config, 50, torch.Generator().manual_seed(3))  # the same batch, never passed in
+    changed = zero_tail(batch, count, config)
+    assert torch.equal(batch.inputs, original.inputs) and torch.equal(batch.targets, original.targets)
+    for row, length in enumerate(original.mask.sum(dim=1).tolist()):
+        shown = original.targets[row][original.mask[row]]
         after = changed.targets[row][changed.mask[row]]
-        # the bits sit at input steps 1..L (step 0 is the start marker, L + 1 the end marker)
-        bits, bits_after = batch.inputs[row, 1:length + 1, :6], changed.inputs[row, 1:length + 1, :6]
-        if length <= 2:
-            assert torch.equal(changed.inputs[row], batch.inputs[row]) and torch.equal(after, shown)
+        if length <= count:
+            assert torch.equal(changed.inputs[row], original.inputs[row]) and torch.equal(after, shown)
             continue
-        assert torch.equal(bits, shown) and torch.equal(bits_after, after)
-        assert not after[-2:].any() and torch.equal(after[:-2], shown[:-2])
-        unchanged = torch.ones(batch.inputs.shape[1], dtype=torch.bool)
-        unchanged[length - 1:length + 1] = False
-        assert torch.equal(changed.inputs[row][unchanged], batch.inputs[row][unchanged])
+        # the bits sit at input steps 1..L (step 0 is the start marker, L + 1 the end marker)
+        assert torch.equal(original.inputs[row, 1:length + 1, :6], shown)
+        assert torch.equal(changed.inputs[row, 1:length + 1, :6], after)
+        assert not after[-count:].any() and torch.equal(after[:-count], shown[:-count])
+        unchanged = torch.ones(original.inputs.shape[1], dtype=torch.bool)
+        unchanged[length + 1 - count:length + 1] = False
+        assert torch.equal(changed.inputs[row][unchanged], original.inputs[row][unchanged])
+
+
+def test_zero_tail_refuses_the_single_delimiter_layout() -> None:
+    config = CopyConfig(width=6, min_length=1, max_length=8, markers="end")
+    with pytest.raises(ValueError, match="markers='end'"):
+        zero_tail(generate(config, 2, torch.Generator().manual_seed(0)), 2, config)
