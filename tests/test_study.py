@@ -233,6 +233,31 @@ def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_
     assert "| small | 1 |" in printed and "| soft | 0 (+1 unfinished) |" in printed
 
 
+def test_runs_made_by_other_settings_than_their_arm_now_are_refused_before_anything_runs(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "train.steps=4"]) == 0
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/results.json")}
+    # a saved recipe from before a setting existed (its default filled in) and another thread
+    # count are not changes
+    saved = out / "soft" / "seed-0" / "recipe.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["train"]["ema_decay"]
+    saved.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "--threads", "2", "train.steps=4"]) == 0
+    capsys.readouterr()
+
+    study = yaml.safe_load(path.read_text())
+    study["arms"]["small"]["overrides"] = ["model.cell.hidden_size=4"]
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "train.steps=4"]) != 0
+    error = capsys.readouterr().err
+    assert "1 run(s) already in the study directory were made by other settings" in error
+    assert "small/seed-0" in error and "model.cell.hidden_size: 3 -> 4" in error and "soft/seed-0" not in error
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/results.json")} == stamps  # nothing ran again
+
+
 def test_an_unknown_arm_is_refused_with_the_nearest_name_before_anything_runs(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

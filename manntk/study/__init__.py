@@ -79,7 +79,9 @@ def run_study(
         The report ([`report_study`][manntk.study.report_study]).
 
     Raises:
-        ValueError: an arm of ``arms`` that the study does not have.
+        ValueError: an arm of ``arms`` that the study does not have, or runs already in
+            ``root`` that were made by other settings than their arm gives now (each named
+            with the settings that differ), before anything runs.
     """
     from manntk.recipe import load_recipe
 
@@ -95,6 +97,7 @@ def run_study(
         jobs_list = [job for job in jobs_list if job.label.split("/")[0] in arms]
     for arm in study.arms:  # every arm's recipe must load before anything runs
         load_recipe(arm.recipe, [*arm.overrides, *study.budget, *overrides])
+    _refuse_changed_runs(jobs_list)
     root.mkdir(parents=True, exist_ok=True)
     (root / STUDY_FILE).write_text(yaml.safe_dump(_study_mapping(study, overrides), sort_keys=False), encoding="utf-8")
     if launcher == "submitit":
@@ -104,6 +107,22 @@ def run_study(
     else:
         raise ValueError(f"unknown launcher {launcher!r}: local or submitit")
     return report_study(study, root)
+
+
+def _refuse_changed_runs(jobs: Sequence[Job]) -> None:
+    """Raise when a run already there differs from its arm's settings now: a rerun would
+    skip or resume it and report it under an arm that no longer made it."""
+    changed = {job: differences for job in jobs if (differences := job.changed_settings())}
+    if not changed:
+        return
+    lines = [f"{job.label} ({job.run_dir}): {'; '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}"
+             for job, differences in changed.items()]
+    shown = "\n  ".join(lines[:5]) + (f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else "")
+    raise ValueError(
+        f"{len(changed)} run(s) already in the study directory were made by other settings than their arm "
+        f"gives now (setting: ran -> now):\n  {shown}\nMove those run folders away to train them again, or "
+        f"give the arm its former settings."
+    )
 
 
 def report_study(study: Study | None, root: str | Path) -> dict[str, Any]:

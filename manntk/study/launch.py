@@ -4,7 +4,10 @@ own, on this machine (``local``: ``jobs`` at a time) or as SLURM jobs through su
 starts the next run when one ends, and SLURM does the rest.
 
 A run with ``results.json`` is done and skipped; one with a checkpoint resumes exactly
-(``--resume``); any other starts. Running a study again therefore finishes it.
+(``--resume``); any other starts. Running a study again therefore finishes it, and
+[`Job.changed_settings`][manntk.study.launch.Job.changed_settings] says when a run already
+there was made by other settings than the arm's now (an arm edited since), which a rerun
+would otherwise count silently.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import attrs
 from tqdm import tqdm
@@ -46,6 +49,29 @@ class Job:
             return "resume"
         return "start"
 
+    def changed_settings(self) -> list[str]:
+        """How the run already in ``run_dir`` differs from the run this job would start now:
+        one ``key: ran -> now`` line per resolved setting that differs (``train.threads``
+        aside), or the reason its saved recipe no longer loads; empty when nothing ran yet
+        or nothing changed."""
+        from manntk.config import ConfigError
+        from manntk.recipe import load_recipe, recipe_to_mapping
+
+        saved = self.run_dir / "recipe.yaml"
+        if self.state == "start" or not saved.exists():
+            return []
+        try:
+            ran = _flat(recipe_to_mapping(load_recipe(saved)))
+        except ConfigError as error:
+            return [f"its recipe.yaml no longer loads: {error}"]
+        now = _flat(recipe_to_mapping(load_recipe(self.recipe, self.overrides)))
+        absent = "(absent)"
+        return [
+            f"{key}: {ran.get(key, absent)!r} -> {now.get(key, absent)!r}"
+            for key in sorted((ran.keys() | now.keys()) - {"train.threads"})
+            if ran.get(key, absent) != now.get(key, absent)
+        ]
+
     def command(self, data_root: str | None = None) -> list[str]:
         """The ``python -m manntk train`` command line (``--resume`` when it resumes)."""
         command = [sys.executable, "-m", "manntk", "train"]
@@ -55,6 +81,17 @@ class Job:
             command += [str(self.recipe), *self.overrides, "--run-dir", str(self.run_dir)]
         command.append("--no-progress")
         return command + (["--data", data_root] if data_root else [])
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{dotted.key: value}`` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def start_command(command: Sequence[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
