@@ -256,6 +256,15 @@ def test_runs_made_by_other_settings_than_their_arm_now_are_refused_before_anyth
     assert "1 run(s) already in the study directory were made by other settings" in error
     assert "small/seed-0" in error and "model.cell.hidden_size: 3 -> 4" in error and "soft/seed-0" not in error
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/results.json")} == stamps  # nothing ran again
+    # a recipe file edited since: the report of the directory (its saved study file, run
+    # overrides included) names the runs its arms' figures include by other settings
+    base = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
+    base["model"]["cell"]["hidden_size"] = 5  # the small arm overrides it: only soft's run changed
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(base))
+    report = report_study(None, out)
+    assert {arm["arm"]: arm["changed"] for arm in report["arms"]} == {"soft": 1, "small": 0}
+    assert [run["changed_settings"] for run in report["runs"] if run["arm"] == "soft"] == [["model.cell.hidden_size: 6 -> 5"]]
+    assert "**1 run(s) were made by other settings than their arm gives now**" in (out / "report.md").read_text()
 
 
 def test_an_unknown_arm_is_refused_with_the_nearest_name_before_anything_runs(tmp_path, capsys):

@@ -23,7 +23,7 @@ from typing import Any, Sequence, TextIO
 import yaml
 
 from manntk.config import did_you_mean
-from manntk.study.launch import Job, run_local, run_submitit
+from manntk.study.launch import Job, changed_runs, jobs_of, run_local, run_submitit
 from manntk.study.report import markdown, plot, summarize, write_report
 from manntk.study.spec import Arm, Study, load_study
 
@@ -31,21 +31,6 @@ __all__ = ["Arm", "Job", "Study", "jobs_of", "load_study", "markdown", "plot", "
 
 STUDY_FILE = "study.yaml"
 """The study file copied into its directory, so that ``manntk study report DIR`` needs nothing else."""
-
-
-def jobs_of(study: Study, root: str | Path, overrides: Sequence[str] = (), threads: int | None = 1) -> list[Job]:
-    """Every (arm, seed) of ``study`` as a [`Job`][manntk.study.launch.Job] under ``root``.
-
-    The overrides of a run, in order: the arm's (the study's common ones first), the
-    budget, ``overrides`` (applied to every arm), ``train.threads`` and ``train.seed``.
-    """
-    root = Path(root)
-    extra = [*study.budget, *overrides, *([f"train.threads={threads}"] if threads else [])]
-    return [
-        Job(f"{arm.name}/seed-{seed}", root / arm.name / f"seed-{seed}", arm.recipe, (*arm.overrides, *extra, f"train.seed={seed}"))
-        for arm in study.arms
-        for seed in study.seeds
-    ]
 
 
 def run_study(
@@ -106,13 +91,13 @@ def run_study(
         run_local(jobs_list, jobs or os.cpu_count() or 1, data_root=data_root, out=out, progress=progress)
     else:
         raise ValueError(f"unknown launcher {launcher!r}: local or submitit")
-    return report_study(study, root)
+    return report_study(None, root)  # the saved study file: the run overrides are part of what made the runs
 
 
 def _refuse_changed_runs(jobs: Sequence[Job]) -> None:
     """Raise when a run already there differs from its arm's settings now: a rerun would
     skip or resume it and report it under an arm that no longer made it."""
-    changed = {job: differences for job in jobs if (differences := job.changed_settings())}
+    changed = changed_runs(jobs)
     if not changed:
         return
     lines = [f"{job.label} ({job.run_dir}): {'; '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}"

@@ -18,10 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 import attrs
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from manntk.study.spec import Study
 
 
 @attrs.frozen
@@ -81,6 +84,38 @@ class Job:
             command += [str(self.recipe), *self.overrides, "--run-dir", str(self.run_dir)]
         command.append("--no-progress")
         return command + (["--data", data_root] if data_root else [])
+
+
+def jobs_of(study: Study, root: str | Path, overrides: Sequence[str] = (), threads: int | None = 1) -> list[Job]:
+    """Every (arm, seed) of ``study`` as a [`Job`][manntk.study.launch.Job] under ``root``.
+
+    The overrides of a run, in order: the arm's (the study's common ones first), the
+    budget, ``overrides`` (applied to every arm), ``train.threads`` and ``train.seed``.
+    """
+    root = Path(root)
+    extra = [*study.budget, *overrides, *([f"train.threads={threads}"] if threads else [])]
+    return [
+        Job(f"{arm.name}/seed-{seed}", root / arm.name / f"seed-{seed}", arm.recipe, (*arm.overrides, *extra, f"train.seed={seed}"))
+        for arm in study.arms
+        for seed in study.seeds
+    ]
+
+
+def changed_runs(jobs: Sequence[Job]) -> dict[Job, list[str]]:
+    """The jobs whose run directory holds a run made by other settings than the job's
+    ([`Job.changed_settings`][manntk.study.launch.Job.changed_settings]), with the settings
+    that differ; a job whose recipe no longer loads gets the reason."""
+    from manntk.config import ConfigError
+
+    changed: dict[Job, list[str]] = {}
+    for job in jobs:
+        try:
+            differences = job.changed_settings()
+        except (ConfigError, OSError) as error:
+            differences = [f"the arm's recipe does not load: {error}"]
+        if differences:
+            changed[job] = differences
+    return changed
 
 
 def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -24,6 +24,7 @@ import attrs
 import yaml
 
 from manntk.study import stats
+from manntk.study.launch import changed_runs, jobs_of
 from manntk.study.spec import Study
 
 HIGHER_IS_BETTER = ("accuracy",)
@@ -136,6 +137,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
     metric = metric or "loss"
     higher = study.higher_is_better if study.higher_is_better is not None else metric in HIGHER_IS_BETTER
     baseline_finals = {r.seed: r.final for r in runs if r.arm == study.baseline and r.final is not None}
+    changed = {job.label: differences for job, differences in changed_runs(jobs_of(study, root, threads=None)).items()}
     arms = []
     for arm in study.arms:
         mine = [r for r in runs if r.arm == arm.name]
@@ -158,6 +160,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
             "final": {"median": median, "q1": q1, "q3": q3, "mean": mean, "std": std},
             "relapsed": sum(1 for r in finished if r.relapses),
             "commits": sorted({r.commit for r in mine if r.commit}),
+            "changed": sum(1 for r in mine if f"{r.arm}/seed-{r.seed}" in changed),
         }
         if arm.name != study.baseline:
             difference, d_low, d_high, pairs = stats.paired_bootstrap({r.seed: r.final for r in finished if r.final is not None}, baseline_finals)
@@ -168,7 +171,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
         "seeds": list(study.seeds), "arms": arms,
         "runs": [{"arm": r.arm, "seed": r.seed, "finished": r.finished, "steps": r.steps, "solved": r.solved,
                   "solved_step": r.solved_step, "stays_solved_step": r.stays_solved_step, "final": r.final, "relapses": r.relapses,
-                  "commit": r.commit, "path": str(r.path)}
+                  "commit": r.commit, "path": str(r.path), "changed_settings": changed.get(f"{r.arm}/seed-{r.seed}", [])}
                  for r in runs],
         "curves": {r.arm + f"/seed-{r.seed}": [list(point) for point in r.curve] for r in runs if r.curve},
     }
@@ -230,6 +233,12 @@ def markdown(report: dict[str, Any]) -> str:
               "relapsed = runs with a validation above the threshold after they had solved (solved = solved at the end), "
               "and solved to the end from = the validation from which every later one was solved; "
               "commit = the code the runs started from (`+dirty`: with uncommitted changes)."]
+    changed = [run for run in report["runs"] if run["changed_settings"]]
+    if changed:
+        listed = "; ".join(f"{run['arm']}/seed-{run['seed']} ({', '.join(run['changed_settings'][:3])})" for run in changed[:5])
+        more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
+        lines += ["", f"**{len(changed)} run(s) were made by other settings than their arm gives now** (setting: ran -> now), "
+                      f"and their arms' figures include them: {listed}{more}."]
     return "\n".join(lines) + "\n"
 
 
