@@ -48,15 +48,13 @@ def ending(targets: Tensor) -> str:
 
 def zero_tail(batch: SequenceBatch, count: int, config: CopyConfig) -> SequenceBatch:
     """A copy of ``batch`` with the last ``count`` vectors of every sequence longer than
-    ``count`` set to zero, in the inputs (the bits at steps 1..L of the start-and-end-marker
-    layout, the only one it reads) and in the targets."""
-    if config.markers != "start_end":
-        raise ValueError(f"zero_tail reads the start-and-end-marker layout, not markers={config.markers!r}")
-    width = config.width
+    ``count`` set to zero, in the inputs (the bits sit at steps 1..L after a start marker,
+    or at steps 0..L-1 with ``markers: end``) and in the targets."""
+    first = 1 if config.markers == "start_end" else 0
     inputs, targets = batch.inputs.clone(), batch.targets.clone()
     for row, length in enumerate(batch.mask.sum(dim=1).tolist()):
         if length > count:
-            inputs[row, length + 1 - count:length + 1, :width] = 0
+            inputs[row, first + length - count:first + length, :config.width] = 0
             outputs = batch.mask[row].nonzero().flatten()
             targets[row, outputs[-count:]] = 0
     return attrs.evolve(batch, inputs=inputs, targets=targets)

@@ -24,9 +24,10 @@ def test_ending_kinds() -> None:
     assert ending(torch.stack([zero])) == "others"
 
 
+@pytest.mark.parametrize("markers, first", [("start_end", 1), ("end", 0)])
 @pytest.mark.parametrize("count", [2, 3])
-def test_zero_tail_changes_only_the_last_vectors_of_inputs_and_targets(count: int) -> None:
-    config = CopyConfig(width=6, min_length=1, max_length=8)
+def test_zero_tail_changes_only_the_last_vectors_of_inputs_and_targets(count: int, markers: str, first: int) -> None:
+    config = CopyConfig(width=6, min_length=1, max_length=8, markers=markers)
     batch = generate(config, 50, torch.Generator().manual_seed(3))
     original = generate(config, 50, torch.Generator().manual_seed(3))  # the same batch, never passed in
     changed = zero_tail(batch, count, config)
@@ -37,16 +38,10 @@ def test_zero_tail_changes_only_the_last_vectors_of_inputs_and_targets(count: in
         if length <= count:
             assert torch.equal(changed.inputs[row], original.inputs[row]) and torch.equal(after, shown)
             continue
-        # the bits sit at input steps 1..L (step 0 is the start marker, L + 1 the end marker)
-        assert torch.equal(original.inputs[row, 1:length + 1, :6], shown)
-        assert torch.equal(changed.inputs[row, 1:length + 1, :6], after)
+        # the bits sit at input steps first..first + L - 1 (after the start marker, if any)
+        assert torch.equal(original.inputs[row, first:first + length, :6], shown)
+        assert torch.equal(changed.inputs[row, first:first + length, :6], after)
         assert not after[-count:].any() and torch.equal(after[:-count], shown[:-count])
         unchanged = torch.ones(original.inputs.shape[1], dtype=torch.bool)
-        unchanged[length + 1 - count:length + 1] = False
+        unchanged[first + length - count:first + length] = False
         assert torch.equal(changed.inputs[row][unchanged], original.inputs[row][unchanged])
-
-
-def test_zero_tail_refuses_the_single_delimiter_layout() -> None:
-    config = CopyConfig(width=6, min_length=1, max_length=8, markers="end")
-    with pytest.raises(ValueError, match="markers='end'"):
-        zero_tail(generate(config, 2, torch.Generator().manual_seed(0)), 2, config)
