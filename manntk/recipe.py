@@ -458,6 +458,34 @@ def recipe_to_mapping(recipe: Recipe) -> dict[str, Any]:
     return _plain(recipe)
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT: Any = _Absent()
+"""What [`setting_differences`][manntk.recipe.setting_differences] puts for a setting one side lacks."""
+
+
+def setting_differences(first: dict[str, Any], second: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings (leaves, by dotted path such as ``model.cell.hidden_size``) whose values
+    differ between two recipe mappings, each with its two values (``ABSENT`` where a side
+    lacks it); lists are compared whole."""
+    a, b = _leaves(first), _leaves(second)
+    return {key: (a.get(key, ABSENT), b.get(key, ABSENT))
+            for key in sorted(a.keys() | b.keys()) if a.get(key, ABSENT) != b.get(key, ABSENT)}
+
+
+def _leaves(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, PartSpec):
         options = _plain(value.config) if value.config is not None else {}

@@ -162,3 +162,13 @@ def test_an_unknown_key_names_the_closest_known_key(tmp_path):
         "unknown key(s): batchsize, stesp; did you mean 'batch_size' for 'batchsize', 'steps' for 'stesp'? @ $.train",
         "unknown key(s): colour @ $.model",  # nothing close: no guess
     ])
+
+
+def test_setting_differences_by_dotted_path_with_absent_sides():
+    from manntk.recipe import ABSENT, setting_differences
+
+    first = {"model": {"cell": {"hidden_size": 8, "zoneout": 0.0}}, "train": {"milestones": [3000]}}
+    second = {"model": {"cell": {"hidden_size": 9, "zoneout": 0.0}}, "train": {"milestones": [3000]}, "eval": {"batch_size": 4}}
+    assert setting_differences(first, second) == {"eval.batch_size": (ABSENT, 4), "model.cell.hidden_size": (8, 9)}
+    assert setting_differences(first, first) == {}
+    assert setting_differences({"train": {"milestones": [3000]}}, {"train": {"milestones": []}}) == {"train.milestones": ([3000], [])}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from manntk.recipe import load_mapping, load_recipe, read_yaml
+from manntk.recipe import load_mapping, load_recipe, read_yaml, setting_differences
 from manntk.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,20 +89,9 @@ def test_base_files_merge(path):
 # -- extends chains ----------------------------------------------------------------------
 
 
-def leaves(mapping: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model.cell.hidden_size": 800, ...}``: every leaf by its dotted path."""
-    if not isinstance(mapping, dict):
-        return {prefix: mapping}
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        flat.update(leaves(value, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def differences(child: str, parent: str) -> set[str]:
     """Leaf paths whose resolved value differs between two recipes (name, description aside)."""
-    a, b = leaves(load_mapping(recipe(child))), leaves(load_mapping(recipe(parent)))
-    return {key for key in a.keys() | b.keys() if a.get(key, "<absent>") != b.get(key, "<absent>")} - {"name", "description"}
+    return set(setting_differences(load_mapping(recipe(child)), load_mapping(recipe(parent)))) - {"name", "description"}
 
 
 def test_read_output_ablation_differs_from_armin_ptb_only_in_read_output():

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 import attrs
 from tqdm import tqdm
@@ -58,22 +58,18 @@ class Job:
         aside), or the reason its saved recipe no longer loads; empty when nothing ran yet
         or nothing changed."""
         from manntk.config import ConfigError
-        from manntk.recipe import load_recipe, recipe_to_mapping
+        from manntk.recipe import load_recipe, recipe_to_mapping, setting_differences
 
         saved = self.run_dir / "recipe.yaml"
         if self.state == "start" or not saved.exists():
             return []
         try:
-            ran = _flat(recipe_to_mapping(load_recipe(saved)))
+            ran = recipe_to_mapping(load_recipe(saved))
         except ConfigError as error:
             return [f"its recipe.yaml no longer loads: {error}"]
-        now = _flat(recipe_to_mapping(load_recipe(self.recipe, self.overrides)))
-        absent = "(absent)"
-        return [
-            f"{key}: {ran.get(key, absent)!r} -> {now.get(key, absent)!r}"
-            for key in sorted((ran.keys() | now.keys()) - {"train.threads"})
-            if ran.get(key, absent) != now.get(key, absent)
-        ]
+        now = recipe_to_mapping(load_recipe(self.recipe, self.overrides))
+        return [f"{key}: {before!r} -> {after!r}"
+                for key, (before, after) in setting_differences(ran, now).items() if key != "train.threads"]
 
     def command(self, data_root: str | None = None) -> list[str]:
         """The ``python -m manntk train`` command line (``--resume`` when it resumes)."""
@@ -116,17 +112,6 @@ def changed_runs(jobs: Sequence[Job]) -> dict[Job, list[str]]:
         if differences:
             changed[job] = differences
     return changed
-
-
-def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as ``{dotted.key: value}`` (lists kept whole)."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def start_command(command: Sequence[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
