@@ -14,7 +14,13 @@ from typing import Any, Callable, ClassVar, Iterable, Literal, TypeVar, get_args
 
 import attrs
 import cattrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
 from manntk.registry import Registry, RegistryError
 
@@ -88,6 +94,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook_func(lambda type_: get_origin(type_) is Literal, _strict_literal)
+    converter.register_structure_hook_func(_is_fixed_tuple, lambda value, type_: _strict_tuple(converter, value, type_))
     converter.register_structure_hook_func(lambda type_: type_ == EverySetting, lambda value, _: value)  # its validator checks it
     for spec_type in (CellSpec, AddressingSpec, WriteSpec, TaskSpec):
         converter.register_structure_hook(spec_type, _part_hook(converter, registry, spec_type))
@@ -212,6 +219,29 @@ def _strict_literal(value: Any, type_: Any) -> Any:
     if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
         raise ValueError(f"expected one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def _is_fixed_tuple(type_: Any) -> bool:
+    """``tuple[float, float]`` and the like: a fixed number of values (not ``tuple[int, ...]``)."""
+    return get_origin(type_) is tuple and Ellipsis not in get_args(type_)
+
+
+def _strict_tuple(converter: cattrs.Converter, value: Any, type_: Any) -> tuple:
+    """A list of exactly as many values as the tuple type has, each structured by its type
+    (a wrong one reported at its index, as cattrs reports the items of a list)."""
+    types = get_args(type_)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != len(types):
+        raise TypeError(f"expected a list of {len(types)} values, got {value!r}")
+    values, errors = [], []
+    for index, (item, item_type) in enumerate(zip(value, types)):
+        try:
+            values.append(converter.structure(item, item_type))
+        except Exception as error:
+            error.__notes__ = [*getattr(error, "__notes__", []), IterableValidationNote(f"at index {index}", index, item_type)]
+            errors.append(error)
+    if errors:
+        raise IterableValidationError(f"While structuring {type_!r}", errors, type_)
+    return tuple(values)
 
 
 def _strict_int(value: Any, _: type) -> int:

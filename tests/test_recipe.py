@@ -100,6 +100,10 @@ def test_bad_overrides(tmp_path, override, message):
     ("train.optimizer.lr=1e5", "write 100000.0 @ $.train.optimizer.lr"),
     ("train.optimizer.lr=inf", "expected a number, got 'inf' @ $.train.optimizer.lr"),
     ("train.optimizer.lr=fast", "expected a number, got 'fast' @ $.train.optimizer.lr"),
+    ("train.optimizer.betas=0.9", "expected a list of 2 values, got 0.9 @ $.train.optimizer.betas"),
+    ("train.optimizer.betas=[0.9]", "expected a list of 2 values, got [0.9] @ $.train.optimizer.betas"),
+    ("train.optimizer.betas=[0.9, x]", "expected a number, got 'x' @ $.train.optimizer.betas[1]"),
+    ("task.train_density=[0.6, 0.4]", "train_density must be two probabilities [low, high] with 0 <= low <= high <= 1"),
 ])
 def test_malformed_recipes_give_the_specific_error(tmp_path, change, message):
     with pytest.raises(ConfigError) as caught:

@@ -7,6 +7,7 @@ import math
 import attrs
 import pytest
 import torch
+from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -439,6 +440,11 @@ def test_priority_sort_lengths_are_fixed(
         (lambda: PrioritySortConfig(num_inputs=40, num_outputs=41), "num_outputs"),
         (lambda: PrioritySortConfig(sort="rows"), "sort"),
         (lambda: PrioritySortConfig(end_marker=1), "end_marker"),
+        (lambda: CopyConfig(density=(0.6, 0.4)), "density"),
+        (lambda: CopyConfig(density=(-0.1, 0.4)), "density"),
+        (lambda: RepeatCopyConfig(density=(0.2, 1.5)), "density"),
+        (lambda: PrioritySortConfig(density=(0.5,)), "density"),
+        (lambda: PrioritySortConfig(density=0.5), "density"),
     ],
 )
 def test_invalid_configs_name_the_field(make, field: str) -> None:
@@ -453,13 +459,92 @@ def test_invalid_batch_size_is_rejected(generate, config) -> None:
 
 
 def test_paper_defaults() -> None:
-    assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end")
-    assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None)
+    assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end", (0.5, 0.5))
+    assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None, (0.5, 0.5))
     assert attrs.astuple(AssociativeRecallConfig()) == (6, 3, 2, 6)
-    assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30, "vector", True)
+    assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30, "vector", True, (0.5, 0.5))
     assert (CopyConfig().input_size, CopyConfig().output_size) == (8, 6)
     assert (RepeatCopyConfig().input_size, RepeatCopyConfig().output_size) == (8, 7)
     assert (PrioritySortConfig().input_size, PrioritySortConfig().output_size) == (10, 8)
+
+
+# --- bit density -----------------------------------------------------------------------------
+
+BIT_TASKS = [
+    pytest.param(copy.generate, CopyConfig, slice(0, 6), id="copy"),
+    pytest.param(repeat_copy.generate, RepeatCopyConfig, slice(0, 6), id="repeat_copy"),
+    pytest.param(priority_sort.generate, PrioritySortConfig, slice(0, 8), id="priority_sort"),
+]
+
+
+def bits_of_each_sequence(batch: SequenceBatch, channels: slice) -> tuple[Tensor, Tensor]:
+    """The ones of each sequence's input phase on the data channels, and the bits there
+    (marker steps included: they are zero on the data channels)."""
+    shown = ~batch.mask & (torch.arange(batch.mask.shape[1]) < batch.lengths.unsqueeze(1))
+    ones = (batch.inputs[:, :, channels] * shown.unsqueeze(-1)).sum(dim=(1, 2))
+    return ones, shown.sum(dim=1) * (channels.stop - channels.start)
+
+
+@pytest.mark.parametrize(("generate", "make", "channels"), BIT_TASKS)
+def test_a_fixed_density_sets_the_rate_of_ones(generate, make, channels) -> None:
+    """With ``density`` (p, p) the ones are Binomial(n, p) over the n data bits (marker
+    steps add zeros, counted in n, so the rate is a little under p: bounded by 5 standard
+    deviations of the binomial and the markers' share)."""
+    for p in (0.1, 0.9):
+        batch = draw(generate, make(density=(p, p)), batch_size=64)
+        ones, bits = bits_of_each_sequence(batch, channels)
+        n = float(bits.sum())
+        marker_share = 2 * 64 * (channels.stop - channels.start) / n
+        rate = float(ones.sum()) / n
+        assert p * (1 - marker_share) - 5 * math.sqrt(p * (1 - p) / n) <= rate <= p + 5 * math.sqrt(p * (1 - p) / n)
+
+
+LONG = {CopyConfig: {"min_length": 40}, RepeatCopyConfig: {"min_length": 10}, PrioritySortConfig: {}}
+"""Sequences long enough that a fair coin's rate of ones varies little."""
+
+
+@pytest.mark.parametrize(("generate", "make", "channels"), BIT_TASKS)
+def test_a_density_range_gives_each_sequence_its_own_rate(generate, make, channels) -> None:
+    """Densities drawn uniformly in [0, 1]: the sequences' rates of ones spread far more
+    than fair coins let them (their variance holds 1/12, the uniform's, besides the
+    binomial's); with (0.5, 0.5) they spread as the binomial alone."""
+    spreads = {}
+    for density in ((0.0, 1.0), (0.5, 0.5)):
+        ones, bits = bits_of_each_sequence(draw(generate, make(density=density, **LONG[make]), batch_size=200), channels)
+        spreads[density] = float((ones / bits).var())
+    assert spreads[(0.0, 1.0)] > 1 / 24
+    assert spreads[(0.5, 0.5)] < 1 / 24
+
+
+def test_the_paper_density_draws_the_bits_it_drew_before_densities() -> None:
+    """(0.5, 0.5) draws no density, so the generator's stream is the former one: the bits
+    of a copy example are length, then Bernoulli(0.5) bits, from the same generator."""
+    generator = torch.Generator().manual_seed(3)
+    length = int(torch.randint(1, 51, (), generator=generator))
+    bits = torch.bernoulli(torch.full((length, 6), 0.5), generator=generator)
+    batch = draw(copy.generate, CopyConfig(), batch_size=1, seed=3)
+    assert torch.equal(batch.targets[0][batch.mask[0]], bits)
+
+
+def test_train_density_changes_the_training_batches_only() -> None:
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    plain = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(validation_batches=2))
+    sparse = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(validation_batches=2, train_density=[0.05, 0.05]))
+    for split in ("valid", "test"):
+        for a, b in zip(plain.eval_batches(split, 100), sparse.eval_batches(split, 100)):
+            assert torch.equal(a.inputs, b.inputs)
+    rates = [float(task.train_batch(0, 64).targets.mean() / task.train_batch(0, 64).mask.float().mean()) for task in (plain, sparse)]
+    assert rates[1] < 0.1 < 0.4 < rates[0]
+
+
+def test_train_density_exists_only_for_tasks_of_random_bits() -> None:
+    from manntk.tasks.algorithmic import plugin
+
+    assert "train_density" in attrs.fields_dict(plugin.CopyTaskConfig)
+    assert "train_density" not in attrs.fields_dict(plugin.AssociativeRecallTaskConfig)
+    with pytest.raises(ValueError, match="train_density must be two probabilities"):
+        plugin.CopyTaskConfig(train_density=(0.3, 0.2))
 
 
 # --- batches, loss and criterion ------------------------------------------------------------

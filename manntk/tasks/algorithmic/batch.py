@@ -136,9 +136,52 @@ def random_int(low: int, high: int, generator: torch.Generator) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator))
 
 
-def random_bits(steps: int, width: int, generator: torch.Generator) -> Tensor:
-    """Independent Bernoulli(0.5) bits, float32 ``[steps, width]``."""
-    return torch.bernoulli(torch.full((steps, width), 0.5), generator=generator)
+Density = tuple[float, float]
+"""A range ``(low, high)`` of the probability of a one in a task's random bits; each
+sequence draws its own probability uniformly in it."""
+
+PAPER_DENSITY: Density = (0.5, 0.5)
+"""Fair coin bits, the paper's (and Graves et al.'s) data."""
+
+
+def random_bits(steps: int, width: int, generator: torch.Generator, density: float = 0.5) -> Tensor:
+    """Independent Bernoulli(``density``) bits, float32 ``[steps, width]``."""
+    return torch.bernoulli(torch.full((steps, width), float(density)), generator=generator)
+
+
+def draw_density(density: Density, generator: torch.Generator) -> float:
+    """One sequence's probability of a one: uniform in ``density``'s range.
+
+    A range of one value draws nothing, so the data of ``PAPER_DENSITY`` are the bits a
+    generator gave before densities existed.
+    """
+    low, high = density
+    if low == high:
+        return low
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def density_range(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: two numbers ``low <= high`` in ``[0, 1]``."""
+    numbers = isinstance(value, tuple) and len(value) == 2
+    numbers = numbers and all(isinstance(end, (int, float)) and not isinstance(end, bool) for end in value)
+    if not numbers or not 0 <= value[0] <= value[1] <= 1:
+        name = f"{type(instance).__name__}.{attribute.name}"
+        raise ValueError(
+            f"{name} must be two probabilities [low, high] with 0 <= low <= high <= 1, got {value!r}"
+        )
+
+
+def density_field(default: Density | None = PAPER_DENSITY) -> Any:
+    """A density range field of a task config whose data are random bits (``None``
+    allowed when it is the default); a YAML list becomes the tuple."""
+    validator = density_range if default is not None else attrs.validators.optional(density_range)
+    return attrs.field(default=default, converter=as_tuple, validator=validator)
+
+
+def as_tuple(value: Any) -> Any:
+    """A list as a tuple; anything else as it is (for the validator to judge)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def marker(size: int, channel: int, value: float = 1.0) -> Tensor:

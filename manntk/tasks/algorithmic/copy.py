@@ -27,9 +27,12 @@ import torch
 from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
+    Density,
     Example,
     SequenceBatch,
     at_least_field,
+    density_field,
+    draw_density,
     marker,
     positive_int,
     random_bits,
@@ -50,6 +53,8 @@ class CopyConfig:
         max_length: the longest sequence, in vectors (paper: 50); ``>= min_length``.
         markers: ``start_end`` (a start and an end marker channel, as the ARMIN authors'
             code) or ``end`` (one delimiter channel after the bits, as pytorch-ntm).
+        density: the range each sequence draws its probability of a one from,
+            uniformly; ``[0.5, 0.5]`` (fair coins, the paper's) by default.
     """
 
     width: int = attrs.field(default=6, validator=positive_int)
@@ -58,6 +63,7 @@ class CopyConfig:
         default=50, validator=[positive_int, at_least_field("min_length")]
     )
     markers: str = attrs.field(default="start_end", validator=attrs.validators.in_(("start_end", "end")))
+    density: Density = density_field()
 
     @property
     def input_size(self) -> int:
@@ -93,7 +99,7 @@ def task_lengths(config: CopyConfig, mask: Tensor) -> Tensor:
 
 def _example(config: CopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
-    bits = random_bits(length, config.width, generator)
+    bits = random_bits(length, config.width, generator, draw_density(config.density, generator))
     size = config.input_size
     if config.markers == "end":
         presented = torch.cat([widen(bits, size), marker(size, config.width)])

@@ -26,7 +26,13 @@ from torch.nn import functional as F
 from manntk.config import positive
 from manntk.hookspecs import hookimpl
 from manntk.tasks.algorithmic import associative_recall, copy, priority_sort, repeat_copy
-from manntk.tasks.algorithmic.batch import SOLVED_BCE_THRESHOLD, SequenceBatch, make_validation_set
+from manntk.tasks.algorithmic.batch import (
+    SOLVED_BCE_THRESHOLD,
+    Density,
+    SequenceBatch,
+    density_field,
+    make_validation_set,
+)
 from manntk.tasks.base import Batch, Metrics, Task, TaskContext
 
 EVALUATION_DOC = """
@@ -43,21 +49,34 @@ EVALUATION_DOC = """
 """
 
 
+TRAIN_DENSITY_DOC = """
+    Training option (tasks of random bits):
+        train_density: the range ``[low, high]`` each *training* sequence draws its
+            probability of a one from (the validation and test sets keep ``density``);
+            ``None``, the default, trains on ``density`` too. A wider range shows the
+            model all-zero vectors in the data, which the output phase's zero inputs
+            otherwise make a shortcut (docs/results.md, "NTM-style copy across seeds").
+"""
+
+
 def task_config(generator_config: type) -> type:
-    """The recipe config of a task: its generator's options plus the evaluation options."""
-    cls = attrs.make_class(
-        generator_config.__name__.replace("Config", "TaskConfig"),
-        {
-            "seed": attrs.field(default=None, type=int | None),
-            "validation_batches": attrs.field(default=10, validator=positive, type=int),
-            "validation_batch_size": attrs.field(default=100, validator=positive, type=int),
-            "validation_seed": attrs.field(default=1000, type=int),
-            "test_seed": attrs.field(default=2000, type=int),
-        },
-        bases=(generator_config,),
-        frozen=True,
-    )
-    cls.__doc__ = (generator_config.__doc__ or "") + EVALUATION_DOC
+    """The recipe config of a task: its generator's options plus the evaluation options
+    (and ``train_density`` when the generator has a ``density``)."""
+    fields = {
+        "seed": attrs.field(default=None, type=int | None),
+        "validation_batches": attrs.field(default=10, validator=positive, type=int),
+        "validation_batch_size": attrs.field(default=100, validator=positive, type=int),
+        "validation_seed": attrs.field(default=1000, type=int),
+        "test_seed": attrs.field(default=2000, type=int),
+    }
+    doc = (generator_config.__doc__ or "") + EVALUATION_DOC
+    if "density" in attrs.fields_dict(generator_config):
+        fields["train_density"] = density_field(default=None)
+        fields["train_density"].type = Density | None
+        doc += TRAIN_DENSITY_DOC
+    cls = attrs.make_class(generator_config.__name__.replace("Config", "TaskConfig"), fields,
+                           bases=(generator_config,), frozen=True)
+    cls.__doc__ = doc
     return cls
 
 
@@ -93,10 +112,12 @@ class AlgorithmicTask(Task):
         self.generate, self.task_lengths, self.config = generate, task_lengths, config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
+        train_density = getattr(config, "train_density", None)
+        self.train_config = config if train_density is None else attrs.evolve(config, density=train_density)
 
     def train_batch(self, index: int, batch_size: int) -> Batch:
         generator = torch.Generator().manual_seed(batch_seed(self.data_seed, index))
-        return _as_batch(self.generate(self.config, batch_size, generator))
+        return _as_batch(self.generate(self.train_config, batch_size, generator))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         seeds = {"valid": self.config.validation_seed, "test": self.config.test_seed}

@@ -40,10 +40,13 @@ import torch
 from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
+    Density,
     Example,
     SequenceBatch,
     at_most_field,
     boolean,
+    density_field,
+    draw_density,
     marker,
     one_of,
     output_start,
@@ -73,6 +76,8 @@ class PrioritySortConfig:
             correct task).
         end_marker: whether an end-marker step follows the vectors (``false``: none, as
             the authors' generator; ``input_size = width + 1``).
+        density: the range each sequence draws its probability of a one from,
+            uniformly; ``[0.5, 0.5]`` (fair coins, the paper's) by default.
     """
 
     width: int = attrs.field(default=8, validator=positive_int)
@@ -82,6 +87,7 @@ class PrioritySortConfig:
     )
     sort: Sort = attrs.field(default="vector", validator=one_of(get_args(Sort)))
     end_marker: bool = attrs.field(default=True, validator=boolean)
+    density: Density = density_field()
 
     @property
     def input_size(self) -> int:
@@ -139,7 +145,7 @@ def sorted_answer(config: PrioritySortConfig, bits: Tensor, priorities: Tensor) 
 
 
 def _example(config: PrioritySortConfig, generator: torch.Generator) -> Example:
-    bits = random_bits(config.num_inputs, config.width, generator)
+    bits = random_bits(config.num_inputs, config.width, generator, draw_density(config.density, generator))
     priorities = torch.rand(config.num_inputs, 1, generator=generator) * 2 - 1
     size = config.input_size
     presented = widen(torch.cat([bits, priorities], dim=1), size)

@@ -33,9 +33,12 @@ import torch
 from torch import Tensor
 
 from manntk.tasks.algorithmic.batch import (
+    Density,
     Example,
     SequenceBatch,
     at_least_field,
+    density_field,
+    draw_density,
     marker,
     output_start,
     positive_int,
@@ -59,6 +62,8 @@ class RepeatCopyConfig:
         max_repeats: the most repeats (paper: 10); ``>= min_repeats``.
         count_scale: the divisor of the count channel, ``R / count_scale``; ``None``
             (the default) means ``max_repeats``.
+        density: the range each sequence draws its probability of a one from,
+            uniformly; ``[0.5, 0.5]`` (fair coins, the paper's) by default.
     """
 
     width: int = attrs.field(default=6, validator=positive_int)
@@ -73,6 +78,7 @@ class RepeatCopyConfig:
     count_scale: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(positive_int)
     )
+    density: Density = density_field()
 
     @property
     def repeat_divisor(self) -> int:
@@ -116,7 +122,7 @@ def task_lengths(config: RepeatCopyConfig, mask: Tensor) -> Tensor:
 def _example(config: RepeatCopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
     repeats = random_int(config.min_repeats, config.max_repeats, generator)
-    bits = random_bits(length, config.width, generator)
+    bits = random_bits(length, config.width, generator, draw_density(config.density, generator))
     size, width = config.input_size, config.width
     count = marker(size, width + 1, repeats / config.repeat_divisor)
     presented = torch.cat([marker(size, width), widen(bits, size), count])
