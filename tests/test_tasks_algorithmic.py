@@ -312,7 +312,7 @@ def test_bce_by_length_by_hand() -> None:
     logits[2, 4:] = torch.tensor([0.0, -ln3])
     logits = logits.unsqueeze(-1)
     batch = Batch(torch.zeros(3, 6, 3), targets.unsqueeze(-1), mask)
-    task = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(width=1, max_length=2))
+    task = AlgorithmicTask(copy, CopyTaskConfig(width=1, max_length=2))
     # scored in two batches, as an evaluation accumulates them
     sums: dict[str, float] = {}
     for start, stop in ((0, 2), (2, 3)):
@@ -529,8 +529,8 @@ def test_the_paper_density_draws_the_bits_it_drew_before_densities() -> None:
 def test_train_density_changes_the_training_batches_only() -> None:
     from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
 
-    plain = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(validation_batches=2))
-    sparse = AlgorithmicTask(copy.generate, copy.task_lengths, CopyTaskConfig(validation_batches=2, train_density=[0.05, 0.05]))
+    plain = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2))
+    sparse = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2, train_density=[0.05, 0.05]))
     for split in ("valid", "test"):
         for a, b in zip(plain.eval_batches(split, 100), sparse.eval_batches(split, 100)):
             assert torch.equal(a.inputs, b.inputs)
@@ -545,6 +545,75 @@ def test_train_density_exists_only_for_tasks_of_random_bits() -> None:
     assert "train_density" not in attrs.fields_dict(plugin.AssociativeRecallTaskConfig)
     with pytest.raises(ValueError, match="train_density must be two probabilities"):
         plugin.CopyTaskConfig(train_density=(0.3, 0.2))
+
+
+# --- curriculum over lengths -----------------------------------------------------------------
+
+
+def algorithmic_task(name: str, **options):
+    from manntk.tasks.algorithmic import plugin
+
+    module = {"copy": copy, "repeat_copy": repeat_copy, "associative_recall": associative_recall,
+              "priority_sort": priority_sort}[name]
+    config_class = {"copy": plugin.CopyTaskConfig, "repeat_copy": plugin.RepeatCopyTaskConfig,
+                    "associative_recall": plugin.AssociativeRecallTaskConfig,
+                    "priority_sort": plugin.PrioritySortTaskConfig}[name]
+    return plugin.AlgorithmicTask(module, config_class(**options))
+
+
+@pytest.mark.parametrize(
+    ("name", "longest_first", "longest_at_half", "longest_full"),
+    [
+        # the largest task_lengths of 500 training sequences at index 0, at the ramp's middle
+        # (index 49 of 100: fraction 0.5) and after it; hand-computed from the defaults
+        ("copy", 1, 25, 50),  # max_length 50 -> max(1, round(0.01 * 50)) = 1, then 25
+        ("repeat_copy", 1, 5, 10),  # max_length 10 -> 1, then 5
+        ("associative_recall", 2, 3, 6),  # max_items 6 -> max(2, 0) = 2, then 3
+        ("priority_sort", 1, 20, 40),  # num_inputs 40 -> 1 (round(0.4) = 0, at least 1), then 20
+    ],
+)
+def test_a_curriculum_grows_the_training_lengths_and_leaves_evaluation_alone(
+    name: str, longest_first: int, longest_at_half: int, longest_full: int
+) -> None:
+    task = algorithmic_task(name, curriculum_steps=100, validation_batches=1)
+    plain = algorithmic_task(name, validation_batches=1)
+
+    def longest(index: int) -> int:
+        batch = task.train_batch(index, 500)  # a length of 1 in 50 is missed with odds 4e-5
+        return int(task.task_lengths(task.config, batch.mask).max())
+
+    assert (longest(0), longest(49), longest(99), longest(5000)) == (longest_first, longest_at_half, longest_full, longest_full)
+    assert torch.equal(task.train_batch(100, 4).inputs, plain.train_batch(100, 4).inputs)
+    for split in ("valid", "test"):
+        (ramped,), (full,) = task.eval_batches(split, 50), plain.eval_batches(split, 50)
+        assert torch.equal(ramped.inputs, full.inputs)
+
+
+def test_a_curriculum_keeps_the_repeat_count_on_the_full_tasks_scale() -> None:
+    """At half the ramp the most repeats are 5, but the count channel still reads
+    repeats / 10 (the full task's max_repeats), as the validation set's does."""
+    task = algorithmic_task("repeat_copy", curriculum_steps=100)
+    batch = task.train_batch(49, 64)
+    counts = batch.inputs[:, :, 7].amax(dim=1)  # the count channel, W + 1
+    lengths = task.task_lengths(task.config, batch.mask)
+    repeats = (batch.mask.sum(dim=1) - 1) // lengths  # output steps: L * R + the end marker
+    assert int(repeats.max()) == 5
+    assert torch.allclose(counts, repeats / 10)
+
+
+def test_a_curriculum_cuts_priority_sort_outputs_with_its_inputs() -> None:
+    config = algorithmic_task("priority_sort").config
+    half = priority_sort.shortened(config, 0.5)
+    assert (half.num_inputs, half.num_outputs) == (20, 15)
+    tiny = priority_sort.shortened(config, 0.01)
+    assert (tiny.num_inputs, tiny.num_outputs) == (1, 1)
+
+
+def test_curriculum_steps_must_be_positive() -> None:
+    from manntk.tasks.algorithmic import plugin
+
+    with pytest.raises(ValueError, match="curriculum_steps"):
+        plugin.CopyTaskConfig(curriculum_steps=0)
 
 
 # --- batches, loss and criterion ------------------------------------------------------------
@@ -615,7 +684,7 @@ def test_an_evaluation_reports_the_bce_of_each_length_in_the_split() -> None:
     from manntk.training.evaluate import evaluate
 
     config = CopyTaskConfig(width=2, min_length=1, max_length=5, validation_batches=2, validation_batch_size=16)
-    task = AlgorithmicTask(copy.generate, copy.task_lengths, config)
+    task = AlgorithmicTask(copy, config)
     torch.manual_seed(0)
     model = _PerStepLinear(config.input_size, config.output_size)
     metrics = evaluate(model, task, "valid", 16, torch.device("cpu"))

@@ -117,6 +117,12 @@ def task_lengths(config: AssociativeRecallConfig, mask: Tensor) -> Tensor:
     return (output_start(mask) - n - 2) // (n + 1)
 
 
+def shortened(config: AssociativeRecallConfig, fraction: float) -> AssociativeRecallConfig:
+    """``config`` with its most items cut to ``fraction`` of ``max_items`` (never under
+    ``min_items``): a stage of a curriculum over lengths."""
+    return attrs.evolve(config, max_items=max(config.min_items, round(fraction * config.max_items)))
+
+
 def _example(config: AssociativeRecallConfig, generator: torch.Generator) -> Example:
     count = random_int(config.min_items, config.max_items, generator)
     items = _distinct_items(count, config, generator)

@@ -97,6 +97,12 @@ def task_lengths(config: CopyConfig, mask: Tensor) -> Tensor:
     return mask.sum(dim=1)
 
 
+def shortened(config: CopyConfig, fraction: float) -> CopyConfig:
+    """``config`` with its longest sequence cut to ``fraction`` of ``max_length`` (never
+    under ``min_length``): a stage of a curriculum over lengths."""
+    return attrs.evolve(config, max_length=max(config.min_length, round(fraction * config.max_length)))
+
+
 def _example(config: CopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
     bits = random_bits(length, config.width, generator, draw_density(config.density, generator))

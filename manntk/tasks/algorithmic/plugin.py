@@ -35,8 +35,8 @@ from manntk.tasks.algorithmic.batch import (
 )
 from manntk.tasks.base import Batch, Metrics, Task, TaskContext
 
-EVALUATION_DOC = """
-    Evaluation options (all algorithmic tasks):
+DATA_DOC = """
+    Training and evaluation data (all algorithmic tasks):
         seed: seeds the training batches (batch i comes from the seed pair (seed, i));
             by default the run's ``train.seed``, so that runs of different seeds see
             different data, not only different initial weights.
@@ -46,6 +46,12 @@ EVALUATION_DOC = """
         validation_batch_size: sequences per validation batch.
         validation_seed: seed of the validation set.
         test_seed: seed of the test set.
+        curriculum_steps: when set, the training sequences grow over this many batches,
+            linearly from the shortest the task allows to the configured lengths (each
+            task module's ``shortened`` says which options scale: the longest sequence,
+            the most repeats or items, the vectors shown and asked for); the validation
+            and test sets always have the configured lengths. ``None`` (the default):
+            every training batch has them too.
 """
 
 
@@ -60,16 +66,17 @@ TRAIN_DENSITY_DOC = """
 
 
 def task_config(generator_config: type) -> type:
-    """The recipe config of a task: its generator's options plus the evaluation options
-    (and ``train_density`` when the generator has a ``density``)."""
+    """The recipe config of a task: its generator's options plus the data options (and
+    ``train_density`` when the generator has a ``density``)."""
     fields = {
         "seed": attrs.field(default=None, type=int | None),
         "validation_batches": attrs.field(default=10, validator=positive, type=int),
         "validation_batch_size": attrs.field(default=100, validator=positive, type=int),
         "validation_seed": attrs.field(default=1000, type=int),
         "test_seed": attrs.field(default=2000, type=int),
+        "curriculum_steps": attrs.field(default=None, validator=attrs.validators.optional(positive), type=int | None),
     }
-    doc = (generator_config.__doc__ or "") + EVALUATION_DOC
+    doc = (generator_config.__doc__ or "") + DATA_DOC
     if "density" in attrs.fields_dict(generator_config):
         fields["train_density"] = density_field(default=None)
         fields["train_density"].type = Density | None
@@ -95,8 +102,8 @@ def length_key(name: str, length: int) -> str:
 
 
 class AlgorithmicTask(Task):
-    """A task made of a generator function, the function that reads each sequence's length
-    back from a batch's mask, and the task's config."""
+    """A task made of a task module (its ``generate``, ``task_lengths`` and
+    ``shortened``) and the task's config."""
 
     metric = "bce"
     unit = "sequences"
@@ -104,12 +111,14 @@ class AlgorithmicTask(Task):
 
     def __init__(
         self,
-        generate: Callable[[Any, int, torch.Generator], SequenceBatch],
-        task_lengths: Callable[[Any, Tensor], Tensor],
+        module: ModuleType,
         config: Any,
         run_seed: int = 0,
     ) -> None:
-        self.generate, self.task_lengths, self.config = generate, task_lengths, config
+        self.generate: Callable[[Any, int, torch.Generator], SequenceBatch] = module.generate
+        self.task_lengths: Callable[[Any, Tensor], Tensor] = module.task_lengths
+        self.shortened: Callable[[Any, float], Any] = module.shortened
+        self.config = config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
         train_density = getattr(config, "train_density", None)
@@ -117,7 +126,15 @@ class AlgorithmicTask(Task):
 
     def train_batch(self, index: int, batch_size: int) -> Batch:
         generator = torch.Generator().manual_seed(batch_seed(self.data_seed, index))
-        return _as_batch(self.generate(self.train_config, batch_size, generator))
+        return _as_batch(self.generate(self.train_config_at(index), batch_size, generator))
+
+    def train_config_at(self, index: int) -> Any:
+        """The config training batch ``index`` is drawn with: ``train_density``'s, cut to
+        the curriculum's stage ``(index + 1) / curriculum_steps`` until the ramp ends."""
+        steps = self.config.curriculum_steps
+        if steps is None or index + 1 >= steps:
+            return self.train_config
+        return self.shortened(self.train_config, (index + 1) / steps)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         seeds = {"valid": self.config.validation_seed, "test": self.config.test_seed}
@@ -186,10 +203,10 @@ def _as_batch(batch: SequenceBatch) -> Batch:
 
 
 def _factory(module: ModuleType) -> Callable[[Any, TaskContext], AlgorithmicTask]:
-    """The task factory of a task module (its ``generate`` and ``task_lengths``)."""
+    """The task factory of a task module."""
 
     def build(config: Any, context: TaskContext) -> AlgorithmicTask:
-        return AlgorithmicTask(module.generate, module.task_lengths, config, context.seed)
+        return AlgorithmicTask(module, config, context.seed)
 
     return build
 

@@ -144,6 +144,13 @@ def sorted_answer(config: PrioritySortConfig, bits: Tensor, priorities: Tensor) 
     return bits[torch.argsort(priorities, descending=True)[: config.num_outputs]]
 
 
+def shortened(config: PrioritySortConfig, fraction: float) -> PrioritySortConfig:
+    """``config`` with the vectors shown and the vectors asked for cut to ``fraction`` of
+    theirs (at least one of each): a stage of a curriculum over lengths."""
+    shown = max(1, round(fraction * config.num_inputs))
+    return attrs.evolve(config, num_inputs=shown, num_outputs=min(shown, max(1, round(fraction * config.num_outputs))))
+
+
 def _example(config: PrioritySortConfig, generator: torch.Generator) -> Example:
     bits = random_bits(config.num_inputs, config.width, generator, draw_density(config.density, generator))
     priorities = torch.rand(config.num_inputs, 1, generator=generator) * 2 - 1

@@ -119,6 +119,18 @@ def task_lengths(config: RepeatCopyConfig, mask: Tensor) -> Tensor:
     return output_start(mask) - 2
 
 
+def shortened(config: RepeatCopyConfig, fraction: float) -> RepeatCopyConfig:
+    """``config`` with its longest sequence and its most repeats cut to ``fraction`` of
+    theirs (never under the minimums): a stage of a curriculum over lengths. The count
+    channel keeps the full task's divisor, so a count reads the same at every stage."""
+    return attrs.evolve(
+        config,
+        max_length=max(config.min_length, round(fraction * config.max_length)),
+        max_repeats=max(config.min_repeats, round(fraction * config.max_repeats)),
+        count_scale=config.repeat_divisor,
+    )
+
+
 def _example(config: RepeatCopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
     repeats = random_int(config.min_repeats, config.max_repeats, generator)
