@@ -46,6 +46,14 @@ class OptimizerConfig:
             (Reddi et al., 2018) instead of the current one, so that once the gradients
             have shrunk near a solution, a sudden large one does not meet a tiny
             denominator on every coordinate it touches.
+        update_clip: ``rmsprop`` only: cap the root mean square of each tensor's
+            normalised step ``g / (sqrt(v) + eps)`` at this value before momentum and
+            the rate apply (the update clipping of Adafactor, Shazeer & Stern 2018,
+            section 6, there with 1). A gradient much larger than the recent ones meets
+            an out-of-date, small ``v``: near a solution RMSprop (alpha 0.95) then steps
+            ~4.5 times the rate on every coordinate it touches, and momentum repeats the
+            step; clipped, each tensor moves by at most ``update_clip`` times the rate per
+            step on average. ``None`` (the default): torch's RMSprop.
     """
 
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = attrs.field(default="adam", validator=_in(("adam", "adamw", "rmsprop", "sgd")))
@@ -56,6 +64,12 @@ class OptimizerConfig:
     eps: float = attrs.field(default=1e-8, validator=positive)
     alpha: float = attrs.field(default=0.99, validator=[positive, probability])
     amsgrad: bool = attrs.field(default=False)
+    update_clip: float | None = attrs.field(default=None, validator=attrs.validators.optional(positive))
+
+    @update_clip.validator
+    def _update_clip_needs_rmsprop(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is not None and self.name != "rmsprop":
+            raise ValueError(f"update_clip is an option of rmsprop, not of {self.name}")
 
     @amsgrad.validator
     def _amsgrad_needs_adam(self, attribute: attrs.Attribute, value: bool) -> None:

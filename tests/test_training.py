@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -264,6 +265,51 @@ def test_optimizers(name, cls):
     else:
         with pytest.raises(ValueError, match=f"amsgrad is an option of adam and adamw, not of {name}"):
             OptimizerConfig(name=name, amsgrad=True)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 0.01)])
+def test_clipped_rmsprop_is_torchs_rmsprop_while_the_clip_is_not_reached(momentum, weight_decay):
+    """float64, 20 steps of random gradients: the same parameters as torch.optim.RMSprop
+    to rounding (the same operations; the clip at 1e9 never scales)."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    grads = [torch.randn(3, 4, generator=generator, dtype=torch.float64) * 10 ** (i % 3) for i in range(20)]
+    options = dict(lr=0.01, alpha=0.95, eps=1e-8, momentum=momentum, weight_decay=weight_decay)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    clipped = make_optimizer(OptimizerConfig(name="rmsprop", update_clip=1e9, **options), [ours])
+    reference = torch.optim.RMSprop([theirs], **options)
+    assert type(clipped).__name__ == "ClippedRMSprop"
+    for grad in grads:
+        for param, optimizer in ((ours, clipped), (theirs, reference)):
+            param.grad = grad.clone()
+            optimizer.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+
+
+def test_clipped_rmsprop_caps_the_step_of_a_gradient_far_above_the_recent_ones():
+    """By hand: v = 1e-20 on both coordinates (a solved run's), then g = (3, 4). RMSprop
+    (alpha 0.95) divides by sqrt(0.05 g^2) ~ 0.2236 |g|: u = (4.4721, 4.4721), rms
+    4.4721; clipped at 1, u = (1, 1), and the step is lr * u."""
+    param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    optimizer = make_optimizer(OptimizerConfig(name="rmsprop", lr=0.1, alpha=0.95, eps=1e-8, update_clip=1.0), [param])
+    param.grad = torch.full((2,), 1e-10, dtype=torch.float64)
+    optimizer.step()
+    optimizer.state[param]["square_avg"].fill_(1e-20)
+    before = param.detach().clone()
+    param.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    optimizer.step()
+    step = (param.detach() - before) / -0.1
+    unclipped = torch.tensor([3.0, 4.0]) / (torch.sqrt(0.95 * 1e-20 + 0.05 * torch.tensor([9.0, 16.0])) + 1e-8)
+    torch.testing.assert_close(step, (unclipped / unclipped.pow(2).mean().sqrt()).double(), rtol=1e-6, atol=0)
+    assert unclipped.pow(2).mean().sqrt() == pytest.approx(1 / math.sqrt(0.05), rel=1e-6)
+
+
+def test_update_clip_is_an_option_of_rmsprop_only():
+    for name in ("adam", "adamw", "sgd"):
+        with pytest.raises(ValueError, match=f"update_clip is an option of rmsprop, not of {name}"):
+            OptimizerConfig(name=name, update_clip=1.0)
+    with pytest.raises(ValueError, match="update_clip"):
+        OptimizerConfig(name="rmsprop", update_clip=0.0)
 
 
 def free_port() -> int:

@@ -17,9 +17,65 @@ def make_optimizer(config: OptimizerConfig, parameters: Iterable[torch.nn.Parame
         return torch.optim.Adam(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
     if config.name == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, amsgrad=config.amsgrad)
+    if config.name == "rmsprop" and config.update_clip is not None:
+        return ClippedRMSprop(parameters, lr=config.lr, alpha=config.alpha, momentum=config.momentum, eps=config.eps,
+                              weight_decay=config.weight_decay, update_clip=config.update_clip)
     if config.name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=config.lr, alpha=config.alpha, momentum=config.momentum, eps=config.eps, weight_decay=config.weight_decay)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+class ClippedRMSprop(torch.optim.Optimizer):
+    """RMSprop whose normalised step is clipped per tensor: Adafactor's update clipping.
+
+    Per parameter tensor, with gradient ``g`` (plus ``weight_decay * p``)::
+
+        v = alpha * v + (1 - alpha) * g**2
+        u = g / (sqrt(v) + eps)
+        u = u / max(1, rms(u) / update_clip)
+        buffer = momentum * buffer + u          (u itself without momentum)
+        p = p - lr * buffer
+
+    Without the clipping line this is torch's ``RMSprop`` (not centred), with the same
+    state names. The clip keeps a gradient far above the recent ones, which meets an
+    out-of-date small ``v``, from moving every coordinate by several times the rate
+    (see ``OptimizerConfig.update_clip``).
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, alpha: float, eps: float, momentum: float,
+                 weight_decay: float, update_clip: float) -> None:
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay, update_clip=update_clip)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["weight_decay"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                state = self.state[param]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["square_avg"] = torch.zeros_like(param)
+                    if group["momentum"] > 0:
+                        state["momentum_buffer"] = torch.zeros_like(param)
+                state["step"] += 1
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                update = grad / square_avg.sqrt().add_(group["eps"])
+                rms = update.pow(2).mean().sqrt()
+                update.div_(torch.clamp(rms / group["update_clip"], min=1.0))
+                if group["momentum"] > 0:
+                    update = state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                param.add_(update, alpha=-group["lr"])
+        return loss
 
 
 def lr_factor(config: ScheduleConfig, base_lr: float, total_steps: int) -> Callable[[int], float]:
