@@ -61,7 +61,7 @@ TRAIN_DENSITY_DOC = """
             probability of a one from (the validation and test sets keep ``density``);
             ``None``, the default, trains on ``density`` too. A wider range shows the
             model all-zero vectors in the data, which the output phase's zero inputs
-            otherwise make a shortcut (docs/results.md, "NTM-style copy across seeds").
+            otherwise make a shortcut (docs/results.md, "Sequences that end in zeros").
 """
 
 
