@@ -52,8 +52,9 @@ class OptimizerConfig:
             section 6, there with 1). A gradient much larger than the recent ones meets
             an out-of-date, small ``v``: near a solution RMSprop (alpha 0.95) then steps
             ~4.5 times the rate on every coordinate it touches, and momentum repeats the
-            step; clipped, each tensor moves by at most ``update_clip`` times the rate per
-            step on average. ``None`` (the default): torch's RMSprop.
+            step; clipped, what each step adds to a tensor's momentum has a root mean
+            square of at most ``update_clip`` (times the rate). On NTM-style copy it did not
+            prevent collapses (docs/results.md). ``None`` (the default): torch's RMSprop.
     """
 
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = attrs.field(default="adam", validator=_in(("adam", "adamw", "rmsprop", "sgd")))
