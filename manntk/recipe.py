@@ -104,6 +104,11 @@ class ScheduleConfig:
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
 
 
+def _spike_factor(instance: Any, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and value <= 1.0:
+        raise ValueError(f"{attribute.name} must be more than 1 (a spike is a gradient norm that many times the recent ones), got {value!r}")
+
+
 @attrs.define
 class TrainConfig:
     """Training.
@@ -124,6 +129,14 @@ class TrainConfig:
             best checkpoint, whether and when it solved, the final scores, ``manntk
             eval`` and ``manntk inspect`` use the average, and checkpoints hold it beside
             the trained weights. ``null`` (the default): the trained weights themselves.
+        skip_spikes: skip the optimizer step (the weights, the optimizer's averages and
+            momentum stay as they are) when the gradient's norm, before clipping, exceeds
+            this many times the moving average of the recent norms (about the last hundred
+            steps; never in the first hundred). Keeps a solved run's weights from being
+            knocked out of the solution by one sequence it gets wrong (see
+            [`SpikeSkipper`][manntk.training.spikes.SpikeSkipper]). The count is in the
+            training rows and ``results.json`` (``skipped_steps``). ``null`` (the
+            default): every step updates.
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
@@ -162,6 +175,7 @@ class TrainConfig:
     clip_norm: float | None = attrs.field(default=None, validator=positive)
     clip_value: float | None = attrs.field(default=None, validator=positive)
     ema_decay: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
+    skip_spikes: float | None = attrs.field(default=None, validator=_spike_factor)
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0

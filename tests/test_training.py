@@ -244,6 +244,89 @@ def test_a_run_with_a_weight_average_is_judged_and_resumed_by_it(tmp_path, capsy
         train(recipe, plain, resume=True, progress=False)
 
 
+def test_the_spike_skipper_by_hand():
+    """A norm over factor x the moving average is skipped and enters the average capped at
+    that bound; the warm-up steps are never skipped and enter uncapped; a lasting rise lifts
+    the average until the steps resume; a norm that is not finite is left alone."""
+    from manntk.training.spikes import SpikeSkipper
+
+    skipper = SpikeSkipper(factor=4.0, decay=0.5, warmup=2)
+    assert [skipper.skip(n) for n in (1.0, 100.0)] == [False, False]  # warm-up: 100 is taken, uncapped
+    assert skipper.average == pytest.approx(50.5)
+    assert skipper.skip(202.0) is False and skipper.average == pytest.approx(126.25)  # 202 = exactly 4 x 50.5: not above
+    assert skipper.skip(1e9) is True and skipper.average == pytest.approx(0.5 * 126.25 + 0.5 * 505.0)  # capped at 4 x 126.25
+    assert skipper.skip(math.inf) is False and skipper.skip(math.nan) is False and skipper.steps == 4
+    lasting = [skipper.skip(1e5) for _ in range(12)]  # a new level: skipped until the average has risen to it
+    assert lasting[0] and not lasting[-1] and lasting.index(False) == sum(lasting)
+    assert skipper.skipped == 1 + sum(lasting)
+    restored = SpikeSkipper(factor=4.0, decay=0.5, warmup=2)
+    restored.load_state_dict(skipper.state_dict())
+    assert (restored.average, restored.steps, restored.skipped) == (skipper.average, skipper.steps, skipper.skipped)
+    for bad in (1.0, 0.5):
+        with pytest.raises(ValueError, match="factor must exceed 1"):
+            SpikeSkipper(bad)
+    with pytest.raises(ValueError, match="skip_spikes must be more than 1"):
+        recipe_from_mapping(tiny_copy(skip_spikes=1.0))
+
+
+def test_a_skipped_step_leaves_the_weights_and_the_optimizer_alone(tmp_path, monkeypatch):
+    """train.skip_spikes: the step whose gradient norm is a spike (step 4 here, by a
+    patched norm) changes neither the weights nor RMSprop's averages and momentum; the
+    steps around it do; the count is in the training rows and results.json."""
+    import copy
+    import functools
+
+    from manntk.training import trainer as trainer_module
+    from manntk.training.spikes import SpikeSkipper
+
+    norms = iter([1.0, 1.0, 1.0, 1e6, 1.0, 1.0])
+    monkeypatch.setattr(trainer_module, "gradient_norm", lambda parameters: next(norms))
+    monkeypatch.setattr(trainer_module, "SpikeSkipper", functools.partial(SpikeSkipper, warmup=1))
+    after = []  # (weights, optimizer state) after each step
+    original = trainer_module.Trainer.train_step
+
+    def recording_step(self, *args):
+        result = original(self, *args)
+        after.append(copy.deepcopy((dict(self.model.named_parameters()), self.optimizer.state_dict()["state"])))
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
+    optimizer = {"name": "rmsprop", "lr": 0.01, "momentum": 0.9}
+    result = train(recipe_from_mapping(tiny_copy(skip_spikes=10.0, optimizer=optimizer)), tmp_path / "run", progress=False)
+    assert [row["skipped_steps"] for row in train_rows(result.run_dir)] == [0, 0, 0, 1, 1, 1]
+    assert json.loads((result.run_dir / "results.json").read_text())["skipped_steps"] == 1
+    (weights_3, state_3), (weights_4, state_4), (weights_5, _) = after[2:5]
+    for name, tensor in weights_3.items():
+        assert torch.equal(weights_4[name], tensor), name
+    assert any(not torch.equal(weights_5[name], tensor) for name, tensor in weights_4.items())
+    assert any(not torch.equal(after[1][0][name], tensor) for name, tensor in weights_3.items())  # step 3 did update
+    for index, state in state_3.items():
+        for key in ("square_avg", "momentum_buffer"):
+            assert torch.equal(state_4[index][key], state[key])
+
+
+def test_a_resumed_run_continues_the_spike_average_exactly(tmp_path, monkeypatch):
+    """The skipper's average and counts travel in the checkpoint: with a factor that skips
+    often, a resumed run skips the same steps and logs the same losses as a straight one."""
+    import functools
+
+    from manntk.training import trainer as trainer_module
+    from manntk.training.spikes import SpikeSkipper
+
+    monkeypatch.setattr(trainer_module, "SpikeSkipper", functools.partial(SpikeSkipper, warmup=1, decay=0.5))
+    recipe = recipe_from_mapping(tiny_copy(steps=10, skip_spikes=1.3, checkpoint_every=5))
+    straight = train(recipe, tmp_path / "straight", progress=False).run_dir
+    skipped = [row["skipped_steps"] for row in train_rows(straight)]
+    assert 0 < skipped[-1] < 9  # some steps skipped, not all
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000010")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000005\n")
+    train(recipe, interrupted, resume=True, progress=False)
+    assert [row["skipped_steps"] for row in train_rows(interrupted)] == skipped
+    assert [row["loss"] for row in train_rows(interrupted)] == pytest.approx([row["loss"] for row in train_rows(straight)], rel=1e-5)
+
+
 def test_lr_schedules_by_hand():
     warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

@@ -109,6 +109,12 @@ def scale_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: fl
         group["lr"] *= factor
 
 
+def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """The global (L2) norm of the gradients of ``parameters`` (0 when none has one)."""
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(gradients)) if gradients else 0.0
+
+
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:
     """Clip by value and/or global norm; returns the norm before clipping when clipping by norm."""
     parameters = [p for p in parameters if p.grad is not None]

@@ -42,7 +42,8 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
-from manntk.training.optim import clip_gradients, make_optimizer, make_scheduler, scale_learning_rate
+from manntk.training.optim import clip_gradients, gradient_norm, make_optimizer, make_scheduler, scale_learning_rate
+from manntk.training.spikes import SpikeSkipper
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
 
@@ -141,6 +142,7 @@ class Trainer:
         self.total_steps = total_steps(recipe, self.task)
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
         self.average = None if train.ema_decay is None else WeightAverage(self.model, train.ema_decay)
+        self.spikes = None if train.skip_spikes is None else SpikeSkipper(train.skip_spikes)
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
@@ -312,6 +314,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
+        if self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
+            self.optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves the weights and its state alone
         clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -348,6 +352,8 @@ class Trainer:
         row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
         row.update(self.model.training_metrics())
+        if self.spikes is not None:
+            row["skipped_steps"] = self.spikes.skipped
         if self.metrics is not None:
             self.metrics.write(row)
         return row
@@ -373,6 +379,8 @@ class Trainer:
                 "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": results,
                 "best": self.best, "relapses": self.relapses,
             }
+            if self.spikes is not None:
+                summary["skipped_steps"] = self.spikes.skipped
             if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
                 # solved on validation counts only if every final split (the test set too) agrees
                 summary["solved"] = solved_step is not None and all(bool(m.get("solved", 1.0)) for m in results.values())
@@ -407,6 +415,7 @@ class Trainer:
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
                 "best": self.best, "relapses": self.relapses,
                 "average_updates": None if self.average is None else self.average.updates,
+                "spikes": None if self.spikes is None else self.spikes.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
@@ -428,6 +437,8 @@ class Trainer:
                     "resume with the recipe the run started with")
             self.average.averaged.load_state_dict(ckpt.load_weights(path, self.device, ckpt.AVERAGED))
             self.average.updates = trainer_state["average_updates"]
+        if self.spikes is not None and trainer_state.get("spikes") is not None:
+            self.spikes.load_state_dict(trainer_state["spikes"])
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])

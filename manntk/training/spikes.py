@@ -1,0 +1,66 @@
+"""Skipping the optimizer steps whose gradient is far above the recent ones
+(``train.skip_spikes``).
+
+A model that has solved an algorithmic task trains at a loss of ~1e-8 per bit, and its
+gradients, and with them RMSprop's and Adam's squared-gradient averages, shrink to match.
+One sequence it gets wrong then brings a gradient millions of times larger, which the
+out-of-date average does not damp: the step knocks the weights out of the solution, and the
+next sequences fail and push them further (docs/results.md, "NTM-style copy across seeds",
+traces a collapse that started with one such step after 1,000 error-free ones). Clipping
+does not help, since RMSprop divides the clipped gradient by its own root mean square;
+leaving the step out does.
+
+The reference is an exponential moving average of the gradient norms (decay 0.99, about
+the last hundred steps). A step is skipped when its norm exceeds ``factor`` times the
+average; the average then takes in the norm capped at that bound, so that one spike barely
+moves it while a lasting rise (a new phase of learning) lifts it within a few dozen steps
+and the steps resume. The first ``warmup`` steps are never skipped. The gradient norm is
+taken before clipping; a norm that is not finite is left to the rest of the step (the fp16
+loss scaler skips it, a finite-loss check stops the run).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class SpikeSkipper:
+    """Decides, step by step, whether a gradient norm is a spike to skip.
+
+    Args:
+        factor: a norm above ``factor`` times the recent average is a spike (> 1).
+        decay: the weight of the previous average at each step, in ``(0, 1)``.
+        warmup: steps at the start that are never skipped; the average follows their
+            norms uncapped.
+    """
+
+    def __init__(self, factor: float, decay: float = 0.99, warmup: int = 100) -> None:
+        if factor <= 1.0:
+            raise ValueError(f"a spike must be more than the average: factor must exceed 1, not {factor}")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the decay of the average gradient norm must lie in (0, 1), not {decay}")
+        self.factor, self.decay, self.warmup = factor, decay, warmup
+        self.average: float | None = None  # the moving average of the (capped) norms
+        self.steps = 0  # finite norms seen
+        self.skipped = 0
+
+    def skip(self, norm: float) -> bool:
+        """Whether the step with gradient norm ``norm`` is a spike; updates the average."""
+        if not math.isfinite(norm):
+            return False
+        self.steps += 1
+        if self.average is None:
+            self.average = norm
+            return False
+        bound = self.factor * self.average
+        spike = self.steps > self.warmup and norm > bound
+        self.average = self.decay * self.average + (1.0 - self.decay) * (min(norm, bound) if self.steps > self.warmup else norm)
+        self.skipped += spike
+        return spike
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average, "steps": self.steps, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average, self.steps, self.skipped = state["average"], state["steps"], state["skipped"]
