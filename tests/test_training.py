@@ -292,7 +292,7 @@ def test_a_skipped_step_leaves_the_weights_and_the_optimizer_alone(tmp_path, mon
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
     optimizer = {"name": "rmsprop", "lr": 0.01, "momentum": 0.9}
-    result = train(recipe_from_mapping(tiny_copy(skip_spikes=10.0, optimizer=optimizer)), tmp_path / "run", progress=False)
+    result = train(recipe_from_mapping(tiny_copy(skip_spikes=10.0, optimizer=optimizer, clip_value=1.0, clip_norm=1.0)), tmp_path / "run", progress=False)
     assert [row["skipped_steps"] for row in train_rows(result.run_dir)] == [0, 0, 0, 1, 1, 1]
     assert json.loads((result.run_dir / "results.json").read_text())["skipped_steps"] == 1
     (weights_3, state_3), (weights_4, state_4), (weights_5, _) = after[2:5]

@@ -118,6 +118,8 @@ def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:
     """Clip by value and/or global norm; returns the norm before clipping when clipping by norm."""
     parameters = [p for p in parameters if p.grad is not None]
+    if not parameters:  # a skipped step (train.skip_spikes) has no gradient to clip
+        return None
     if value is not None:
         torch.nn.utils.clip_grad_value_(parameters, value)
     if norm is not None:
