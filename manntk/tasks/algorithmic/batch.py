@@ -172,11 +172,12 @@ def density_range(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         )
 
 
-def density_field(default: Density | None = PAPER_DENSITY) -> Any:
+def density_field(default: Density | None = PAPER_DENSITY, **options: Any) -> Any:
     """A density range field of a task config whose data are random bits (``None``
-    allowed when it is the default); a YAML list becomes the tuple."""
+    allowed when it is the default); a YAML list becomes the tuple. ``options`` go to
+    ``attrs.field`` (``type`` for a field made without an annotation)."""
     validator = density_range if default is not None else attrs.validators.optional(density_range)
-    return attrs.field(default=default, converter=as_tuple, validator=validator)
+    return attrs.field(default=default, converter=as_tuple, validator=validator, **options)
 
 
 def as_tuple(value: Any) -> Any:

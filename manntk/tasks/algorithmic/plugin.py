@@ -78,8 +78,7 @@ def task_config(generator_config: type) -> type:
     }
     doc = (generator_config.__doc__ or "") + DATA_DOC
     if "density" in attrs.fields_dict(generator_config):
-        fields["train_density"] = density_field(default=None)
-        fields["train_density"].type = Density | None
+        fields["train_density"] = density_field(default=None, type=Density | None)
         doc += TRAIN_DENSITY_DOC
     cls = attrs.make_class(generator_config.__name__.replace("Config", "TaskConfig"), fields,
                            bases=(generator_config,), frozen=True)
