@@ -131,8 +131,8 @@ class TrainConfig:
             the trained weights. ``null`` (the default): the trained weights themselves.
         skip_spikes: skip the optimizer step (the weights, the optimizer's averages and
             momentum stay as they are) when the gradient's norm, before clipping, exceeds
-            this many times the moving average of the recent norms (about the last hundred
-            steps; never in the first hundred). Keeps a solved run's weights from being
+            this many times the geometric moving average of the recent norms (about the
+            last hundred steps; never in the first hundred). Keeps a solved run's weights from being
             knocked out of the solution by one sequence it gets wrong (see
             [`SpikeSkipper`][manntk.training.spikes.SpikeSkipper]). The count is in the
             training rows and ``results.json`` (``skipped_steps``). ``null`` (the

@@ -245,20 +245,23 @@ def test_a_run_with_a_weight_average_is_judged_and_resumed_by_it(tmp_path, capsy
 
 
 def test_the_spike_skipper_by_hand():
-    """A norm over factor x the moving average is skipped and enters the average capped at
-    that bound; the warm-up steps are never skipped and enter uncapped; a lasting rise lifts
-    the average until the steps resume; a norm that is not finite is left alone."""
+    """A norm over factor x the geometric moving average is skipped and enters the average
+    capped at that bound; the warm-up steps are never skipped and enter uncapped; a lasting
+    rise lifts the average until the steps resume; a norm that is not finite is left alone."""
     from manntk.training.spikes import SpikeSkipper
 
     skipper = SpikeSkipper(factor=4.0, decay=0.5, warmup=2)
     assert [skipper.skip(n) for n in (1.0, 100.0)] == [False, False]  # warm-up: 100 is taken, uncapped
-    assert skipper.average == pytest.approx(50.5)
-    assert skipper.skip(202.0) is False and skipper.average == pytest.approx(126.25)  # 202 = exactly 4 x 50.5: not above
-    assert skipper.skip(1e9) is True and skipper.average == pytest.approx(0.5 * 126.25 + 0.5 * 505.0)  # capped at 4 x 126.25
+    assert skipper.average == pytest.approx(10.0)  # sqrt(1 x 100)
+    assert skipper.skip(39.0) is False and skipper.average == pytest.approx(math.sqrt(390.0))  # under 4 x 10
+    before = skipper.average
+    assert skipper.skip(1e9) is True and skipper.average == pytest.approx(2 * before)  # capped at 4 x: sqrt(a x 4a)
     assert skipper.skip(math.inf) is False and skipper.skip(math.nan) is False and skipper.steps == 4
-    lasting = [skipper.skip(1e5) for _ in range(12)]  # a new level: skipped until the average has risen to it
+    lasting = [skipper.skip(1e5) for _ in range(16)]  # a new level: skipped until the average has risen to it
     assert lasting[0] and not lasting[-1] and lasting.index(False) == sum(lasting)
     assert skipper.skipped == 1 + sum(lasting)
+    zero = SpikeSkipper(factor=4.0)
+    assert zero.skip(0.0) is False and zero.average == pytest.approx(1e-30)  # a zero norm counts as the floor
     restored = SpikeSkipper(factor=4.0, decay=0.5, warmup=2)
     restored.load_state_dict(skipper.state_dict())
     assert (restored.average, restored.steps, restored.skipped) == (skipper.average, skipper.steps, skipper.skipped)

@@ -10,19 +10,27 @@ traces a collapse that started with one such step after 1,000 error-free ones). 
 does not help, since RMSprop divides the clipped gradient by its own root mean square;
 leaving the step out does.
 
-The reference is an exponential moving average of the gradient norms (decay 0.99, about
-the last hundred steps). A step is skipped when its norm exceeds ``factor`` times the
-average; the average then takes in the norm capped at that bound, so that one spike barely
-moves it while a lasting rise (a new phase of learning) lifts it within a few dozen steps
-and the steps resume. The first ``warmup`` steps are never skipped. The gradient norm is
-taken before clipping; a norm that is not finite is left to the rest of the step (the fp16
-loss scaler skips it, a finite-loss check stops the run).
+The reference is a geometric moving average of the gradient norms: an exponential moving
+average of their logarithms (decay 0.99, about the last hundred steps), since over a run
+the norms span eight orders of magnitude. A step is skipped when its norm exceeds
+``factor`` times that average; the average then takes in the norm capped at that bound.
+So each spike lifts the average by at most ``factor ** (1 - decay)`` (4.7% for 100):
+a run of rare failures stays skipped, while a lasting rise (a new phase of learning) is
+followed within a few hundred steps and the steps resume. (With an arithmetic average,
+each capped spike doubled it, and a burst of seven failures got through.) The first
+``warmup`` steps are never skipped. The gradient norm is taken before clipping; a norm
+that is not finite is left to the rest of the step (the fp16 loss scaler skips it, a
+finite-loss check stops the run).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+
+SMALLEST_NORM = 1e-30
+"""Norms below this count as this (a zero gradient has no logarithm)."""
 
 
 class SpikeSkipper:
@@ -41,26 +49,33 @@ class SpikeSkipper:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"the decay of the average gradient norm must lie in (0, 1), not {decay}")
         self.factor, self.decay, self.warmup = factor, decay, warmup
-        self.average: float | None = None  # the moving average of the (capped) norms
+        self.log_average: float | None = None  # the moving average of the (capped) log norms
         self.steps = 0  # finite norms seen
         self.skipped = 0
+
+    @property
+    def average(self) -> float | None:
+        """The geometric moving average of the recent norms."""
+        return None if self.log_average is None else math.exp(self.log_average)
 
     def skip(self, norm: float) -> bool:
         """Whether the step with gradient norm ``norm`` is a spike; updates the average."""
         if not math.isfinite(norm):
             return False
         self.steps += 1
-        if self.average is None:
-            self.average = norm
+        log_norm = math.log(max(norm, SMALLEST_NORM))
+        if self.log_average is None:
+            self.log_average = log_norm
             return False
-        bound = self.factor * self.average
-        spike = self.steps > self.warmup and norm > bound
-        self.average = self.decay * self.average + (1.0 - self.decay) * (min(norm, bound) if self.steps > self.warmup else norm)
+        log_bound = self.log_average + math.log(self.factor)
+        spike = self.steps > self.warmup and log_norm > log_bound
+        taken = min(log_norm, log_bound) if self.steps > self.warmup else log_norm
+        self.log_average = self.decay * self.log_average + (1.0 - self.decay) * taken
         self.skipped += spike
         return spike
 
     def state_dict(self) -> dict[str, Any]:
-        return {"average": self.average, "steps": self.steps, "skipped": self.skipped}
+        return {"log_average": self.log_average, "steps": self.steps, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.average, self.steps, self.skipped = state["average"], state["steps"], state["skipped"]
+        self.log_average, self.steps, self.skipped = state["log_average"], state["steps"], state["skipped"]
