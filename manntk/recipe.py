@@ -132,11 +132,13 @@ class TrainConfig:
         skip_spikes: skip the optimizer step (the weights, the optimizer's averages and
             momentum stay as they are) when the gradient's norm, before clipping, exceeds
             this many times the geometric moving average of the recent norms (about the
-            last hundred steps; never in the first hundred). Keeps a solved run's weights from being
-            knocked out of the solution by one sequence it gets wrong (see
-            [`SpikeSkipper`][manntk.training.spikes.SpikeSkipper]). The count is in the
-            training rows and ``results.json`` (``skipped_steps``). ``null`` (the
-            default): every step updates.
+            last hundred steps; never in the first hundred). Meant to keep one sequence a
+            solved run gets wrong from knocking its weights out of the solution (see
+            [`SpikeSkipper`][manntk.training.spikes.SpikeSkipper]); on NTM-style copy it
+            also skipped the corrections of a confidently wrong model, and runs broke
+            down (docs/results.md). The count is in the training rows and
+            ``results.json`` (``skipped_steps``). ``null`` (the default): every step
+            updates.
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
