@@ -94,6 +94,12 @@ class ScheduleConfig:
             (``stop_when_solved: false``); 1 keeps it. A smaller step size once solved
             keeps the weights from being knocked out of the solution by the steps that
             RMSprop and Adam still take at a near-zero loss.
+        relapse_gamma: when a validation after the run first solved is not solved (a
+            relapse), go back to the best checkpoint's weights and optimizer state and
+            multiply the rate by this, schedule and all; training then goes on from
+            there with the next batches. ``null`` (the default): carry on as if nothing
+            happened. A run that keeps relapsing keeps halving (0.5) its rate, so it
+            ends on weights that solved the task, moving less and less.
     """
 
     name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
@@ -102,6 +108,7 @@ class ScheduleConfig:
     gamma: float = attrs.field(default=0.1, validator=positive)
     min_lr: float = attrs.field(default=0.0, validator=non_negative)
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
+    relapse_gamma: float | None = attrs.field(default=None, validator=positive)
 
 
 def _spike_factor(instance: Any, attribute: attrs.Attribute, value: float | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -178,6 +179,41 @@ def test_the_rate_drops_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_pa
     assert [r["lr"] for r in train_rows(without.run_dir)] == pytest.approx([0.01] * 4)  # the default keeps the rate
 
 
+def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_path, monkeypatch):
+    """schedule.relapse_gamma: the validations at steps 2, 4, 6 are solved, solved and
+    better, not solved: after step 6 the weights and RMSprop's state are step 4's (the
+    best) again, and the rate is gamma times the schedule's from step 7 on."""
+    from manntk.training import checkpoint as ckpt
+    from manntk.training import trainer as trainer_module
+
+    verdicts = iter([{"bce": 0.005, "solved": 1.0}, {"bce": 0.001, "solved": 1.0}, {"bce": 0.5, "solved": 0.0}, {"bce": 0.5, "solved": 0.0}])
+    monkeypatch.setattr(trainer_module.Trainer, "validate",
+                        lambda self, step, elapsed, split="valid": {"bce": 0.001, "solved": 1.0} if split == "test" else next(verdicts))
+    rolled = []
+    original = trainer_module.Trainer.roll_back
+
+    def recording_roll_back(self, step):
+        before = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        original(self, step)
+        rolled.append((step, before, {name: tensor.clone() for name, tensor in self.model.state_dict().items()},
+                       copy.deepcopy(self.optimizer.state_dict()["state"])))
+
+    monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+    optimizer = {"name": "rmsprop", "lr": 0.01, "momentum": 0.9}
+    recipe = tiny_copy(steps=8, eval_every=2, stop_when_solved=False, optimizer=optimizer, schedule={"relapse_gamma": 0.5})
+    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    assert [step for step, *_ in rolled] == [6, 8] and result.solved_step == 2
+    assert [r["lr"] for r in train_rows(result.run_dir)] == pytest.approx([0.01] * 6 + [0.005] * 2)
+    best = result.run_dir / "checkpoints" / ckpt.checkpoint_name(4)
+    _, before, after, optimizer_state = rolled[0]
+    for name, tensor in ckpt.load_weights(best, "cpu").items():
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=0)
+    assert any(not torch.equal(before[name], after[name]) for name in after)  # the run had moved on since step 4
+    for index, state in ckpt.load_trainer_state(best)["optimizer"]["state"].items():
+        assert torch.equal(optimizer_state[index]["square_avg"], state["square_avg"])
+    assert json.loads((result.run_dir / "results.json").read_text())["relapses"] == 2
+
+
 def test_the_weight_average_by_hand():
     """After n updates the average is sum_i d^(n-i) (1-d) w_i / (1-d^n) over the weights
     after each step (computed here as a plain weighted sum); integer buffers are copied."""
@@ -276,7 +312,6 @@ def test_a_skipped_step_leaves_the_weights_and_the_optimizer_alone(tmp_path, mon
     """train.skip_spikes: the step whose gradient norm is a spike (step 4 here, by a
     patched norm) changes neither the weights nor RMSprop's averages and momentum; the
     steps around it do; the count is in the training rows and results.json."""
-    import copy
     import functools
 
     from manntk.training import trainer as trainer_module

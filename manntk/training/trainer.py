@@ -216,6 +216,9 @@ class Trainer:
                         scale_learning_rate(self.scheduler, train.schedule.solved_gamma)
                 elif solved_step is not None and not valid.get("solved", 1.0):
                     self.relapses += 1  # solved before, not now
+                    if train.schedule.relapse_gamma is not None and not self.improves(valid):
+                        self.roll_back(step)
+                        scale_learning_rate(self.scheduler, train.schedule.relapse_gamma)
                 if self.improves(valid):
                     self.best = {"step": step, self.task.metric: valid[self.task.metric]}
                     self.save(step, elapsed, state, solved_step)
@@ -419,6 +422,19 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
+
+    def roll_back(self, step: int) -> None:
+        """Load the best checkpoint's weights (and weight average) and optimizer state
+        (``schedule.relapse_gamma``); the step count, schedule, data and recurrent state
+        go on from ``step``."""
+        best = self.checkpoints / ckpt.checkpoint_name(int(self.best["step"]))
+        self.model.load_state_dict(ckpt.load_weights(best, self.device))
+        if self.average is not None:
+            self.average.averaged.load_state_dict(ckpt.load_weights(best, self.device, ckpt.AVERAGED))
+        self.optimizer.load_state_dict(ckpt.load_trainer_state(best)["optimizer"])
+        if self.dist.is_main and self.progress:
+            tqdm.write(f"step {step:,}: solved before, not now: back to step {self.best['step']:,}'s weights, "
+                       f"rate x{self.recipe.train.schedule.relapse_gamma:g}", file=sys.stderr)
 
     def restore(self) -> tuple[int, float, State | None, int | None]:
         """Load the latest checkpoint: weights, optimizer, schedules, RNG, recurrent state."""
