@@ -6,20 +6,23 @@ alone), so the page shows what the runs say, with the seeds run, the budget, the
 the runs started from and the command that made them:
 
 ```bash
-python benchmarks/table1_rows.py                 # Markdown rows on stdout
-python benchmarks/table1_rows.py --check         # also fail when a study directory is missing
+python benchmarks/table1_rows.py                          # Markdown rows on stdout
+python benchmarks/table1_rows.py --write docs/results.md  # replace the table on the page
+python benchmarks/table1_rows.py --check                  # also fail when a study directory is missing
 ```
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 import yaml
 
 from manntk.study import report_study
+from manntk.training.checkpoint import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ("| task | model (arm) | paper | seeds | solved [95% CI] | iterations to solve: median [IQR] | solved to the end from | "
@@ -32,12 +35,32 @@ def _steps(value: float | None, budget: int | None) -> str:
     return f"{value / 1000:g}k"
 
 
+@functools.cache
+def _report(folder: Path) -> dict:
+    """A study directory's report, made once however many rows it has (reading every run's
+    metrics takes seconds)."""
+    return report_study(None, folder)
+
+
+def replace_table(page: str, rows: list[str]) -> str:
+    """``page`` with the table that starts with ``HEADER``'s first line replaced by ``rows``."""
+    lines = page.split("\n")
+    first = HEADER.split("\n")[0]
+    if first not in lines:
+        raise SystemExit(f"no table starting with {first[:40]!r}... on the page")
+    start = lines.index(first)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:start] + rows + lines[end:])
+
+
 def row(spec: dict) -> str | None:
     """One Markdown row for ``spec`` (study, arm, task, model, paper, command), or ``None`` when the study has not run."""
     folder = ROOT / spec["study"]
     if not (folder / "study.yaml").exists():
         return None
-    report = report_study(None, folder)
+    report = _report(folder)
     arm = next(entry for entry in report["arms"] if entry["arm"] == spec["arm"])
     runs = [run for run in report["runs"] if run["arm"] == spec["arm"] and run["finished"]]
     seeds = ", ".join(str(run["seed"]) for run in runs) or "none yet"
@@ -64,16 +87,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="?", default=str(ROOT / "benchmarks" / "table1_rows.yaml"))
     parser.add_argument("--check", action="store_true", help="fail when a row's study directory is missing")
+    parser.add_argument("--write", metavar="PAGE", help="replace the table on this Markdown page instead of printing it")
     args = parser.parse_args()
     specs = yaml.safe_load(Path(args.rows).read_text(encoding="utf-8"))
-    print(HEADER)
+    lines = HEADER.split("\n")
     missing = []
     for spec in specs:
         line = row(spec)
         if line is None:
             missing.append(spec["study"])
             line = f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | not run yet | | | | | | | | `{spec['command']}` |"
-        print(line)
+        lines.append(line)
+    if args.write:
+        page = Path(args.write)
+        write_text_atomic(page, replace_table(page.read_text(encoding="utf-8"), lines))
+    else:
+        print("\n".join(lines))
     if missing:
         print(f"not run yet: {', '.join(sorted(set(missing)))}", file=sys.stderr)
     return 1 if missing and args.check else 0
