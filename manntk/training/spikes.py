@@ -24,9 +24,8 @@ finite-loss check stops the run).
 
 What it did on NTM-style copy (docs/results.md, "NTM-style copy across seeds"): with a
 factor of 100, 3 of 6 seeds were solved at the end (the same arm without skipping: 9 of
-10), and 2 broke down: once a model is
-confidently wrong, the gradients that would correct it are the spikes, and they were
-skipped for hundreds of steps. Skipping protects a solution only when the failures are
+10), and 2 broke down: once a model is confidently wrong, the gradients that would correct
+it are the spikes, and they were skipped for hundreds of steps. Skipping protects a solution only when the failures are
 rare; it is an option to experiment with, off by default.
 """
 

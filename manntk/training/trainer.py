@@ -43,9 +43,9 @@ from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, gradient_norm, make_optimizer, make_scheduler, scale_learning_rate
-from manntk.training.spikes import SpikeSkipper
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
+from manntk.training.spikes import SpikeSkipper
 
 
 class TrainingDiverged(RuntimeError):
@@ -427,18 +427,14 @@ class Trainer:
         """Load the best checkpoint's weights (and weight average) and optimizer state
         (``schedule.relapse_gamma``); the step count, schedule, data and recurrent state
         go on from ``step``."""
-        best = self.checkpoints / ckpt.checkpoint_name(int(self.best["step"]))
-        self.model.load_state_dict(ckpt.load_weights(best, self.device))
-        if self.average is not None:
-            self.average.averaged.load_state_dict(ckpt.load_weights(best, self.device, ckpt.AVERAGED))
-        self.optimizer.load_state_dict(ckpt.load_trainer_state(best)["optimizer"])
+        self.load_weights_and_optimizer(self.checkpoints / ckpt.checkpoint_name(int(self.best["step"])))
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {step:,}: solved before, not now: back to step {self.best['step']:,}'s weights, "
                        f"rate x{self.recipe.train.schedule.relapse_gamma:g}", file=sys.stderr)
 
-    def restore(self) -> tuple[int, float, State | None, int | None]:
-        """Load the latest checkpoint: weights, optimizer, schedules, RNG, recurrent state."""
-        path = ckpt.latest_checkpoint(self.run_dir)
+    def load_weights_and_optimizer(self, path: Path) -> dict[str, Any]:
+        """Check checkpoint ``path`` and load its weights, weight average and optimizer
+        state; returns its trainer state for the rest."""
         trainer_state = ckpt.load_trainer_state(path)
         if trainer_state["world_size"] != self.dist.world_size:
             raise ckpt.CheckpointError(
@@ -452,10 +448,17 @@ class Trainer:
                     f"{path} holds no weight average, but the recipe sets train.ema_decay: "
                     "resume with the recipe the run started with")
             self.average.averaged.load_state_dict(ckpt.load_weights(path, self.device, ckpt.AVERAGED))
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        return trainer_state
+
+    def restore(self) -> tuple[int, float, State | None, int | None]:
+        """Load the latest checkpoint: weights, optimizer, schedules, RNG, recurrent state."""
+        path = ckpt.latest_checkpoint(self.run_dir)
+        trainer_state = self.load_weights_and_optimizer(path)
+        if self.average is not None:
             self.average.updates = trainer_state["average_updates"]
         if self.spikes is not None and trainer_state.get("spikes") is not None:
             self.spikes.load_state_dict(trainer_state["spikes"])
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         ckpt.load_rng(path, self.dist.rank, self.device)
