@@ -146,6 +146,16 @@ class TrainConfig:
             down (docs/results.md). The count is in the training rows and
             ``results.json`` (``skipped_steps``). ``null`` (the default): every step
             updates.
+        flood: the flood level of the training loss (Ishida et al. 2020, "Do we need zero
+            training loss after achieving zero training error?"): a step whose batch
+            loss is under this level climbs the loss instead of descending it, so the
+            training loss hovers at the level rather than falling towards zero. Meant for
+            the algorithmic tasks, where a solved run left alone drives its logits (and
+            NTM-style sharpening) on towards infinity and its optimizer's
+            squared-gradient averages towards zero, and the first sequence it gets wrong
+            knocks it out of the solution. In the task's loss units (mean BCE per target
+            bit); keep it well under the task's threshold. ``null`` (the default): every
+            step descends.
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
@@ -185,6 +195,7 @@ class TrainConfig:
     clip_value: float | None = attrs.field(default=None, validator=positive)
     ema_decay: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
     skip_spikes: float | None = attrs.field(default=None, validator=_spike_factor)
+    flood: float | None = attrs.field(default=None, validator=positive)
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0

@@ -365,6 +365,34 @@ def test_a_resumed_run_continues_the_spike_average_exactly(tmp_path, monkeypatch
     assert [row["loss"] for row in train_rows(interrupted)] == pytest.approx([row["loss"] for row in train_rows(straight)], rel=1e-5)
 
 
+def test_flooding_turns_the_gradient_round_under_the_level_only(tmp_path, monkeypatch):
+    """train.flood (Ishida et al. 2020): from the same weights on the same batch, the
+    gradient the optimizer steps with is exactly the opposite of the plain one when the
+    batch loss (~0.7 here) is under the flood level, and exactly the plain one above it."""
+    from manntk.training import trainer as trainer_module
+
+    gradients = {}
+    original = trainer_module.Trainer.train_step
+
+    def recording_step(self, *args):
+        result = original(self, *args)
+        gradients[self.recipe.train.flood] = {name: p.grad.clone() for name, p in self.model.named_parameters() if p.grad is not None}
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
+    for flood in (None, 100.0, 1e-6):
+        train(recipe_from_mapping(tiny_copy(steps=1, flood=flood)), tmp_path / f"run-{flood}", progress=False)
+    plain = gradients[None]
+    assert plain and any(bool(gradient.abs().max() > 0) for gradient in plain.values())
+    for flood in (100.0, 1e-6):
+        assert gradients[flood].keys() == plain.keys()
+    for name, gradient in plain.items():
+        assert torch.equal(gradients[100.0][name], -gradient), name  # under the level: turned round
+        assert torch.equal(gradients[1e-6][name], gradient), name  # above it: an ordinary step
+    with pytest.raises(ValueError, match="flood must be positive"):
+        recipe_from_mapping(tiny_copy(flood=0.0))
+
+
 def test_lr_schedules_by_hand():
     warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

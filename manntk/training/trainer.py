@@ -314,6 +314,8 @@ class Trainer:
         totals = self.dist.sum(torch.stack([scores[name].detach().float().to(self.device) for name in names]))
         count = totals[names.index("count")].clamp_min(1.0)
         loss = scores["loss"] * self.dist.world_size / count  # DDP averages gradients over processes
+        if train.flood is not None and totals[names.index("loss")] / count < train.flood:
+            loss = -loss  # flooding: the gradient of |loss - flood| + flood, decided on the global batch's loss
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
