@@ -10,6 +10,10 @@ python benchmarks/table1_rows.py                          # Markdown rows on std
 python benchmarks/table1_rows.py --write docs/results.md  # replace the table on the page
 python benchmarks/table1_rows.py --check                  # also fail when a study directory is missing
 ```
+
+A row whose runs are not on this machine (run directories live under the git-ignored
+``runs/``, so a fresh clone has none) keeps the row the page already has: ``--write`` never
+replaces measured figures by "not run yet".
 """
 
 from __future__ import annotations
@@ -55,14 +59,37 @@ def replace_table(page: str, rows: list[str]) -> str:
     return "\n".join(lines[:start] + rows + lines[end:])
 
 
+def row_key(line: str) -> tuple[str, str]:
+    """A row's task and model cells: what names the row whatever its figures."""
+    cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    return cells[0], cells[1] if len(cells) > 1 else ""
+
+
+def page_rows(page: str) -> dict[tuple[str, str], str]:
+    """The rows of the page's table, by [`row_key`][]."""
+    lines = page.split("\n")
+    first = HEADER.split("\n")[0]
+    if first not in lines:
+        return {}
+    rows = {}
+    for line in lines[lines.index(first) + 2:]:
+        if not line.startswith("|"):
+            break
+        rows[row_key(line)] = line
+    return rows
+
+
 def row(spec: dict) -> str | None:
-    """One Markdown row for ``spec`` (study, arm, task, model, paper, command), or ``None`` when the study has not run."""
+    """One Markdown row for ``spec`` (study, arm, task, model, paper, command), or ``None``
+    when no run of the arm has finished in the study directory here."""
     folder = ROOT / spec["study"]
     if not (folder / "study.yaml").exists():
         return None
     report = _report(folder)
     arm = next(entry for entry in report["arms"] if entry["arm"] == spec["arm"])
     runs = [run for run in report["runs"] if run["arm"] == spec["arm"] and run["finished"]]
+    if not runs:
+        return None
     seeds = ", ".join(str(run["seed"]) for run in runs) or "none yet"
     if arm["unfinished"]:
         seeds += f" (+{arm['unfinished']} not run or unfinished)"
@@ -90,21 +117,23 @@ def main() -> int:
     parser.add_argument("--write", metavar="PAGE", help="replace the table on this Markdown page instead of printing it")
     args = parser.parse_args()
     specs = yaml.safe_load(Path(args.rows).read_text(encoding="utf-8"))
+    page = Path(args.write) if args.write else None
+    kept = page_rows(page.read_text(encoding="utf-8")) if page else {}
     lines = HEADER.split("\n")
     missing = []
     for spec in specs:
         line = row(spec)
         if line is None:
-            missing.append(spec["study"])
-            line = f"| {spec['task']} | {spec['model']} (`{spec['arm']}`) | {spec['paper']} | not run yet | | | | | | | | `{spec['command']}` |"
+            missing.append(f"{spec['study']} --arms {spec['arm']}")
+            name = (spec["task"], f"{spec['model']} (`{spec['arm']}`)")
+            line = kept.get(name, f"| {name[0]} | {name[1]} | {spec['paper']} | not run yet | | | | | | | | `{spec['command']}` |")
         lines.append(line)
-    if args.write:
-        page = Path(args.write)
+    if page:
         write_text_atomic(page, replace_table(page.read_text(encoding="utf-8"), lines))
     else:
         print("\n".join(lines))
     if missing:
-        print(f"not run yet: {', '.join(sorted(set(missing)))}", file=sys.stderr)
+        print("no finished run here (the page's row kept where it had one): " + "; ".join(missing), file=sys.stderr)
     return 1 if missing and args.check else 0
 
 
