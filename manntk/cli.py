@@ -92,6 +92,9 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split to score (default: test)")
     evaluate.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument("--failures", nargs="?", type=int, const=20, default=None, metavar="N",
+                          help="also list the examples the model gets wrong (the first N, default 20), "
+                               "by the index manntk inspect --index takes")
     evaluate.set_defaults(handler=_eval)
     recipes = commands.add_parser("recipes", help="list or validate recipes")
     recipe_commands = recipes.add_subparsers(dest="recipes_command", metavar="ACTION", required=True)
@@ -273,12 +276,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from manntk.training.evaluate import evaluate_run
+    from manntk.training.evaluate import check_split, evaluate, failed_examples, load_run
     from manntk.training.ownership import resolve_run_dir
 
     run = resolve_run_dir(args.run)
-    metrics = evaluate_run(run, args.split, device=args.device, data_root=args.data)
+    recipe, task, model, device = load_run(run, device=args.device, data_root=args.data)
+    check_split(task, args.split, recipe.task.name)
+    metrics = evaluate(model, task, args.split, recipe.eval.batch_size, device, recipe.train.precision)
     print(f"{run} [{args.split}]: {metrics_line(metrics)}")
+    if args.failures is not None:
+        if args.failures < 1:
+            raise UsageError(f"--failures takes a positive count, got {args.failures}")
+        try:
+            failed = failed_examples(model, task, args.split, recipe.eval.batch_size, device, recipe.train.precision)
+        except ValueError as error:
+            raise UsageError(f"--failures: {error}") from None
+        print(f"{len(failed)} example(s) wrong" + (f"; the first {args.failures}:" if len(failed) > args.failures else ":" if failed else ""))
+        for example in failed[: args.failures]:
+            details = ", ".join(f"{key} {value:.4g}" for key, value in example.items() if key != "index")
+            print(f"  #{int(example['index'])}: {details}")
+        if failed:
+            print(f"draw one: manntk inspect {run} --split {args.split} --index {int(failed[0]['index'])}")
     return 0
 
 

@@ -123,6 +123,13 @@ class Task:
         or whose keys vary from batch to batch. By default ``score``'s."""
         return self.score(outputs, batch)
 
+    def example_scores(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor] | None:
+        """One score per example of ``batch`` (each tensor ``[B]``), at least ``wrong``: how
+        many of its scored units the model got wrong; ``None`` (the default) for a task
+        whose examples are not scored one by one (a language-model stream). ``manntk eval
+        --failures`` lists the examples with ``wrong > 0``."""
+        return None
+
     def units(self, batch: Batch) -> int:
         """How many units (characters, sequences, ...) the batch holds, for throughput."""
         return int(batch.mask.sum())

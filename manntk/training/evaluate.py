@@ -57,12 +57,39 @@ def evaluate(
     return task.summarize(sums)
 
 
-def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> Metrics:
-    """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
-    (``run_dir`` may be ``runs/latest``), by the weights the run is judged by: the weight
-    average of a run with ``train.ema_decay``, the trained weights otherwise."""
+@torch.no_grad()
+def failed_examples(
+    model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> list[dict[str, float]]:
+    """The examples of ``split`` that ``model`` gets wrong (evaluation mode), in the split's
+    order: each with its ``index`` in the split (what ``manntk inspect --index`` takes) and
+    the task's [`example_scores`][manntk.tasks.base.Task.example_scores]. Raises
+    ``ValueError`` for a task that does not score examples one by one."""
+    was_training = model.training
+    model.eval()
+    failed: list[dict[str, float]] = []
+    index = 0
+    options = consuming(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch in task.eval_batches(split, batch_size):
+            batch = batch.to(device)
+            with autocast(device, precision):
+                outputs, _ = model(batch.inputs, None, **options)
+            scores = task.example_scores(outputs.float(), batch)
+            if scores is None:
+                raise ValueError(f"task {type(task).__name__} does not score its examples one by one (no example_scores)")
+            for row in (scores["wrong"] > 0).nonzero().flatten().tolist():
+                failed.append({"index": index + row, **{key: float(value[row]) for key, value in scores.items()}})
+            index += batch.inputs.shape[0]
+    model.train(was_training)
+    return failed
+
+
+def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = None):
+    """A run's task and model, with the weights the run is judged by (the weight average of
+    a run with ``train.ema_decay``, the trained weights otherwise) from its latest
+    checkpoint, on ``device``; returns ``(recipe, task, model, device)``."""
     from manntk.build import build_experiment
-    from manntk.config import UsageError
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
     from manntk.training.distributed import pick_device
@@ -73,8 +100,23 @@ def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_roo
     target = pick_device(device)
     flush_subnormals(target, recipe.train.flush_denormal)
     task, model = build_experiment(recipe, data_root)
-    if split not in task.splits:
-        raise UsageError(f"unknown split {split!r}; task {recipe.task.name!r} has: {', '.join(task.splits)}")
     model.to(target)
     model.load_state_dict(load_judged_weights(latest_checkpoint(run_dir), target))
+    return recipe, task, model, target
+
+
+def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> Metrics:
+    """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
+    (``run_dir`` may be ``runs/latest``), by the weights the run is judged by (see
+    [`load_run`][manntk.training.evaluate.load_run])."""
+    recipe, task, model, target = load_run(run_dir, device, data_root)
+    check_split(task, split, recipe.task.name)
     return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)
+
+
+def check_split(task: Task, split: str, task_name: str) -> None:
+    """Raise a usage error naming the task's splits when ``split`` is not one of them."""
+    from manntk.config import UsageError
+
+    if split not in task.splits:
+        raise UsageError(f"unknown split {split!r}; task {task_name!r} has: {', '.join(task.splits)}")

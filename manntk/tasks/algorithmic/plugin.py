@@ -172,6 +172,16 @@ class AlgorithmicTask(Task):
                 sums[length_key("count", length)] = bits[rows].sum().float()
         return sums
 
+    def example_scores(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Per sequence: its task length (``length``, as ``bce_by_length`` counts it), its
+        wrongly predicted bits (``wrong``) and its mean BCE per scored bit (``bce``)."""
+        mask = batch.mask.unsqueeze(-1).expand_as(outputs)
+        losses = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none") * mask
+        wrong = ((outputs > 0) != (batch.targets > 0.5)) & mask
+        bits = mask.sum(dim=(1, 2)).clamp_min(1)
+        return {"length": self.task_lengths(self.config, batch.mask), "wrong": wrong.sum(dim=(1, 2)),
+                "bce": losses.sum(dim=(1, 2)) / bits}
+
     def units(self, batch: Batch) -> int:
         return batch.inputs.shape[0]
 
