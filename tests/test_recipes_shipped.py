@@ -178,7 +178,7 @@ def test_the_authors_priority_sort_differs_from_armins_in_the_task_only():
 
 
 OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum", "train.optimizer.alpha",
-                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.flood"},
+                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma", "train.flood"},
                 ("copy", "awta"): {"train.ema_decay"}}
 """Training settings a model's recipe may change from the shared protocol, each chosen from
 runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse and its flooding:
