@@ -46,17 +46,25 @@ def _report(folder: Path) -> dict:
     return report_study(None, folder)
 
 
+def table_span(lines: list[str]) -> tuple[int, int] | None:
+    """Where the table that starts with ``HEADER``'s first line lies in ``lines`` (first
+    line, one past the last), or ``None`` when the page has none."""
+    first = HEADER.split("\n")[0]
+    if first not in lines:
+        return None
+    start = end = lines.index(first)
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return start, end
+
+
 def replace_table(page: str, rows: list[str]) -> str:
     """``page`` with the table that starts with ``HEADER``'s first line replaced by ``rows``."""
     lines = page.split("\n")
-    first = HEADER.split("\n")[0]
-    if first not in lines:
-        raise SystemExit(f"no table starting with {first[:40]!r}... on the page")
-    start = lines.index(first)
-    end = start
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    return "\n".join(lines[:start] + rows + lines[end:])
+    span = table_span(lines)
+    if span is None:
+        raise SystemExit(f"no table starting with {HEADER[:40]!r}... on the page")
+    return "\n".join(lines[:span[0]] + rows + lines[span[1]:])
 
 
 def row_key(line: str) -> tuple[str, str]:
@@ -68,15 +76,10 @@ def row_key(line: str) -> tuple[str, str]:
 def page_rows(page: str) -> dict[tuple[str, str], str]:
     """The rows of the page's table, by [`row_key`][]."""
     lines = page.split("\n")
-    first = HEADER.split("\n")[0]
-    if first not in lines:
+    span = table_span(lines)
+    if span is None:
         return {}
-    rows = {}
-    for line in lines[lines.index(first) + 2:]:
-        if not line.startswith("|"):
-            break
-        rows[row_key(line)] = line
-    return rows
+    return {row_key(line): line for line in lines[span[0] + 2:span[1]]}
 
 
 def row(spec: dict) -> str | None:

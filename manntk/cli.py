@@ -276,12 +276,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from manntk.training.evaluate import check_split, evaluate, failed_examples, load_run
+    from manntk.training.evaluate import evaluate, failed_examples, load_judged_model
     from manntk.training.ownership import resolve_run_dir
 
     run = resolve_run_dir(args.run)
-    recipe, task, model, device = load_run(run, device=args.device, data_root=args.data)
-    check_split(task, args.split, recipe.task.name)
+    recipe, task, model, device = load_judged_model(run, args.split, device=args.device, data_root=args.data)
     metrics = evaluate(model, task, args.split, recipe.eval.batch_size, device, recipe.train.precision)
     print(f"{run} [{args.split}]: {metrics_line(metrics)}")
     if args.failures is not None:

@@ -49,10 +49,10 @@ def test_eval_failures_lists_the_wrong_examples(tmp_path, capsys):
     """An untrained model gets most sequences wrong: the count printed is the number of
     sequences with a wrong bit, their wrong bits add up to the split's own
     bit_errors_per_sequence x sequences, and at most N are listed."""
-    from manntk.training.evaluate import failed_examples, load_run
+    from manntk.training.evaluate import failed_examples, load_judged_model
 
     run = train(recipe_from_mapping(TINY), tmp_path / "run", progress=False).run_dir
-    recipe, task, model, device = load_run(run, device="cpu")
+    recipe, task, model, device = load_judged_model(run, "valid", device="cpu")
     failed = failed_examples(model, task, "valid", recipe.eval.batch_size, device)
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "valid", "--device", "cpu", "--failures", "2"]) == 0
@@ -68,3 +68,19 @@ def test_eval_failures_lists_the_wrong_examples(tmp_path, capsys):
         main(["eval", str(run), "--failures", "x"])
     assert main(["eval", str(run), "--split", "valid", "--device", "cpu", "--failures", "0"]) == 2
     assert "--failures takes a positive count" in capsys.readouterr().err
+
+
+def test_eval_failures_on_a_task_without_example_scores_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """A task whose examples are not scored one by one (``example_scores`` gives ``None``,
+    the default, as a language-model stream) gets a usage error that says so, after its
+    metrics."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+    from manntk.tasks.base import Task
+
+    run = train(recipe_from_mapping(TINY), tmp_path / "run", progress=False).run_dir
+    monkeypatch.setattr(AlgorithmicTask, "example_scores", Task.example_scores)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "valid", "--device", "cpu", "--failures"]) == 2
+    captured = capsys.readouterr()
+    assert "[valid]: loss " in captured.out and "does not score its examples one by one" in captured.err
+

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from manntk.engine import consuming
 from manntk.state import State, detach_state
-from manntk.tasks.base import Metrics, Task
+from manntk.tasks.base import Batch, Metrics, Task
 
 
 def autocast(device: torch.device, precision: str):
@@ -31,10 +33,11 @@ def flush_subnormals(device: torch.device, enabled: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(
+def scored_batches(
     model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
-) -> Metrics:
-    """The task's metrics of ``model`` on ``split``, in evaluation mode.
+) -> Iterator[tuple[Batch, Tensor]]:
+    """Each batch of ``split`` (on ``device``) with ``model``'s float outputs, in evaluation
+    mode; the model's mode is restored afterwards.
 
     Streams (language modelling) carry the recurrent state from batch to batch; every
     batch marked ``fresh`` starts a new state. Random number generators are left as they
@@ -42,54 +45,58 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
     state: State | None = None
     options = consuming(model)  # each batch's old state is dropped: a MemoryRNN may write into it
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for batch in task.eval_batches(split, batch_size):
-            batch = batch.to(device)
-            with autocast(device, precision):
-                outputs, state = model(batch.inputs, None if batch.fresh else state, **options)
-            state = detach_state(state)
-            for key, value in task.eval_score(outputs.float(), batch).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-    model.train(was_training)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for batch in task.eval_batches(split, batch_size):
+                batch = batch.to(device)
+                with autocast(device, precision):
+                    outputs, state = model(batch.inputs, None if batch.fresh else state, **options)
+                state = detach_state(state)
+                yield batch, outputs.float()
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> Metrics:
+    """The task's metrics of ``model`` on ``split`` (see
+    [`scored_batches`][manntk.training.evaluate.scored_batches])."""
+    sums: dict[str, float] = {}
+    for batch, outputs in scored_batches(model, task, split, batch_size, device, precision):
+        for key, value in task.eval_score(outputs, batch).items():
+            sums[key] = sums.get(key, 0.0) + float(value)
     return task.summarize(sums)
 
 
-@torch.no_grad()
 def failed_examples(
     model: torch.nn.Module, task: Task, split: str, batch_size: int, device: torch.device, precision: str = "fp32"
 ) -> list[dict[str, float]]:
-    """The examples of ``split`` that ``model`` gets wrong (evaluation mode), in the split's
-    order: each with its ``index`` in the split (what ``manntk inspect --index`` takes) and
-    the task's [`example_scores`][manntk.tasks.base.Task.example_scores]. Raises
-    ``ValueError`` for a task that does not score examples one by one."""
-    was_training = model.training
-    model.eval()
+    """The examples of ``split`` that ``model`` gets wrong, in the split's order: each with
+    its ``index`` in the split (what ``manntk inspect --index`` takes) and the task's
+    [`example_scores`][manntk.tasks.base.Task.example_scores]. Raises ``ValueError`` for a
+    task that does not score examples one by one."""
     failed: list[dict[str, float]] = []
     index = 0
-    options = consuming(model)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for batch in task.eval_batches(split, batch_size):
-            batch = batch.to(device)
-            with autocast(device, precision):
-                outputs, _ = model(batch.inputs, None, **options)
-            scores = task.example_scores(outputs.float(), batch)
-            if scores is None:
-                raise ValueError(f"task {type(task).__name__} does not score its examples one by one (no example_scores)")
-            for row in (scores["wrong"] > 0).nonzero().flatten().tolist():
-                failed.append({"index": index + row, **{key: float(value[row]) for key, value in scores.items()}})
-            index += batch.inputs.shape[0]
-    model.train(was_training)
+    for batch, outputs in scored_batches(model, task, split, batch_size, device, precision):
+        scores = task.example_scores(outputs, batch)
+        if scores is None:
+            raise ValueError(f"task {type(task).__name__} does not score its examples one by one (no example_scores)")
+        for row in (scores["wrong"] > 0).nonzero().flatten().tolist():
+            failed.append({"index": index + row, **{key: float(value[row]) for key, value in scores.items()}})
+        index += batch.inputs.shape[0]
     return failed
 
 
-def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = None):
-    """A run's task and model, with the weights the run is judged by (the weight average of
-    a run with ``train.ema_decay``, the trained weights otherwise) from its latest
-    checkpoint, on ``device``; returns ``(recipe, task, model, device)``."""
+def load_judged_model(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None):
+    """A run's recipe, task and model, for scoring ``split``: the model holds the weights
+    the run is judged by (the weight average of a run with ``train.ema_decay``, the trained
+    weights otherwise) from its latest checkpoint, on ``device``. Returns ``(recipe, task,
+    model, device)``; a split the task does not have is a usage error naming its splits."""
     from manntk.build import build_experiment
+    from manntk.config import UsageError
     from manntk.recipe import load_recipe
     from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
     from manntk.training.distributed import pick_device
@@ -100,6 +107,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
     target = pick_device(device)
     flush_subnormals(target, recipe.train.flush_denormal)
     task, model = build_experiment(recipe, data_root)
+    if split not in task.splits:
+        raise UsageError(f"unknown split {split!r}; task {recipe.task.name!r} has: {', '.join(task.splits)}")
     model.to(target)
     model.load_state_dict(load_judged_weights(latest_checkpoint(run_dir), target))
     return recipe, task, model, target
@@ -108,15 +117,6 @@ def load_run(run_dir: str | Path, device: str = "auto", data_root: str | None = 
 def evaluate_run(run_dir: str | Path, split: str, device: str = "auto", data_root: str | None = None) -> Metrics:
     """Score the latest checkpoint of a run on ``split`` with the run's saved recipe
     (``run_dir`` may be ``runs/latest``), by the weights the run is judged by (see
-    [`load_run`][manntk.training.evaluate.load_run])."""
-    recipe, task, model, target = load_run(run_dir, device, data_root)
-    check_split(task, split, recipe.task.name)
+    [`load_judged_model`][manntk.training.evaluate.load_judged_model])."""
+    recipe, task, model, target = load_judged_model(run_dir, split, device, data_root)
     return evaluate(model, task, split, recipe.eval.batch_size, target, recipe.train.precision)
-
-
-def check_split(task: Task, split: str, task_name: str) -> None:
-    """Raise a usage error naming the task's splits when ``split`` is not one of them."""
-    from manntk.config import UsageError
-
-    if split not in task.splits:
-        raise UsageError(f"unknown split {split!r}; task {task_name!r} has: {', '.join(task.splits)}")

@@ -100,6 +100,12 @@ def length_key(name: str, length: int) -> str:
     return f"{name}{LENGTH_SEPARATOR}{length}"
 
 
+def _summed_per_sequence(values: Tensor, mask: Tensor) -> Tensor:
+    """``values`` ``[B, T, W]`` summed over each sequence's scored steps (``mask`` ``[B, T]``): ``[B]``."""
+    steps = values.sum(dim=-1)
+    return torch.where(mask, steps, torch.zeros_like(steps)).sum(dim=1)
+
+
 class AlgorithmicTask(Task):
     """A task made of a task module (its ``generate``, ``task_lengths`` and
     ``shortened``) and the task's config."""
@@ -162,8 +168,7 @@ class AlgorithmicTask(Task):
         sums = {"loss": scored.sum(), "count": torch.tensor(float(scored.numel())), "bit_errors": wrong_bits.float(),
                 "sequences": torch.tensor(float(batch.inputs.shape[0]))}
         if by_length:
-            step_losses = losses.sum(dim=-1)  # [B, T]
-            per_sequence = torch.where(batch.mask, step_losses, torch.zeros_like(step_losses)).sum(dim=1)
+            per_sequence = _summed_per_sequence(losses, batch.mask)
             bits = batch.mask.sum(dim=1) * outputs.shape[-1]
             lengths = self.task_lengths(self.config, batch.mask)
             for length in lengths.unique().tolist():
@@ -175,12 +180,11 @@ class AlgorithmicTask(Task):
     def example_scores(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
         """Per sequence: its task length (``length``, as ``bce_by_length`` counts it), its
         wrongly predicted bits (``wrong``) and its mean BCE per scored bit (``bce``)."""
-        mask = batch.mask.unsqueeze(-1).expand_as(outputs)
-        losses = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none") * mask
-        wrong = ((outputs > 0) != (batch.targets > 0.5)) & mask
-        bits = mask.sum(dim=(1, 2)).clamp_min(1)
-        return {"length": self.task_lengths(self.config, batch.mask), "wrong": wrong.sum(dim=(1, 2)),
-                "bce": losses.sum(dim=(1, 2)) / bits}
+        losses = F.binary_cross_entropy_with_logits(outputs, batch.targets, reduction="none")
+        wrong = ((outputs > 0) != (batch.targets > 0.5)).float()
+        bits = (batch.mask.sum(dim=1) * outputs.shape[-1]).clamp_min(1)
+        return {"length": self.task_lengths(self.config, batch.mask), "wrong": _summed_per_sequence(wrong, batch.mask),
+                "bce": _summed_per_sequence(losses, batch.mask) / bits}
 
     def units(self, batch: Batch) -> int:
         return batch.inputs.shape[0]
