@@ -538,6 +538,22 @@ def test_train_density_changes_the_training_batches_only() -> None:
     assert rates[1] < 0.1 < 0.4 < rates[0]
 
 
+def test_train_density_share_mixes_the_two_densities_by_batch() -> None:
+    """A share of 0.5 draws about half of the batches sparse and the others fair; which
+    ones is fixed by the batch's seed, so a batch is the same when drawn again."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    mixed = AlgorithmicTask(copy, CopyTaskConfig(train_density=[0.05, 0.05], train_density_share=0.5))
+    rates = []
+    for index in range(200):
+        batch = mixed.train_batch(index, 16)
+        rates.append(float(batch.targets.sum() / (batch.mask.sum() * batch.targets.shape[-1])))
+        assert torch.equal(batch.inputs, mixed.train_batch(index, 16).inputs)
+    sparse = sum(rate < 0.15 for rate in rates)
+    assert all(rate < 0.15 or 0.35 < rate < 0.65 for rate in rates)
+    assert 70 <= sparse <= 130  # Binomial(200, 0.5): outside with probability ~3e-5
+
+
 def test_train_density_exists_only_for_tasks_of_random_bits() -> None:
     from manntk.tasks.algorithmic import plugin
 

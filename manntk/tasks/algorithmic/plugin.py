@@ -62,7 +62,19 @@ TRAIN_DENSITY_DOC = """
             ``None``, the default, trains on ``density`` too. A wider range shows the
             model all-zero vectors in the data, which the output phase's zero inputs
             otherwise make a shortcut (docs/results.md, "Sequences that end in zeros").
+        train_density_share: the share of training batches drawn with ``train_density``;
+            the others keep ``density``. 1, the default, draws every batch with it; less
+            mixes the task's own data with the broader ones (at batch 1, per sequence).
 """
+
+
+def share_of_batches(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a share in ``(0, 1]``, and under 1 only with ``train_density`` set."""
+    name = f"{type(instance).__name__}.{attribute.name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a share in (0, 1], got {value!r}")
+    if value < 1 and instance.train_density is None:
+        raise ValueError(f"{name} is {value!r} but train_density is not set: set the range the share draws from")
 
 
 def task_config(generator_config: type) -> type:
@@ -79,6 +91,7 @@ def task_config(generator_config: type) -> type:
     doc = (generator_config.__doc__ or "") + DATA_DOC
     if "density" in attrs.fields_dict(generator_config):
         fields["train_density"] = density_field(default=None, type=Density | None)
+        fields["train_density_share"] = attrs.field(default=1.0, validator=share_of_batches, type=float)
         doc += TRAIN_DENSITY_DOC
     cls = attrs.make_class(generator_config.__name__.replace("Config", "TaskConfig"), fields,
                            bases=(generator_config,), frozen=True)
@@ -131,15 +144,21 @@ class AlgorithmicTask(Task):
 
     def train_batch(self, index: int, batch_size: int) -> Batch:
         generator = torch.Generator().manual_seed(batch_seed(self.data_seed, index))
-        return _as_batch(self.generate(self.train_config_at(index), batch_size, generator))
+        return _as_batch(self.generate(self.train_config_at(index, generator), batch_size, generator))
 
-    def train_config_at(self, index: int) -> Any:
-        """The config training batch ``index`` is drawn with: ``train_density``'s, cut to
-        the curriculum's stage ``(index + 1) / curriculum_steps`` until the ramp ends."""
+    def train_config_at(self, index: int, generator: torch.Generator) -> Any:
+        """The config training batch ``index`` is drawn with: ``train_density``'s (for the
+        share ``train_density_share`` of the batches, chosen by a first draw from the
+        batch's ``generator`` when the share is under 1), cut to the curriculum's stage
+        ``(index + 1) / curriculum_steps`` until the ramp ends."""
+        config = self.train_config
+        share = getattr(self.config, "train_density_share", 1.0)
+        if share < 1 and float(torch.rand((), generator=generator)) >= share:
+            config = self.config
         steps = self.config.curriculum_steps
         if steps is None or index + 1 >= steps:
-            return self.train_config
-        return self.shortened(self.train_config, (index + 1) / steps)
+            return config
+        return self.shortened(config, (index + 1) / steps)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         seeds = {"valid": self.config.validation_seed, "test": self.config.test_seed}
