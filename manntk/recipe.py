@@ -100,6 +100,11 @@ class ScheduleConfig:
             there with the next batches. ``null`` (the default): carry on as if nothing
             happened. A run that keeps relapsing keeps halving (0.5) its rate, so it
             ends on weights that solved the task, moving less and less.
+        regress_ratio: with ``relapse_gamma``, a validation before the run has solved
+            whose metric is worse than the best so far by more than this factor (above
+            ``ratio`` times the best, or under best / ``ratio`` where higher is better)
+            is rolled back the same way: for runs that reach a good point and swing away
+            from it before they solve. ``null`` (the default): only relapses roll back.
     """
 
     name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
@@ -109,6 +114,16 @@ class ScheduleConfig:
     min_lr: float = attrs.field(default=0.0, validator=non_negative)
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
     relapse_gamma: float | None = attrs.field(default=None, validator=positive)
+    regress_ratio: float | None = attrs.field(default=None)
+
+    @regress_ratio.validator
+    def _regress_ratio(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is None:
+            return
+        if value <= 1.0:
+            raise ValueError(f"regress_ratio must be more than 1 (how many times worse than the best a validation may be), got {value!r}")
+        if self.relapse_gamma is None:
+            raise ValueError("regress_ratio rolls back with relapse_gamma's rate factor: set relapse_gamma too")
 
 
 def _spike_factor(instance: Any, attribute: attrs.Attribute, value: float | None) -> None:

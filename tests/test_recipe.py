@@ -105,6 +105,8 @@ def test_bad_overrides(tmp_path, override, message):
     ("train.optimizer.betas=[0.9, x]", "expected a number, got 'x' @ $.train.optimizer.betas[1]"),
     ("task.train_density=[0.6, 0.4]", "train_density must be two probabilities [low, high] with 0 <= low <= high <= 1"),
     ("task.train_density_share=0.5", "train_density_share is 0.5 but train_density is not set"),
+    ("train.schedule.regress_ratio=2.0", "regress_ratio rolls back with relapse_gamma's rate factor: set relapse_gamma too"),
+    ("train.schedule.regress_ratio=0.5", "regress_ratio must be more than 1"),
     ("task.train_density_share=1.5", "train_density_share must be a share in (0, 1], got 1.5"),
 ])
 def test_malformed_recipes_give_the_specific_error(tmp_path, change, message):

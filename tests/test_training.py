@@ -192,9 +192,9 @@ def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_pat
     rolled = []
     original = trainer_module.Trainer.roll_back
 
-    def recording_roll_back(self, step):
+    def recording_roll_back(self, step, why):
         before = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-        original(self, step)
+        original(self, step, why)
         rolled.append((step, before, {name: tensor.clone() for name, tensor in self.model.state_dict().items()},
                        copy.deepcopy(self.optimizer.state_dict()["state"])))
 
@@ -212,6 +212,39 @@ def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_pat
     for index, state in ckpt.load_trainer_state(best)["optimizer"]["state"].items():
         assert torch.equal(optimizer_state[index]["square_avg"], state["square_avg"])
     assert json.loads((result.run_dir / "results.json").read_text())["relapses"] == 2
+
+
+def test_a_regress_before_solving_rolls_back_with_regress_ratio(tmp_path, monkeypatch):
+    """schedule.regress_ratio 2: validations 0.3, 0.1, 0.15 (not above 2 x 0.1), 0.5
+    (above), 0.12: only step 8 goes back to step 4's weights, and the rate halves from step 9
+    on; without regress_ratio nothing rolls back."""
+    from manntk.training import checkpoint as ckpt
+    from manntk.training import trainer as trainer_module
+
+    def run(name, schedule):
+        verdicts = iter([{"bce": value, "solved": 0.0} for value in (0.3, 0.1, 0.15, 0.5, 0.12)])
+        monkeypatch.setattr(trainer_module.Trainer, "validate",
+                            lambda self, step, elapsed, split="valid": {"bce": 0.5, "solved": 0.0} if split == "test" else next(verdicts))
+        rolled = []
+        original = trainer_module.Trainer.roll_back
+
+        def recording_roll_back(self, step, why):
+            original(self, step, why)
+            rolled.append((step, {name: tensor.clone() for name, tensor in self.model.state_dict().items()}))
+
+        monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+        recipe = tiny_copy(steps=10, eval_every=2, stop_when_solved=False, optimizer={"name": "rmsprop", "lr": 0.01},
+                           schedule=schedule)
+        return train(recipe_from_mapping(recipe), tmp_path / name, progress=False), rolled
+
+    result, rolled = run("ratio", {"relapse_gamma": 0.5, "regress_ratio": 2.0})
+    assert [step for step, _ in rolled] == [8]
+    assert [r["lr"] for r in train_rows(result.run_dir)] == pytest.approx([0.01] * 8 + [0.005] * 2)
+    for name, tensor in ckpt.load_weights(result.run_dir / "checkpoints" / ckpt.checkpoint_name(4), "cpu").items():
+        torch.testing.assert_close(rolled[0][1][name], tensor, rtol=0, atol=0)
+    assert json.loads((result.run_dir / "results.json").read_text())["regressions"] == 1
+    result, rolled = run("without", {"relapse_gamma": 0.5})
+    assert rolled == [] and json.loads((result.run_dir / "results.json").read_text())["regressions"] == 0
 
 
 def test_the_weight_average_by_hand():

@@ -150,6 +150,7 @@ class Trainer:
         self.every = {name: parse_every(getattr(train, f"{name}_every")) for name in ("log", "eval", "checkpoint")}
         self.best: dict[str, float] | None = None  # the best validation so far: its step and metric
         self.relapses = 0  # validations after the first solved one that were not solved
+        self.regressions = 0  # validations before it rolled back by schedule.regress_ratio
         self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
 
     # -- the loop ---------------------------------------------------------------------
@@ -217,8 +218,12 @@ class Trainer:
                 elif solved_step is not None and not valid.get("solved", 1.0):
                     self.relapses += 1  # solved before, not now
                     if train.schedule.relapse_gamma is not None and not self.improves(valid):
-                        self.roll_back(step)
+                        self.roll_back(step, "solved before, not now")
                         scale_learning_rate(self.scheduler, train.schedule.relapse_gamma)
+                elif solved_step is None and self.regressed(valid):
+                    self.regressions += 1
+                    self.roll_back(step, f"{self.task.metric} more than x{train.schedule.regress_ratio:g} off the best")
+                    scale_learning_rate(self.scheduler, train.schedule.relapse_gamma)
                 if self.improves(valid):
                     self.best = {"step": step, self.task.metric: valid[self.task.metric]}
                     self.save(step, elapsed, state, solved_step)
@@ -382,7 +387,7 @@ class Trainer:
             summary = {
                 "step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason,
                 "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": results,
-                "best": self.best, "relapses": self.relapses,
+                "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
             }
             if self.spikes is not None:
                 summary["skipped_steps"] = self.spikes.skipped
@@ -418,20 +423,29 @@ class Trainer:
         if self.dist.is_main:
             ckpt.finish(self.checkpoints, step, {
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
-                "best": self.best, "relapses": self.relapses,
+                "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
                 "average_updates": None if self.average is None else self.average.updates,
                 "spikes": None if self.spikes is None else self.spikes.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
 
-    def roll_back(self, step: int) -> None:
+    def regressed(self, valid: dict[str, float]) -> bool:
+        """Whether this validation is worse than the best so far by more than
+        ``schedule.regress_ratio`` (never, without one)."""
+        ratio, value = self.recipe.train.schedule.regress_ratio, valid.get(self.task.metric)
+        if ratio is None or self.best is None or value is None:
+            return False
+        best = self.best[self.task.metric]
+        return value < best / ratio if self.task.higher_is_better else value > best * ratio
+
+    def roll_back(self, step: int, why: str) -> None:
         """Load the best checkpoint's weights (and weight average) and optimizer state
-        (``schedule.relapse_gamma``); the step count, schedule, data and recurrent state
-        go on from ``step``."""
+        (``schedule.relapse_gamma``, ``schedule.regress_ratio``); the step count,
+        schedule, data and recurrent state go on from ``step``."""
         self.load_weights_and_optimizer(self.checkpoints / ckpt.checkpoint_name(int(self.best["step"])))
         if self.dist.is_main and self.progress:
-            tqdm.write(f"step {step:,}: solved before, not now: back to step {self.best['step']:,}'s weights, "
+            tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, "
                        f"rate x{self.recipe.train.schedule.relapse_gamma:g}", file=sys.stderr)
 
     def load_weights_and_optimizer(self, path: Path) -> dict[str, Any]:
@@ -469,6 +483,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.truncate_after(step)
         self.best, self.relapses = trainer_state.get("best"), trainer_state.get("relapses", 0)
+        self.regressions = trainer_state.get("regressions", 0)
         return step, trainer_state["elapsed"], state, trainer_state["solved_step"]
 
 
