@@ -178,11 +178,12 @@ def test_the_authors_priority_sort_differs_from_armins_in_the_task_only():
 
 
 OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum", "train.optimizer.alpha",
-                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma", "train.flood"},
+                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma", "train.flood",
+                                  "task.train_density"},
                 ("copy", "awta"): {"train.ema_decay"}}
 """Training settings a model's recipe may change from the shared protocol, each chosen from
-runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse and its flooding:
-studies/ntm_copy_seeds.yaml; AwTA
+runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse, its flooding,
+its rate once solved and its training densities: studies/ntm_copy_seeds.yaml; AwTA
 copy's weight average: studies/tardis_copy_reads.yaml)."""
 
 
