@@ -84,7 +84,8 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="the run directory (default: runs/<name>-<timestamp>)")
     train.add_argument("--runs-root", default="runs", help="where new run directories go (default: runs)")
     train.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
-    train.add_argument("--dry-run", action="store_true", help="validate, build, print the parameter count, exit")
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate, build, print the resolved recipe (as the run would save it) and the parameter count, exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="score a run's latest checkpoint on a split")
@@ -245,7 +246,9 @@ def _plugins(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from manntk.build import build_experiment, check_memory_fits
-    from manntk.recipe import load_recipe
+    import yaml
+
+    from manntk.recipe import load_recipe, recipe_to_mapping
     from manntk.training import train
     from manntk.training.distributed import pick_device
     from manntk.training.ownership import resolve_run_dir
@@ -263,6 +266,7 @@ def _train(args: argparse.Namespace) -> int:
             check_memory_fits(recipe.model, recipe.train.batch_size, pick_device(recipe.train.device))
             _, model = build_experiment(recipe, args.data)
             count = sum(p.numel() for p in model.parameters())
+            print(yaml.safe_dump(recipe_to_mapping(recipe), sort_keys=False), end="")
             print(f"{args.recipe}: valid; task {recipe.task.name}; model {count:,} parameters")
             return 0
         result = train(recipe, args.run_dir, runs_root=args.runs_root, progress=not args.no_progress, data_root=args.data)

@@ -63,6 +63,22 @@ def test_overrides_may_follow_options(capsys):
     assert after == before and "89,004 parameters" not in after  # the override applied (the recipe's model has 89,004)
 
 
+def test_a_dry_run_prints_the_resolved_recipe(capsys):
+    """What `--dry-run` prints before its summary line is the resolved recipe, overrides
+    and inherited settings included, as the run would save it."""
+    import yaml
+
+    from manntk.recipe import load_recipe, recipe_to_mapping
+
+    status, out, err = dry_run(capsys, "recipes/algorithmic/copy/armin_authors.yaml", "--dry-run", "train.optimizer.lr=2.0e-4")
+    assert status == 0, err
+    printed, summary = out.rsplit("\n", 2)[0], out.rstrip("\n").rsplit("\n", 1)[1]
+    assert summary.startswith("recipes/algorithmic/copy/armin_authors.yaml: valid; task copy")
+    expected = recipe_to_mapping(load_recipe("recipes/algorithmic/copy/armin_authors.yaml", ["train.optimizer.lr=2.0e-4"]))
+    assert yaml.safe_load(printed) == expected
+    assert expected["train"]["optimizer"]["lr"] == 2.0e-4 and expected["train"]["optimizer"]["alpha"] == 0.95
+
+
 def test_a_plugin_command_takes_overrides_between_its_options():
     args = build_parser().parse_args(["study", "run", "S", "--seeds", "2", "train.steps=200", "--out", "D"])
     assert (args.study, args.seeds, args.overrides, args.out) == ("S", 2, ["train.steps=200"], "D")

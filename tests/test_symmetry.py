@@ -204,6 +204,8 @@ def test_the_authors_recipe_says_what_it_sets():
     assert (optimizer.name, optimizer.lr, optimizer.momentum, optimizer.alpha) == ("rmsprop", 1e-4, 0.9, 0.95)
     assert recipe.train.clip_value == 10.0 and recipe.train.clip_norm is None
     assert recipe.model.addressing.config.hard is False and recipe.model.addressing.config.temperature.steps == 0
+    task = recipe.task.config  # their copy.json: seq_width 8; torch.randint(1, 50) draws 1..49; start and end markers
+    assert (task.width, task.min_length, task.max_length, task.markers, task.input_size) == (8, 1, 49, "start_end", 10)
 
 
 # -- pytorch-ntm's initialisation --------------------------------------------------------------
