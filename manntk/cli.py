@@ -245,9 +245,9 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from manntk.build import build_experiment, check_memory_fits
     import yaml
 
+    from manntk.build import build_experiment, check_memory_fits
     from manntk.recipe import load_recipe, recipe_to_mapping
     from manntk.training import train
     from manntk.training.distributed import pick_device

@@ -150,7 +150,7 @@ class Trainer:
         self.every = {name: parse_every(getattr(train, f"{name}_every")) for name in ("log", "eval", "checkpoint")}
         self.best: dict[str, float] | None = None  # the best validation so far: its step and metric
         self.relapses = 0  # validations after the first solved one that were not solved
-        self.regressions = 0  # validations before it rolled back by schedule.regress_ratio
+        self.regressions = 0  # validations before the first solved one that rolled back (schedule.regress_ratio)
         self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
 
     # -- the loop ---------------------------------------------------------------------
@@ -219,11 +219,9 @@ class Trainer:
                     self.relapses += 1  # solved before, not now
                     if train.schedule.relapse_gamma is not None and not self.improves(valid):
                         self.roll_back(step, "solved before, not now")
-                        scale_learning_rate(self.scheduler, train.schedule.relapse_gamma)
                 elif solved_step is None and self.regressed(valid):
                     self.regressions += 1
                     self.roll_back(step, f"{self.task.metric} more than x{train.schedule.regress_ratio:g} off the best")
-                    scale_learning_rate(self.scheduler, train.schedule.relapse_gamma)
                 if self.improves(valid):
                     self.best = {"step": step, self.task.metric: valid[self.task.metric]}
                     self.save(step, elapsed, state, solved_step)
@@ -440,10 +438,12 @@ class Trainer:
         return value < best / ratio if self.task.higher_is_better else value > best * ratio
 
     def roll_back(self, step: int, why: str) -> None:
-        """Load the best checkpoint's weights (and weight average) and optimizer state
-        (``schedule.relapse_gamma``, ``schedule.regress_ratio``); the step count,
-        schedule, data and recurrent state go on from ``step``."""
+        """Load the best checkpoint's weights (and weight average) and optimizer state, and
+        multiply the rate by ``schedule.relapse_gamma`` (on a relapse, or a regress by
+        ``schedule.regress_ratio``); the step count, schedule, data and recurrent state go
+        on from ``step``."""
         self.load_weights_and_optimizer(self.checkpoints / ckpt.checkpoint_name(int(self.best["step"])))
+        scale_learning_rate(self.scheduler, self.recipe.train.schedule.relapse_gamma)
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, "
                        f"rate x{self.recipe.train.schedule.relapse_gamma:g}", file=sys.stderr)
