@@ -459,8 +459,8 @@ def test_invalid_batch_size_is_rejected(generate, config) -> None:
 
 
 def test_paper_defaults() -> None:
-    assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end", (0.5, 0.5))
-    assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None, (0.5, 0.5))
+    assert attrs.astuple(CopyConfig()) == (6, 1, 50, "start_end", (0.5, 0.5), 0.0)
+    assert attrs.astuple(RepeatCopyConfig()) == (6, 1, 10, 1, 10, None, (0.5, 0.5), 0.0)
     assert attrs.astuple(AssociativeRecallConfig()) == (6, 3, 2, 6)
     assert attrs.astuple(PrioritySortConfig()) == (8, 40, 30, "vector", True, (0.5, 0.5))
     assert (CopyConfig().input_size, CopyConfig().output_size) == (8, 6)
@@ -552,6 +552,39 @@ def test_train_density_share_mixes_the_two_densities_by_batch() -> None:
     sparse = sum(rate < 0.15 for rate in rates)
     assert all(rate < 0.15 or 0.35 < rate < 0.65 for rate in rates)
     assert 70 <= sparse <= 130  # Binomial(200, 0.5): outside with probability ~3e-5
+
+
+def test_blanks_zero_whole_vectors_at_their_rate_and_draw_nothing_when_off() -> None:
+    """Each row is blanked with probability ``blanks`` (Binomial(20000, 0.2): 4,000 +- 57
+    sd, so 3,700..4,300 fails with probability ~1e-7); with none, the bits are the same
+    draws as before blanks existed."""
+    from manntk.tasks.algorithmic.batch import random_bits
+
+    plain = random_bits(20_000, 6, torch.Generator().manual_seed(4))
+    assert torch.equal(plain, torch.bernoulli(torch.full((20_000, 6), 0.5), generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(plain, random_bits(20_000, 6, torch.Generator().manual_seed(4), blanks=0.0))
+    blanked = random_bits(20_000, 6, torch.Generator().manual_seed(4), blanks=0.2)
+    zero_rows = blanked.sum(dim=1) == 0
+    assert torch.equal(blanked[~zero_rows], plain[~zero_rows])
+    natural = int((plain.sum(dim=1) == 0).sum())  # fair coins: 1 row in 64
+    assert 3_700 <= int(zero_rows.sum()) - natural * 0.8 <= 4_300
+
+
+def test_train_blanks_blank_training_vectors_only() -> None:
+    """The training copy sequences of ``train_blanks: 0.25`` have about a quarter of their
+    answers all zeros (fair coins alone: 1 in 64); the validation set is the task's own."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    plain = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2))
+    blanked = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2, train_blanks=0.25))
+    for a, b in zip(plain.eval_batches("valid", 100), blanked.eval_batches("valid", 100)):
+        assert torch.equal(a.inputs, b.inputs)
+    shares = []
+    for task in (plain, blanked):
+        batch = task.train_batch(0, 256)
+        answers = batch.targets[batch.mask]
+        shares.append(float((answers.sum(dim=-1) == 0).float().mean()))
+    assert shares[0] < 0.04 and 0.2 < shares[1] < 0.3  # ~6,400 answers: sd of the share ~0.005
 
 
 def test_train_density_exists_only_for_tasks_of_random_bits() -> None:

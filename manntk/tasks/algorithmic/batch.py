@@ -144,9 +144,16 @@ PAPER_DENSITY: Density = (0.5, 0.5)
 """Fair coin bits, the paper's (and Graves et al.'s) data."""
 
 
-def random_bits(steps: int, width: int, generator: torch.Generator, density: float = 0.5) -> Tensor:
-    """Independent Bernoulli(``density``) bits, float32 ``[steps, width]``."""
-    return torch.bernoulli(torch.full((steps, width), float(density)), generator=generator)
+def random_bits(
+    steps: int, width: int, generator: torch.Generator, density: float = 0.5, blanks: float = 0.0
+) -> Tensor:
+    """Independent Bernoulli(``density``) bits, float32 ``[steps, width]``; then each row
+    is all zeros (a blank) with probability ``blanks``. With no blanks nothing more is
+    drawn, so the bits are those of a generator without them."""
+    bits = torch.bernoulli(torch.full((steps, width), float(density)), generator=generator)
+    if blanks > 0:
+        bits[torch.rand(steps, generator=generator) < blanks] = 0
+    return bits
 
 
 def draw_density(density: Density, generator: torch.Generator) -> float:
@@ -178,6 +185,23 @@ def density_field(default: Density | None = PAPER_DENSITY, **options: Any) -> An
     ``attrs.field`` (``type`` for a field made without an annotation)."""
     validator = density_range if default is not None else attrs.validators.optional(density_range)
     return attrs.field(default=default, converter=as_tuple, validator=validator, **options)
+
+
+def blanks_field(**options: Any) -> Any:
+    """A blanks field of a task config whose data are random bits: the probability in
+    ``[0, 1)`` that a vector is all zeros, 0 (none) by default. ``options`` go to
+    ``attrs.field`` (``type`` for a field made without an annotation)."""
+    return attrs.field(validator=probability_below_one, **{"default": 0.0, **options})
+
+
+def probability_below_one(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a number in ``[0, 1)`` (``None`` allowed for an optional field
+    whose default is ``None``)."""
+    if value is None and attribute.default is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        name = f"{type(instance).__name__}.{attribute.name}"
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
 def as_tuple(value: Any) -> Any:

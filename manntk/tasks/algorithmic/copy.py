@@ -31,6 +31,7 @@ from manntk.tasks.algorithmic.batch import (
     Example,
     SequenceBatch,
     at_least_field,
+    blanks_field,
     density_field,
     draw_density,
     marker,
@@ -55,6 +56,8 @@ class CopyConfig:
             code) or ``end`` (one delimiter channel after the bits, as pytorch-ntm).
         density: the range each sequence draws its probability of a one from,
             uniformly; ``[0.5, 0.5]`` (fair coins, the paper's) by default.
+        blanks: the probability that a vector is all zeros whatever its density (a
+            blank); 0 (the paper's data) by default.
     """
 
     width: int = attrs.field(default=6, validator=positive_int)
@@ -64,6 +67,7 @@ class CopyConfig:
     )
     markers: str = attrs.field(default="start_end", validator=attrs.validators.in_(("start_end", "end")))
     density: Density = density_field()
+    blanks: float = blanks_field()
 
     @property
     def input_size(self) -> int:
@@ -105,7 +109,7 @@ def shortened(config: CopyConfig, fraction: float) -> CopyConfig:
 
 def _example(config: CopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
-    bits = random_bits(length, config.width, generator, draw_density(config.density, generator))
+    bits = random_bits(length, config.width, generator, draw_density(config.density, generator), config.blanks)
     size = config.input_size
     if config.markers == "end":
         presented = torch.cat([widen(bits, size), marker(size, config.width)])

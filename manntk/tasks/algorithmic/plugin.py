@@ -30,6 +30,7 @@ from manntk.tasks.algorithmic.batch import (
     SOLVED_BCE_THRESHOLD,
     Density,
     SequenceBatch,
+    blanks_field,
     density_field,
     make_validation_set,
 )
@@ -62,9 +63,19 @@ TRAIN_DENSITY_DOC = """
             ``None``, the default, trains on ``density`` too. A wider range shows the
             model all-zero vectors in the data, which the output phase's zero inputs
             otherwise make a shortcut (docs/results.md, "Sequences that end in zeros").
-        train_density_share: the share of training batches drawn with ``train_density``;
-            the others keep ``density``. 1, the default, draws every batch with it; less
-            mixes the task's own data with the broader ones (at batch 1, per sequence).
+        train_density_share: the share of training batches drawn with ``train_density``
+            (and ``train_blanks``); the others keep the task's own data. 1, the default,
+            draws every batch with them; less mixes the task's own data with the
+            broader ones (at batch 1, per sequence).
+"""
+
+TRAIN_BLANKS_DOC = """
+        train_blanks: the probability that a *training* vector is all zeros (a blank),
+            whatever its sequence's density (the validation and test sets keep
+            ``blanks``); ``None``, the default, trains on ``blanks`` too. Runs of zero
+            vectors in dense data are what a copying model takes for the output phase
+            (docs/results.md, "Sequences that end in zeros"); fair-coin data have a
+            blank once in 2 ** width vectors.
 """
 
 
@@ -73,8 +84,8 @@ def share_of_batches(instance: Any, attribute: attrs.Attribute, value: Any) -> N
     name = f"{type(instance).__name__}.{attribute.name}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(f"{name} must be a share in (0, 1], got {value!r}")
-    if value < 1 and instance.train_density is None:
-        raise ValueError(f"{name} is {value!r} but train_density is not set: set the range the share draws from")
+    if value < 1 and instance.train_density is None and getattr(instance, "train_blanks", None) is None:
+        raise ValueError(f"{name} is {value!r} but neither train_density nor train_blanks is set: set the data the share draws")
 
 
 def task_config(generator_config: type) -> type:
@@ -93,6 +104,9 @@ def task_config(generator_config: type) -> type:
         fields["train_density"] = density_field(default=None, type=Density | None)
         fields["train_density_share"] = attrs.field(default=1.0, validator=share_of_batches, type=float)
         doc += TRAIN_DENSITY_DOC
+    if "blanks" in attrs.fields_dict(generator_config):
+        fields["train_blanks"] = blanks_field(default=None, type=float | None)
+        doc += TRAIN_BLANKS_DOC
     cls = attrs.make_class(generator_config.__name__.replace("Config", "TaskConfig"), fields,
                            bases=(generator_config,), frozen=True)
     cls.__doc__ = doc
@@ -139,16 +153,19 @@ class AlgorithmicTask(Task):
         self.config = config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
-        train_density = getattr(config, "train_density", None)
-        self.train_config = config if train_density is None else attrs.evolve(config, density=train_density)
+        self.train_config = attrs.evolve(config, **{
+            name: value for name, value in (("density", getattr(config, "train_density", None)),
+                                            ("blanks", getattr(config, "train_blanks", None)))
+            if value is not None
+        })
 
     def train_batch(self, index: int, batch_size: int) -> Batch:
         generator = torch.Generator().manual_seed(batch_seed(self.data_seed, index))
         return _as_batch(self.generate(self.train_config_at(index, generator), batch_size, generator))
 
     def train_config_at(self, index: int, generator: torch.Generator) -> Any:
-        """The config training batch ``index`` is drawn with: ``train_density``'s (for the
-        share ``train_density_share`` of the batches, chosen by a first draw from the
+        """The config training batch ``index`` is drawn with: ``train_density``'s and
+        ``train_blanks``' (for the share ``train_density_share`` of the batches, chosen by a first draw from the
         batch's ``generator`` when the share is under 1), cut to the curriculum's stage
         ``(index + 1) / curriculum_steps`` until the ramp ends."""
         config = self.train_config

@@ -37,6 +37,7 @@ from manntk.tasks.algorithmic.batch import (
     Example,
     SequenceBatch,
     at_least_field,
+    blanks_field,
     density_field,
     draw_density,
     marker,
@@ -64,6 +65,8 @@ class RepeatCopyConfig:
             (the default) means ``max_repeats``.
         density: the range each sequence draws its probability of a one from,
             uniformly; ``[0.5, 0.5]`` (fair coins, the paper's) by default.
+        blanks: the probability that a vector is all zeros whatever its density (a
+            blank); 0 (the paper's data) by default.
     """
 
     width: int = attrs.field(default=6, validator=positive_int)
@@ -79,6 +82,7 @@ class RepeatCopyConfig:
         default=None, validator=attrs.validators.optional(positive_int)
     )
     density: Density = density_field()
+    blanks: float = blanks_field()
 
     @property
     def repeat_divisor(self) -> int:
@@ -134,7 +138,7 @@ def shortened(config: RepeatCopyConfig, fraction: float) -> RepeatCopyConfig:
 def _example(config: RepeatCopyConfig, generator: torch.Generator) -> Example:
     length = random_int(config.min_length, config.max_length, generator)
     repeats = random_int(config.min_repeats, config.max_repeats, generator)
-    bits = random_bits(length, config.width, generator, draw_density(config.density, generator))
+    bits = random_bits(length, config.width, generator, draw_density(config.density, generator), config.blanks)
     size, width = config.input_size, config.width
     count = marker(size, width + 1, repeats / config.repeat_divisor)
     presented = torch.cat([marker(size, width), widen(bits, size), count])
