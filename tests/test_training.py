@@ -214,6 +214,37 @@ def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_pat
     assert json.loads((result.run_dir / "results.json").read_text())["relapses"] == 2
 
 
+def test_a_roll_back_with_a_weight_average_trains_on_from_the_average(tmp_path, monkeypatch):
+    """train.ema_decay with relapse_gamma: the relapse at step 6 goes back to step 4 (the
+    best), and both the trained weights and the average are step 4's *average* (the
+    weights that validated best), not step 4's trained weights."""
+    from manntk.training import checkpoint as ckpt
+    from manntk.training import trainer as trainer_module
+
+    verdicts = iter([{"bce": 0.005, "solved": 1.0}, {"bce": 0.001, "solved": 1.0}, {"bce": 0.5, "solved": 0.0}, {"bce": 0.5, "solved": 0.0}])
+    monkeypatch.setattr(trainer_module.Trainer, "validate",
+                        lambda self, step, elapsed, split="valid": {"bce": 0.001, "solved": 1.0} if split == "test" else next(verdicts))
+    rolled = []
+    original = trainer_module.Trainer.roll_back
+
+    def recording_roll_back(self, step, why):
+        original(self, step, why)
+        rolled.append(({name: tensor.clone() for name, tensor in self.model.state_dict().items()},
+                       {name: tensor.clone() for name, tensor in self.average.averaged.state_dict().items()}))
+
+    monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+    recipe = tiny_copy(steps=8, eval_every=2, stop_when_solved=False, optimizer={"name": "rmsprop", "lr": 0.01},
+                       schedule={"relapse_gamma": 0.5}, ema_decay=0.5)
+    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    best = result.run_dir / "checkpoints" / ckpt.checkpoint_name(4)
+    averaged, trained = ckpt.load_weights(best, "cpu", ckpt.AVERAGED), ckpt.load_weights(best, "cpu")
+    assert any(not torch.equal(averaged[name], trained[name]) for name in averaged if averaged[name].is_floating_point())
+    model_after, average_after = rolled[0]
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(model_after[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(average_after[name], tensor, rtol=0, atol=0)
+
+
 def test_a_regress_before_solving_rolls_back_with_regress_ratio(tmp_path, monkeypatch):
     """schedule.regress_ratio 2: validations 0.3, 0.1, 0.15 (not above 2 x 0.1), 0.5
     (above), 0.12: only step 8 goes back to step 4's weights, and the rate halves from step 9

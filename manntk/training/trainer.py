@@ -441,8 +441,15 @@ class Trainer:
         """Load the best checkpoint's weights (and weight average) and optimizer state, and
         multiply the rate by ``schedule.relapse_gamma`` (on a relapse, or a regress by
         ``schedule.regress_ratio``); the step count, schedule, data and recurrent state go
-        on from ``step``."""
+        on from ``step``.
+
+        With a weight average (``train.ema_decay``), training goes on from the average:
+        it is what was judged best, not the trained weights of that step, and from those
+        the average would drift back to where they validate (an AwTA copy run rolled back
+        20 times in a row so, its rate halved each time)."""
         self.load_weights_and_optimizer(self.checkpoints / ckpt.checkpoint_name(int(self.best["step"])))
+        if self.average is not None:
+            self.model.load_state_dict(self.average.averaged.state_dict())
         scale_learning_rate(self.scheduler, self.recipe.train.schedule.relapse_gamma)
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, "
