@@ -99,7 +99,9 @@ class ScheduleConfig:
             multiply the rate by this, schedule and all; training then goes on from
             there with the next batches. ``null`` (the default): carry on as if nothing
             happened. A run that keeps relapsing keeps halving (0.5) its rate, so it
-            ends on weights that solved the task, moving less and less.
+            ends on weights that solved the task, moving less and less. With
+            ``train.ema_decay``, training goes on from the best checkpoint's average,
+            the weights that were judged.
         regress_ratio: with ``relapse_gamma``, a validation before the run has solved
             whose metric is worse than the best so far by more than this factor (above
             ``ratio`` times the best, or under best / ``ratio`` where higher is better)
