@@ -179,26 +179,51 @@ def test_the_rate_drops_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_pa
     assert [r["lr"] for r in train_rows(without.run_dir)] == pytest.approx([0.01] * 4)  # the default keeps the rate
 
 
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state dict."""
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def script_validations(monkeypatch, valid: list[dict], test: dict) -> None:
+    """``Trainer.validate`` answers the validation split with the verdicts ``valid`` in
+    turn, and the test split with ``test``."""
+    from manntk.training import trainer as trainer_module
+
+    verdicts = iter(valid)
+    monkeypatch.setattr(trainer_module.Trainer, "validate",
+                        lambda self, step, elapsed, split="valid": test if split == "test" else next(verdicts))
+
+
+def record_roll_backs(monkeypatch, record) -> list:
+    """``Trainer.roll_back`` as it is, and after each one ``record(trainer, step, before)``
+    (``before``: the model's weights just before it) appended to the list returned."""
+    from manntk.training import trainer as trainer_module
+
+    rolled = []
+    original = trainer_module.Trainer.roll_back
+
+    def recording_roll_back(self, step, why):
+        before = weights(self.model)
+        original(self, step, why)
+        rolled.append(record(self, step, before))
+
+    monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+    return rolled
+
+
+RELAPSE_AT_6 = [{"bce": 0.005, "solved": 1.0}, {"bce": 0.001, "solved": 1.0}, {"bce": 0.5, "solved": 0.0}, {"bce": 0.5, "solved": 0.0}]
+"""Validations at steps 2, 4, 6, 8: solved, solved and better (the best), not solved, not solved."""
+
+
 def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_path, monkeypatch):
     """schedule.relapse_gamma: the validations at steps 2, 4, 6 are solved, solved and
     better, not solved: after step 6 the weights and RMSprop's state are step 4's (the
     best) again, and the rate is gamma times the schedule's from step 7 on."""
     from manntk.training import checkpoint as ckpt
-    from manntk.training import trainer as trainer_module
 
-    verdicts = iter([{"bce": 0.005, "solved": 1.0}, {"bce": 0.001, "solved": 1.0}, {"bce": 0.5, "solved": 0.0}, {"bce": 0.5, "solved": 0.0}])
-    monkeypatch.setattr(trainer_module.Trainer, "validate",
-                        lambda self, step, elapsed, split="valid": {"bce": 0.001, "solved": 1.0} if split == "test" else next(verdicts))
-    rolled = []
-    original = trainer_module.Trainer.roll_back
-
-    def recording_roll_back(self, step, why):
-        before = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-        original(self, step, why)
-        rolled.append((step, before, {name: tensor.clone() for name, tensor in self.model.state_dict().items()},
-                       copy.deepcopy(self.optimizer.state_dict()["state"])))
-
-    monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+    script_validations(monkeypatch, RELAPSE_AT_6, {"bce": 0.001, "solved": 1.0})
+    rolled = record_roll_backs(monkeypatch, lambda trainer, step, before: (
+        step, before, weights(trainer.model), copy.deepcopy(trainer.optimizer.state_dict()["state"])))
     optimizer = {"name": "rmsprop", "lr": 0.01, "momentum": 0.9}
     recipe = tiny_copy(steps=8, eval_every=2, stop_when_solved=False, optimizer=optimizer, schedule={"relapse_gamma": 0.5})
     result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
@@ -219,20 +244,9 @@ def test_a_roll_back_with_a_weight_average_trains_on_from_the_average(tmp_path, 
     best), and both the trained weights and the average are step 4's *average* (the
     weights that validated best), not step 4's trained weights."""
     from manntk.training import checkpoint as ckpt
-    from manntk.training import trainer as trainer_module
 
-    verdicts = iter([{"bce": 0.005, "solved": 1.0}, {"bce": 0.001, "solved": 1.0}, {"bce": 0.5, "solved": 0.0}, {"bce": 0.5, "solved": 0.0}])
-    monkeypatch.setattr(trainer_module.Trainer, "validate",
-                        lambda self, step, elapsed, split="valid": {"bce": 0.001, "solved": 1.0} if split == "test" else next(verdicts))
-    rolled = []
-    original = trainer_module.Trainer.roll_back
-
-    def recording_roll_back(self, step, why):
-        original(self, step, why)
-        rolled.append(({name: tensor.clone() for name, tensor in self.model.state_dict().items()},
-                       {name: tensor.clone() for name, tensor in self.average.averaged.state_dict().items()}))
-
-    monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+    script_validations(monkeypatch, RELAPSE_AT_6, {"bce": 0.001, "solved": 1.0})
+    rolled = record_roll_backs(monkeypatch, lambda trainer, step, before: (weights(trainer.model), weights(trainer.average.averaged)))
     recipe = tiny_copy(steps=8, eval_every=2, stop_when_solved=False, optimizer={"name": "rmsprop", "lr": 0.01},
                        schedule={"relapse_gamma": 0.5}, ema_decay=0.5)
     result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
@@ -250,20 +264,11 @@ def test_a_regress_before_solving_rolls_back_with_regress_ratio(tmp_path, monkey
     (above), 0.12: only step 8 goes back to step 4's weights, and the rate halves from step 9
     on; without regress_ratio nothing rolls back."""
     from manntk.training import checkpoint as ckpt
-    from manntk.training import trainer as trainer_module
 
     def run(name, schedule):
-        verdicts = iter([{"bce": value, "solved": 0.0} for value in (0.3, 0.1, 0.15, 0.5, 0.12)])
-        monkeypatch.setattr(trainer_module.Trainer, "validate",
-                            lambda self, step, elapsed, split="valid": {"bce": 0.5, "solved": 0.0} if split == "test" else next(verdicts))
-        rolled = []
-        original = trainer_module.Trainer.roll_back
-
-        def recording_roll_back(self, step, why):
-            original(self, step, why)
-            rolled.append((step, {name: tensor.clone() for name, tensor in self.model.state_dict().items()}))
-
-        monkeypatch.setattr(trainer_module.Trainer, "roll_back", recording_roll_back)
+        script_validations(monkeypatch, [{"bce": value, "solved": 0.0} for value in (0.3, 0.1, 0.15, 0.5, 0.12)],
+                           {"bce": 0.5, "solved": 0.0})
+        rolled = record_roll_backs(monkeypatch, lambda trainer, step, before: (step, weights(trainer.model)))
         recipe = tiny_copy(steps=10, eval_every=2, stop_when_solved=False, optimizer={"name": "rmsprop", "lr": 0.01},
                            schedule=schedule)
         return train(recipe_from_mapping(recipe), tmp_path / name, progress=False), rolled
