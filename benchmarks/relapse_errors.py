@@ -8,7 +8,11 @@ often.
 For each finished run with a solved validation (the task's own verdict, read as the study
 report reads it): the share of its validations from the first solved one on with at least
 one wrong bit, and how many of its last ten validations had one; per arm, the median share
-over its runs.
+over its runs. Then how the runs first solved against whether they went back above the
+threshold afterwards: a run that first solves with a sequence still wrong sits at about
+half the threshold (one confidently wrong sequence of ~30 vectors costs ~0.004 BCE on
+1,000), where a second wrong one tips it over (docs/results.md, "NTM-style copy across
+seeds"); ``--margin`` (0.005 by default) splits the first solved BCEs.
 """
 
 from __future__ import annotations
@@ -35,10 +39,25 @@ def wrong_after_solving(run_dir: Path) -> tuple[float, int] | None:
     return sum(wrong[first:]) / len(wrong[first:]), sum(wrong[-10:])
 
 
+def first_solve(run_dir: Path) -> tuple[float, bool] | None:
+    """(the metric of the first solved validation, whether a later validation is not
+    solved), or ``None`` for a run that is unfinished or never solved."""
+    run = load_run(run_dir)
+    if run.results is None:
+        return None
+    _, _, solved = run.validations("solved")
+    _, _, metric = run.validations(run.results.get("metric", "bce"))
+    first = next((i for i, flag in enumerate(solved) if flag), None)
+    if first is None:
+        return None
+    return metric[first], not all(solved[first:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a study directory (runs/studies/<name>)")
     parser.add_argument("arms", nargs="*", help="arms to show (default: every arm folder)")
+    parser.add_argument("--margin", type=float, default=0.005, help="split the first solved validations here (default 0.005)")
     args = parser.parse_args()
     arms = args.arms or sorted(path.name for path in args.study.iterdir() if path.is_dir())
     for arm in arms:
@@ -52,6 +71,9 @@ def main() -> None:
         per_run = ", ".join(f"{name} {share:.2f} ({last}/10)" for name, (share, last) in solved.items())
         print(f"{arm}: {len(solved)} solved runs; validations with a wrong bit after the first solved one: "
               f"median {statistics.median(shares):.2f}; per run, share (wrong among the last 10): {per_run}")
+        firsts = [first for first in (first_solve(run) for run in runs) if first is not None]
+        for label, group in (("under", [r for v, r in firsts if v < args.margin]), ("at or over", [r for v, r in firsts if v >= args.margin])):
+            print(f"  first solved {label} {args.margin:g}: {sum(group)} of {len(group)} went back above the threshold")
 
 
 if __name__ == "__main__":
