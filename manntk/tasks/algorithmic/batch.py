@@ -187,11 +187,12 @@ def density_field(default: Density | None = PAPER_DENSITY, **options: Any) -> An
     return attrs.field(default=default, converter=as_tuple, validator=validator, **options)
 
 
-def blanks_field(**options: Any) -> Any:
+def blanks_field(default: float | None = 0.0, **options: Any) -> Any:
     """A blanks field of a task config whose data are random bits: the probability in
-    ``[0, 1)`` that a vector is all zeros, 0 (none) by default. ``options`` go to
-    ``attrs.field`` (``type`` for a field made without an annotation)."""
-    return attrs.field(validator=probability_below_one, **{"default": 0.0, **options})
+    ``[0, 1)`` that a vector is all zeros, 0 (none) by default (``None`` allowed when it
+    is the default). ``options`` go to ``attrs.field`` (``type`` for a field made
+    without an annotation)."""
+    return attrs.field(default=default, validator=probability_below_one, **options)
 
 
 def probability_below_one(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
