@@ -177,6 +177,16 @@ def test_the_authors_priority_sort_differs_from_armins_in_the_task_only():
     assert (task.sort, task.end_marker, task.input_size) == ("columns", False, 9)
 
 
+def test_the_authors_training_on_repeat_copy_is_their_copy_training_on_the_paper_task():
+    """repeat_copy/armin_authors_training.yaml has copy/armin_authors.yaml's model and
+    training, and the paper recipe's repeat copy task."""
+    assert all(key.startswith("task.") for key in differences(
+        "algorithmic/repeat_copy/armin_authors_training.yaml", "algorithmic/copy/armin_authors.yaml"))
+    authors = load_recipe(recipe("algorithmic/repeat_copy/armin_authors_training.yaml"))
+    assert authors.task == load_recipe(recipe("algorithmic/repeat_copy/armin.yaml")).task
+    assert (authors.train.optimizer.name, authors.model.cell.config.recurrent_init) == ("rmsprop", "orthogonal")
+
+
 OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum", "train.optimizer.alpha",
                                   "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma", "train.flood",
                                   "task.train_density"},
