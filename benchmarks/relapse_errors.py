@@ -20,37 +20,34 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from manntk.tools.plot import load_run
 
 
-def wrong_after_solving(run_dir: Path) -> tuple[float, int] | None:
-    """(share of validations from the first solved one on with a wrong bit, wrong ones among
-    the last ten validations), or ``None`` for a run that is unfinished or never solved."""
+class AfterSolving(NamedTuple):
+    """What a solved run did from its first solved validation on."""
+
+    wrong_share: float  # share of those validations with a wrong bit
+    wrong_last: int  # validations with a wrong bit among the run's last ten
+    first_metric: float  # the metric of the first solved validation
+    relapsed: bool  # a later validation was not solved
+
+
+def after_solving(run_dir: Path) -> AfterSolving | None:
+    """A finished run's record from its first solved validation on, or ``None`` for a run
+    that is unfinished or never solved."""
     run = load_run(run_dir)
     if run.results is None:
         return None
     _, _, solved = run.validations("solved")
     _, _, errors = run.validations("bit_errors_per_sequence")
-    first = next((i for i, flag in enumerate(solved) if flag), None)
-    if first is None:
-        return None
-    wrong = [value > 0 for value in errors]
-    return sum(wrong[first:]) / len(wrong[first:]), sum(wrong[-10:])
-
-
-def first_solve(run_dir: Path) -> tuple[float, bool] | None:
-    """(the metric of the first solved validation, whether a later validation is not
-    solved), or ``None`` for a run that is unfinished or never solved."""
-    run = load_run(run_dir)
-    if run.results is None:
-        return None
-    _, _, solved = run.validations("solved")
     _, _, metric = run.validations(run.results.get("metric", "bce"))
     first = next((i for i, flag in enumerate(solved) if flag), None)
     if first is None:
         return None
-    return metric[first], not all(solved[first:])
+    wrong = [value > 0 for value in errors]
+    return AfterSolving(sum(wrong[first:]) / len(wrong[first:]), sum(wrong[-10:]), metric[first], not all(solved[first:]))
 
 
 def main() -> None:
@@ -62,17 +59,17 @@ def main() -> None:
     arms = args.arms or sorted(path.name for path in args.study.iterdir() if path.is_dir())
     for arm in arms:
         runs = sorted((args.study / arm).glob("seed-*"), key=lambda path: int(path.name.removeprefix("seed-")))
-        found = {run.name: wrong_after_solving(run) for run in runs}
-        solved = {name: value for name, value in found.items() if value is not None}
+        found = {run.name: after_solving(run) for run in runs}
+        solved = {name: record for name, record in found.items() if record is not None}
         if not solved:
             print(f"{arm}: no finished run solved")
             continue
-        shares = [share for share, _ in solved.values()]
-        per_run = ", ".join(f"{name} {share:.2f} ({last}/10)" for name, (share, last) in solved.items())
+        shares = [record.wrong_share for record in solved.values()]
+        per_run = ", ".join(f"{name} {record.wrong_share:.2f} ({record.wrong_last}/10)" for name, record in solved.items())
         print(f"{arm}: {len(solved)} solved runs; validations with a wrong bit after the first solved one: "
               f"median {statistics.median(shares):.2f}; per run, share (wrong among the last 10): {per_run}")
-        firsts = [first for first in (first_solve(run) for run in runs) if first is not None]
-        for label, group in (("under", [r for v, r in firsts if v < args.margin]), ("at or over", [r for v, r in firsts if v >= args.margin])):
+        for label, under in (("under", True), ("at or over", False)):
+            group = [record.relapsed for record in solved.values() if (record.first_metric < args.margin) == under]
             print(f"  first solved {label} {args.margin:g}: {sum(group)} of {len(group)} went back above the threshold")
 
 
