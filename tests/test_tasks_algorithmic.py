@@ -587,6 +587,21 @@ def test_train_blanks_blank_training_vectors_only() -> None:
     assert shares[0] < 0.04 and 0.2 < shares[1] < 0.3  # ~6,400 answers: sd of the share ~0.005
 
 
+def test_train_density_share_mixes_blanked_batches_with_the_tasks_own() -> None:
+    """With train_blanks alone, a share of 0.5 blanks about half of the training batches
+    (half their answers zero) and leaves the others fair coins (1 in 64 zero)."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    mixed = AlgorithmicTask(copy, CopyTaskConfig(train_blanks=0.5, train_density_share=0.5))
+    shares = []
+    for index in range(200):
+        batch = mixed.train_batch(index, 16)
+        shares.append(float((batch.targets[batch.mask].sum(dim=-1) == 0).float().mean()))
+    blanked = sum(share > 0.25 for share in shares)
+    assert all(share > 0.25 or share < 0.15 for share in shares)  # ~400 answers a batch: sd of a share <= 0.025
+    assert 70 <= blanked <= 130  # Binomial(200, 0.5): outside with probability ~3e-5
+
+
 def test_train_density_exists_only_for_tasks_of_random_bits() -> None:
     from manntk.tasks.algorithmic import plugin
 
