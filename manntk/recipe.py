@@ -107,6 +107,14 @@ class ScheduleConfig:
             ``ratio`` times the best, or under best / ``ratio`` where higher is better)
             is rolled back the same way: for runs that reach a good point and swing away
             from it before they solve. ``null`` (the default): only relapses roll back.
+        approach_at: a validation metric that counts as near solving: the first time a
+            validation that does not solve is under it (over it, where higher is better),
+            the rate is multiplied by ``approach_gamma``, once. Smaller steps over the
+            last stretch, so that a run does not swing out of the solution it is closing
+            in on (an NTM-style copy run that jumps from a swing straight under the
+            threshold lands there with a sequence still wrong, and tends to relapse).
+            ``null`` (the default): no such drop.
+        approach_gamma: the factor of ``approach_at``.
     """
 
     name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
@@ -117,6 +125,13 @@ class ScheduleConfig:
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
     relapse_gamma: float | None = attrs.field(default=None, validator=positive)
     regress_ratio: float | None = attrs.field(default=None)
+    approach_at: float | None = attrs.field(default=None)
+    approach_gamma: float = attrs.field(default=1.0, validator=positive)
+
+    @approach_gamma.validator
+    def _approach_gamma_needs_a_level(self, attribute: attrs.Attribute, value: float) -> None:
+        if value != 1.0 and self.approach_at is None:
+            raise ValueError("approach_gamma multiplies the rate when a validation first gets past approach_at: set approach_at too")
 
     @regress_ratio.validator
     def _regress_ratio(self, attribute: attrs.Attribute, value: float | None) -> None:

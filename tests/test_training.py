@@ -283,6 +283,37 @@ def test_a_regress_before_solving_rolls_back_with_regress_ratio(tmp_path, monkey
     assert rolled == [] and json.loads((result.run_dir / "results.json").read_text())["regressions"] == 0
 
 
+def test_the_rate_drops_once_when_a_validation_first_gets_near_solving(tmp_path, monkeypatch):
+    """schedule.approach_at 0.2, approach_gamma 0.5: validations 0.5, 0.3, 0.1 (the first
+    under 0.2), 0.15, 0.05: the rate halves from step 7 on, once; a resumed run from step 8
+    (its best, 0.1, is past the level) does not halve it again; a run that jumps from 0.5
+    to solved gets no approach drop; without approach_at the rate stays."""
+    verdicts = [{"bce": value, "solved": 0.0} for value in (0.5, 0.3, 0.1, 0.15, 0.05)]
+
+    def run(name, schedule, valid=verdicts, test=None, resume_from=None):
+        script_validations(monkeypatch, valid, test or {"bce": 0.5, "solved": 0.0})
+        recipe = tiny_copy(steps=10, eval_every=2, checkpoint_every=4, stop_when_solved=False, schedule=schedule)
+        if resume_from is not None:
+            train(recipe_from_mapping(recipe), resume_from, resume=True, progress=False)
+            return resume_from
+        return train(recipe_from_mapping(recipe), tmp_path / name, progress=False).run_dir
+
+    near = {"approach_at": 0.2, "approach_gamma": 0.5}
+    expected = [0.01] * 6 + [0.005] * 4
+    straight = run("near", near)
+    assert [r["lr"] for r in train_rows(straight)] == pytest.approx(expected)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000010")
+    (resumed / "checkpoints" / "latest").write_text("step-00000008\n")
+    run("resumed", near, valid=verdicts[4:], resume_from=resumed)
+    assert [r["lr"] for r in train_rows(resumed)] == pytest.approx(expected)
+    solved = {"bce": 0.001, "solved": 1.0}
+    jump = run("jump", near, valid=[{"bce": 0.5, "solved": 0.0}] + [solved] * 4, test=solved)
+    assert [r["lr"] for r in train_rows(jump)] == pytest.approx([0.01] * 10)
+    assert [r["lr"] for r in train_rows(run("without", {}))] == pytest.approx([0.01] * 10)
+
+
 def test_the_weight_average_by_hand():
     """After n updates the average is sum_i d^(n-i) (1-d) w_i / (1-d^n) over the weights
     after each step (computed here as a plain weighted sum); integer buffers are copied."""

@@ -222,6 +222,8 @@ class Trainer:
                 elif solved_step is None and self.regressed(valid):
                     self.regressions += 1
                     self.roll_back(step, f"{self.task.metric} more than x{train.schedule.regress_ratio:g} off the best")
+                elif solved_step is None and self.first_near(valid):  # closing in: smaller steps (schedule.approach_at)
+                    scale_learning_rate(self.scheduler, train.schedule.approach_gamma)
                 if self.improves(valid):
                     self.best = {"step": step, self.task.metric: valid[self.task.metric]}
                     self.save(step, elapsed, state, solved_step)
@@ -436,6 +438,19 @@ class Trainer:
             return False
         best = self.best[self.task.metric]
         return value < best / ratio if self.task.higher_is_better else value > best * ratio
+
+    def first_near(self, valid: dict[str, float]) -> bool:
+        """Whether this validation is the first to get past ``schedule.approach_at`` (never,
+        without one): past it now, and the best so far was not (the best is checkpointed,
+        so a resumed run does not drop its rate twice)."""
+        level, value = self.recipe.train.schedule.approach_at, valid.get(self.task.metric)
+        if level is None or value is None:
+            return False
+
+        def past(metric: float) -> bool:
+            return metric > level if self.task.higher_is_better else metric < level
+
+        return past(value) and (self.best is None or not past(self.best[self.task.metric]))
 
     def roll_back(self, step: int, why: str) -> None:
         """Load the best checkpoint's weights (and weight average) and optimizer state, and
