@@ -188,6 +188,12 @@ class TrainConfig:
             knocks it out of the solution. In the task's loss units (mean BCE per target
             bit); keep it well under the task's threshold. ``null`` (the default): every
             step descends.
+        replay_above: once the run has solved, a training batch whose loss is above this
+            is trained on again ``replay_times`` times, on every second step until done
+            (hard-example replay: [`manntk.training.replay`][manntk.training.replay]),
+            for the rare inputs a solved run still gets wrong. Tasks with independent
+            batches only (the algorithmic ones). ``null`` (the default): no replay.
+        replay_times: how many more times a batch above ``replay_above`` is trained on.
         precision: ``fp32``, or autocast ``bf16`` / ``fp16`` on CUDA.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seeds weights, sampling noise and dropout.
@@ -228,6 +234,13 @@ class TrainConfig:
     ema_decay: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
     skip_spikes: float | None = attrs.field(default=None, validator=_spike_factor)
     flood: float | None = attrs.field(default=None, validator=positive)
+    replay_above: float | None = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
+    replay_times: int = attrs.field(default=1, validator=positive)
+
+    @replay_times.validator
+    def _replay_times_needs_a_level(self, attribute: attrs.Attribute, value: int) -> None:
+        if value != 1 and self.replay_above is None:
+            raise ValueError("replay_times says how often a batch above replay_above is trained on again: set replay_above too")
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0

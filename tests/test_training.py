@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from manntk.cli import main
+from manntk.config import ConfigError
 from manntk.recipe import OptimizerConfig, ScheduleConfig, recipe_from_mapping
 from manntk.training import CheckpointError, TrainingDiverged, train
 from manntk.training.evaluate import evaluate_run
@@ -312,6 +313,63 @@ def test_the_rate_drops_once_when_a_validation_first_gets_near_solving(tmp_path,
     jump = run("jump", near, valid=[{"bce": 0.5, "solved": 0.0}] + [solved] * 4, test=solved)
     assert [r["lr"] for r in train_rows(jump)] == pytest.approx([0.01] * 10)
     assert [r["lr"] for r in train_rows(run("without", {}))] == pytest.approx([0.01] * 10)
+
+
+def test_a_solved_run_trains_again_on_the_batches_it_gets_wrong(tmp_path, monkeypatch):
+    """train.replay_above: from the first solved validation (step 2) on, every fresh batch
+    (the untrained model's loss is ~0.69 per bit, above 0.01) is queued twice, and every
+    second step trains on the queue's head: batches 0, 1, 2, 2, 4, 2, 6, 4 (step i draws
+    batch i when fresh). A run resumed from step 4 draws the same (the queue is in the
+    checkpoint); before solving, and without replay_above, step i draws batch i."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+
+    drawn = []
+    original = AlgorithmicTask.train_batch
+    monkeypatch.setattr(AlgorithmicTask, "train_batch", lambda self, index, size: drawn.append(index) or original(self, index, size))
+
+    def run(name, valid, resume_from=None, **options):
+        drawn.clear()
+        script_validations(monkeypatch, valid, {"bce": 0.001, "solved": 1.0})
+        recipe = recipe_from_mapping(tiny_copy(steps=8, eval_every=2, checkpoint_every=4, stop_when_solved=False, **options))
+        if resume_from is not None:
+            train(recipe, resume_from, resume=True, progress=False)
+            return resume_from, drawn[1:]  # the first draw checks that the task's batches are independent
+        return train(recipe, tmp_path / name, progress=False).run_dir, drawn[1:] if options else list(drawn)
+
+    solved = [{"bce": 0.001, "solved": 1.0}] * 4
+    straight, indices = run("replay", solved, replay_above=0.01, replay_times=2)
+    assert indices == [0, 1, 2, 2, 4, 2, 6, 4]
+    assert json.loads((straight / "results.json").read_text())["replayed_steps"] == 3
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000008")
+    (resumed / "checkpoints" / "latest").write_text("step-00000004\n")
+    assert run("resumed", solved[2:], resume_from=resumed, replay_above=0.01, replay_times=2)[1] == [4, 2, 6, 4]
+    assert run("unsolved", [{"bce": 0.5, "solved": 0.0}] * 4, replay_above=0.01, replay_times=2)[1] == list(range(8))
+    assert run("without", solved)[1] == list(range(8))
+
+
+def test_replay_refuses_a_task_that_carries_state_between_batches(tmp_path):
+    with pytest.raises(ConfigError, match="independent batches"):
+        train(recipe_from_mapping(tiny_lm(tmp_path, replay_above=0.01)), tmp_path / "run", progress=False)
+
+
+def test_the_replay_queue_alternates_with_fresh_batches_and_drops_the_oldest():
+    """Replay by hand: queued batches come on odd steps only, fresh ones on the others;
+    a batch at or under the level is not queued; the queue keeps the newest ``capacity``."""
+    from manntk.training.replay import Replay
+
+    replay = Replay(above=0.5, times=2, capacity=3)
+    assert replay.batch_index(1) == (1, False)  # nothing queued
+    replay.offer(7, 0.5)
+    assert not replay.queue
+    replay.offer(7, 0.9)
+    replay.offer(8, 0.9)  # 7, 7, 8, 8 in a queue of 3: the first 7 goes
+    assert list(replay.queue) == [7, 8, 8]
+    assert [replay.batch_index(step) for step in (2, 3, 4, 5, 7, 9)] == [(2, False), (7, True), (4, False), (8, True), (8, True), (9, False)]
+    assert replay.replayed == 3
+    with pytest.raises(ValueError, match="at least once"):
+        Replay(above=0.5, times=0)
 
 
 def test_the_weight_average_by_hand():

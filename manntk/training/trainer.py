@@ -45,6 +45,7 @@ from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, gradient_norm, make_optimizer, make_scheduler, scale_learning_rate
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
+from manntk.training.replay import Replay
 from manntk.training.spikes import SpikeSkipper
 
 
@@ -143,6 +144,10 @@ class Trainer:
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
         self.average = None if train.ema_decay is None else WeightAverage(self.model, train.ema_decay)
         self.spikes = None if train.skip_spikes is None else SpikeSkipper(train.skip_spikes)
+        self.replay = None if train.replay_above is None else Replay(train.replay_above, train.replay_times)
+        if self.replay is not None and not self.task.train_batch(1, train.batch_size).fresh:
+            raise ConfigError([f"replay trains on batches again, but task {recipe.task.name!r} carries the recurrent state "
+                               "from one batch to the next: it is for tasks with independent batches @ $.train.replay_above"])
         self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
@@ -177,8 +182,11 @@ class Trainer:
         now = time.perf_counter()
         started, last = now - elapsed, dict.fromkeys(self.every, now)  # when each of log, eval, checkpoint last happened
         while step < self.total_steps and stop_reason == "steps":
-            batch = self.task.train_batch(step, train.batch_size).rows(*self.rows).to(self.device)
+            index, replayed = (step, False) if self.replay is None else self.replay.batch_index(step)
+            batch = self.task.train_batch(index, train.batch_size).rows(*self.rows).to(self.device)
             state, sums = self.train_step(step, batch, None if batch.fresh else state)
+            if self.replay is not None and solved_step is not None and not replayed:
+                self.replay.offer(index, self.task.summarize(sums)["loss"])
             step += 1
             elapsed = time.perf_counter() - started
             timed = step - first_step - 1  # the first step paid for warm-up: the estimate times the next ones
@@ -364,6 +372,8 @@ class Trainer:
         row.update(self.model.training_metrics())
         if self.spikes is not None:
             row["skipped_steps"] = self.spikes.skipped
+        if self.replay is not None:
+            row["replayed_steps"] = self.replay.replayed
         if self.metrics is not None:
             self.metrics.write(row)
         return row
@@ -391,6 +401,8 @@ class Trainer:
             }
             if self.spikes is not None:
                 summary["skipped_steps"] = self.spikes.skipped
+            if self.replay is not None:
+                summary["replayed_steps"] = self.replay.replayed
             if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
                 # solved on validation counts only if every final split (the test set too) agrees
                 summary["solved"] = solved_step is not None and all(bool(m.get("solved", 1.0)) for m in results.values())
@@ -426,6 +438,7 @@ class Trainer:
                 "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
                 "average_updates": None if self.average is None else self.average.updates,
                 "spikes": None if self.spikes is None else self.spikes.state_dict(),
+                "replay": None if self.replay is None else self.replay.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
         self.dist.barrier()
@@ -497,6 +510,8 @@ class Trainer:
             self.average.updates = trainer_state["average_updates"]
         if self.spikes is not None and trainer_state.get("spikes") is not None:
             self.spikes.load_state_dict(trainer_state["spikes"])
+        if self.replay is not None and trainer_state.get("replay") is not None:
+            self.replay.load_state_dict(trainer_state["replay"])
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         ckpt.load_rng(path, self.dist.rank, self.device)
