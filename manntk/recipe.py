@@ -107,6 +107,11 @@ class ScheduleConfig:
             ``ratio`` times the best, or under best / ``ratio`` where higher is better)
             is rolled back the same way: for runs that reach a good point and swing away
             from it before they solve. ``null`` (the default): only relapses roll back.
+        rollback_floor: with ``relapse_gamma``, the rollbacks lower the rate to no less
+            than this fraction of the optimizer's ``lr`` (the last rollback's factor is
+            cut to meet it, later ones keep the rate): a run that keeps swinging (an AwTA
+            copy run rolled back 7 times, its rate halved to 8e-6) goes on learning
+            rather than freezing. ``null`` (the default): no floor.
         approach_at: a validation metric that counts as near solving: the first time a
             validation that does not solve is under it (over it, where higher is better),
             the rate is multiplied by ``approach_gamma``, once. Smaller steps over the
@@ -125,8 +130,14 @@ class ScheduleConfig:
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
     relapse_gamma: float | None = attrs.field(default=None, validator=positive)
     regress_ratio: float | None = attrs.field(default=None)
+    rollback_floor: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
     approach_at: float | None = attrs.field(default=None)
     approach_gamma: float = attrs.field(default=1.0, validator=positive)
+
+    @rollback_floor.validator
+    def _rollback_floor_needs_rollbacks(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is not None and self.relapse_gamma is None:
+            raise ValueError("rollback_floor bounds the rate of the rollbacks (relapse_gamma): set relapse_gamma too")
 
     @approach_gamma.validator
     def _approach_gamma_needs_a_level(self, attribute: attrs.Attribute, value: float) -> None:

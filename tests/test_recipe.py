@@ -109,6 +109,9 @@ def test_bad_overrides(tmp_path, override, message):
     ("task.blanks=-0.1", "blanks must be a probability in [0, 1), got -0.1"),
     ("train.schedule.regress_ratio=2.0", "regress_ratio rolls back with relapse_gamma's rate factor: set relapse_gamma too"),
     ("train.schedule.regress_ratio=0.5", "regress_ratio must be more than 1"),
+    ("train.schedule.rollback_floor=0.1", "rollback_floor bounds the rate of the rollbacks (relapse_gamma): set relapse_gamma too"),
+    ("train.schedule.approach_gamma=0.5", "approach_gamma multiplies the rate when a validation first gets past approach_at: set approach_at too"),
+    ("train.replay_times=3", "replay_times says how often a batch above replay_above is trained on again: set replay_above too"),
     ("task.train_density_share=1.5", "train_density_share must be a share in (0, 1], got 1.5"),
 ])
 def test_malformed_recipes_give_the_specific_error(tmp_path, change, message):

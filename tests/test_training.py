@@ -240,6 +240,19 @@ def test_a_relapse_rolls_back_to_the_best_checkpoint_and_lowers_the_rate(tmp_pat
     assert json.loads((result.run_dir / "results.json").read_text())["relapses"] == 2
 
 
+def test_rollbacks_lower_the_rate_no_further_than_the_floor(tmp_path, monkeypatch):
+    """schedule.rollback_floor 0.3 with relapse_gamma 0.5 and lr 0.01: validations 0.3, 0.1
+    (the best), then 0.5 four times, each more than 2 x the best (regress_ratio): the
+    rollbacks take the rate to 0.005, then 0.003 (the floor), and leave it there."""
+    script_validations(monkeypatch, [{"bce": value, "solved": 0.0} for value in (0.3, 0.1, 0.5, 0.5, 0.5, 0.5)],
+                       {"bce": 0.5, "solved": 0.0})
+    schedule = {"relapse_gamma": 0.5, "regress_ratio": 2.0, "rollback_floor": 0.3}
+    recipe = tiny_copy(steps=12, eval_every=2, stop_when_solved=False, optimizer={"name": "rmsprop", "lr": 0.01}, schedule=schedule)
+    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    assert [r["lr"] for r in train_rows(result.run_dir)] == pytest.approx([0.01] * 6 + [0.005] * 2 + [0.003] * 4)
+    assert json.loads((result.run_dir / "results.json").read_text())["regressions"] == 4
+
+
 def test_a_roll_back_with_a_weight_average_trains_on_from_the_average(tmp_path, monkeypatch):
     """train.ema_decay with relapse_gamma: the relapse at step 6 goes back to step 4 (the
     best), and both the trained weights and the average are step 4's *average* (the

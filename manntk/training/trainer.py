@@ -478,10 +478,20 @@ class Trainer:
         self.load_weights_and_optimizer(self.checkpoints / ckpt.checkpoint_name(int(self.best["step"])))
         if self.average is not None:
             self.model.load_state_dict(self.average.averaged.state_dict())
-        scale_learning_rate(self.scheduler, self.recipe.train.schedule.relapse_gamma)
+        factor = self.rollback_factor()
+        scale_learning_rate(self.scheduler, factor)
         if self.dist.is_main and self.progress:
-            tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, "
-                       f"rate x{self.recipe.train.schedule.relapse_gamma:g}", file=sys.stderr)
+            tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, rate x{factor:g}", file=sys.stderr)
+
+    def rollback_factor(self) -> float:
+        """What a rollback multiplies the rate by: ``schedule.relapse_gamma``, cut so that
+        the rate stays at or above ``schedule.rollback_floor`` times the optimizer's
+        ``lr`` (and never raised, when it is below already)."""
+        schedule = self.recipe.train.schedule
+        if schedule.rollback_floor is None:
+            return schedule.relapse_gamma
+        scale = self.scheduler.base_lrs[0] / self.recipe.train.optimizer.lr  # every change of the rate so far
+        return min(1.0, max(schedule.relapse_gamma, schedule.rollback_floor / scale))
 
     def load_weights_and_optimizer(self, path: Path) -> dict[str, Any]:
         """Check checkpoint ``path`` and load its weights, weight average and optimizer
