@@ -288,6 +288,25 @@ def test_a_runs_commit_is_read_from_its_meta_json(tmp_path):
     assert run_commit(tmp_path) is None
 
 
+def test_the_plot_leaves_out_the_solve_panel_for_a_task_without_a_threshold(tmp_path, monkeypatch):
+    """A study of character LM runs (no verdict: ``solved`` is None) gets the curves alone;
+    one with verdicts also the ECDF of iterations to solve."""
+    pytest.importorskip("matplotlib")
+    from manntk.study import report as report_module
+    from manntk.tools import plot as plot_module
+
+    drawn = []
+    monkeypatch.setattr(plot_module, "save_figure", lambda figure, out: drawn.append(len(figure.axes)) or out)
+
+    def study(solved):
+        return {"study": "s", "metric": "bpc", "arms": [{"arm": "a", "budget": 4}], "curves": {"a/seed-0": [[1, 2.0], [2, 1.5]]},
+                "runs": [{"arm": "a", "finished": True, "solved": solved, "solved_step": 2 if solved else None}]}
+
+    report_module.plot(study(None), tmp_path / "lm.png")
+    report_module.plot(study(True), tmp_path / "copy.png")
+    assert drawn == [1, 2]
+
+
 def test_solved_to_the_end_from_is_the_validation_after_the_last_relapse():
     from manntk.study.report import stays_solved_from
 

@@ -280,13 +280,16 @@ def write_report(report: dict[str, Any], root: Path) -> list[Path]:
 
 def plot(report: dict[str, Any], out: Path) -> Path:
     """Learning curves (median and IQR band of the validation metric per arm; a run that
-    stopped when solved keeps its last value) beside the ECDF of iterations to solve."""
+    stopped when solved keeps its last value) beside the ECDF of iterations to solve; the
+    curves alone for a task with no threshold (character LM: no run has a verdict)."""
     import numpy as np
 
     from manntk.tools.plot import _pyplot, save_figure
 
     plt = _pyplot()
-    figure, (curves, ecdf_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    solvable = any(r["finished"] and r["solved"] is not None for r in report["runs"])
+    figure, axes = plt.subplots(1, 2 if solvable else 1, figsize=(12, 4.5) if solvable else (6.5, 4.5), squeeze=False)
+    curves, ecdf_axes = axes[0][0], axes[0][1] if solvable else None
     for index, arm in enumerate(report["arms"]):
         color = f"C{index}"
         series = [report["curves"][key] for key in report["curves"] if key.split("/seed-")[0] == arm["arm"]]
@@ -297,7 +300,7 @@ def plot(report: dict[str, Any], out: Path) -> Path:
             curves.plot(grid, median, color=color, label=f"{arm['arm']} (n={len(series)})")
             curves.fill_between(grid, q1, q3, color=color, alpha=0.2, linewidth=0)
         runs = [r for r in report["runs"] if r["arm"] == arm["arm"] and r["finished"] and r["solved"] is not None]
-        if runs:
+        if ecdf_axes is not None and runs:
             steps, fractions = stats.ecdf([r["solved_step"] for r in runs if r["solved"]], len(runs))
             ecdf_axes.step([0, *steps, arm["budget"] or (steps[-1] if steps else 1)], [0, *fractions, fractions[-1] if fractions else 0],
                            where="post", color=color, label=arm["arm"])
@@ -307,11 +310,12 @@ def plot(report: dict[str, Any], out: Path) -> Path:
         curves.set_yscale("log")
     curves.set_title("median and IQR over seeds")
     curves.legend(fontsize="small")
-    ecdf_axes.set_xlabel("iteration")
-    ecdf_axes.set_ylabel("fraction of runs solved")
-    ecdf_axes.set_ylim(0, 1.02)
-    ecdf_axes.set_title("iterations to solve (ECDF; unsolved runs never count)")
-    ecdf_axes.legend(fontsize="small")
+    if ecdf_axes is not None:
+        ecdf_axes.set_xlabel("iteration")
+        ecdf_axes.set_ylabel("fraction of runs solved")
+        ecdf_axes.set_ylim(0, 1.02)
+        ecdf_axes.set_title("iterations to solve (ECDF; unsolved runs never count)")
+        ecdf_axes.legend(fontsize="small")
     figure.suptitle(f"study {report['study']}")
     figure.tight_layout()
     return save_figure(figure, out)
