@@ -247,11 +247,6 @@ class TrainConfig:
     flood: float | None = attrs.field(default=None, validator=positive)
     replay_above: float | None = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
     replay_times: int = attrs.field(default=1, validator=positive)
-
-    @replay_times.validator
-    def _replay_times_needs_a_level(self, attribute: attrs.Attribute, value: int) -> None:
-        if value != 1 and self.replay_above is None:
-            raise ValueError("replay_times says how often a batch above replay_above is trained on again: set replay_above too")
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
     device: Literal["auto", "cpu", "cuda"] = attrs.field(default="auto", validator=_in(("auto", "cpu", "cuda")))
     seed: int = 0
@@ -262,6 +257,11 @@ class TrainConfig:
     eval_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
     checkpoint_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
     stop_when_solved: bool = False
+
+    @replay_times.validator
+    def _replay_times_needs_a_level(self, attribute: attrs.Attribute, value: int) -> None:
+        if value != 1 and self.replay_above is None:
+            raise ValueError("replay_times says how often a batch above replay_above is trained on again: set replay_above too")
 
 
 @attrs.define

@@ -44,8 +44,8 @@ from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
 from manntk.training.optim import clip_gradients, gradient_norm, make_optimizer, make_scheduler, scale_learning_rate
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
-from manntk.training.signals import StopOnSignals, TrainingInterrupted
 from manntk.training.replay import Replay
+from manntk.training.signals import StopOnSignals, TrainingInterrupted
 from manntk.training.spikes import SpikeSkipper
 
 
