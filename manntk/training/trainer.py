@@ -303,10 +303,11 @@ class Trainer:
         value = valid.get(self.task.metric)
         if value is None or not math.isfinite(value):
             return False
-        if self.best is None:
-            return True
-        best = self.best[self.task.metric]
-        return value > best if self.task.higher_is_better else value < best
+        return self.best is None or self.beats(value, self.best[self.task.metric])
+
+    def beats(self, value: float, other: float) -> bool:
+        """Whether metric ``value`` is better than ``other`` in the task's direction."""
+        return value > other if self.task.higher_is_better else value < other
 
     def signalled(self, stop: StopOnSignals | None) -> bool:
         """Whether any process of the job received a stop signal (all stop at the same step)."""
@@ -454,16 +455,12 @@ class Trainer:
 
     def first_near(self, valid: dict[str, float]) -> bool:
         """Whether this validation is the first to get past ``schedule.approach_at`` (never,
-        without one): past it now, and the best so far was not (the best is checkpointed,
-        so a resumed run does not drop its rate twice)."""
+        without one): it beats the level, and the best so far did not (the best is
+        checkpointed, so a resumed run does not drop its rate twice)."""
         level, value = self.recipe.train.schedule.approach_at, valid.get(self.task.metric)
         if level is None or value is None:
             return False
-
-        def past(metric: float) -> bool:
-            return metric > level if self.task.higher_is_better else metric < level
-
-        return past(value) and (self.best is None or not past(self.best[self.task.metric]))
+        return self.beats(value, level) and (self.best is None or not self.beats(self.best[self.task.metric], level))
 
     def roll_back(self, step: int, why: str) -> None:
         """Load the best checkpoint's weights (and weight average) and optimizer state, and
