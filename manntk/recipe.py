@@ -199,6 +199,12 @@ class TrainConfig:
             knocks it out of the solution. In the task's loss units (mean BCE per target
             bit); keep it well under the task's threshold. ``null`` (the default): every
             step descends.
+        flood_mode: what a step under the ``flood`` level does. ``ascend`` (the
+            default, Ishida et al.): it climbs the loss. ``skip``: it makes no update and
+            leaves the optimizer's state alone, so the loss is no longer driven down but
+            never pushed up either, and the optimizer's averages are made only of the
+            steps above the level (on NTM-style copy a flooded run's ascent steps were
+            seen to tip a solved run over: docs/results.md).
         replay_above: once the run has solved, a training batch whose loss is above this
             is trained on again ``replay_times`` times, on every second step until done
             (hard-example replay: [`manntk.training.replay`][manntk.training.replay]),
@@ -245,6 +251,7 @@ class TrainConfig:
     ema_decay: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
     skip_spikes: float | None = attrs.field(default=None, validator=_spike_factor)
     flood: float | None = attrs.field(default=None, validator=positive)
+    flood_mode: Literal["ascend", "skip"] = attrs.field(default="ascend", validator=_in(("ascend", "skip")))
     replay_above: float | None = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
     replay_times: int = attrs.field(default=1, validator=positive)
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))
@@ -257,6 +264,11 @@ class TrainConfig:
     eval_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
     checkpoint_every: EverySetting = attrs.field(default=0, validator=every_setting(minimum_steps=0))
     stop_when_solved: bool = False
+
+    @flood_mode.validator
+    def _flood_mode_needs_a_level(self, attribute: attrs.Attribute, value: str) -> None:
+        if value != "ascend" and self.flood is None:
+            raise ValueError(f"flood_mode {value!r} says what a step under the flood level does: set flood too")
 
     @replay_times.validator
     def _replay_times_needs_a_level(self, attribute: attrs.Attribute, value: int) -> None:

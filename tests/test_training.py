@@ -564,6 +564,36 @@ def test_flooding_turns_the_gradient_round_under_the_level_only(tmp_path, monkey
         recipe_from_mapping(tiny_copy(flood=0.0))
 
 
+def test_a_skipped_flood_step_leaves_the_weights_and_the_optimizer_alone(tmp_path, monkeypatch):
+    """train.flood_mode: skip. Under the level (100: every batch) three steps leave every
+    weight where it started and the optimizer without state; above it (1e-6) the step is
+    the plain one, to the bit."""
+    from manntk.training import trainer as trainer_module
+
+    seen = {}
+    original = trainer_module.Trainer.train_step
+
+    def recording_step(self, *args):
+        key = (self.recipe.train.flood, self.recipe.train.flood_mode)
+        seen.setdefault(key, {"start": {name: p.detach().clone() for name, p in self.model.named_parameters()}})
+        result = original(self, *args)
+        seen[key]["end"] = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        seen[key]["optimizer_state"] = len(self.optimizer.state)
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
+    for flood, mode, steps in ((100.0, "skip", 3), (100.0, "ascend", 3), (1e-6, "skip", 1), (None, "ascend", 1)):
+        train(recipe_from_mapping(tiny_copy(steps=steps, flood=flood, flood_mode=mode)), tmp_path / f"run-{flood}-{mode}", progress=False)
+    skipped, ascended = seen[(100.0, "skip")], seen[(100.0, "ascend")]
+    assert skipped["optimizer_state"] == 0 and ascended["optimizer_state"] > 0
+    for name, start in skipped["start"].items():
+        assert torch.equal(skipped["end"][name], start), name
+    assert any(not torch.equal(ascended["end"][name], start) for name, start in ascended["start"].items())
+    plain = seen[(None, "ascend")]["end"]
+    for name, weight in seen[(1e-6, "skip")]["end"].items():
+        assert torch.equal(weight, plain[name]), name
+
+
 def test_lr_schedules_by_hand():
     warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

@@ -328,16 +328,20 @@ class Trainer:
         totals = self.dist.sum(torch.stack([scores[name].detach().float().to(self.device) for name in names]))
         count = totals[names.index("count")].clamp_min(1.0)
         loss = scores["loss"] * self.dist.world_size / count  # DDP averages gradients over processes
-        if train.flood is not None and totals[names.index("loss")] / count < train.flood:
-            loss = -loss  # flooding: the gradient of |loss - flood| + flood, decided on the global batch's loss
+        flooded = train.flood is not None and totals[names.index("loss")] / count < train.flood  # the global batch's loss
+        if flooded and train.flood_mode == "ascend":
+            loss = -loss  # flooding: the gradient of |loss - flood| + flood
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        if self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
-            self.optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves the weights and its state alone
-        clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if flooded and train.flood_mode == "skip":
+            self.optimizer.step()  # no gradient: no update, no change to the optimizer's state; the scheduler sees a step
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
+                self.optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves the weights and its state alone
+            clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         if self.average is not None:
             self.average.update()
