@@ -164,6 +164,28 @@ def test_ntm_addressing_matches_the_ntm_equations():
     assert torch.equal(state["weights"], address.weights)
 
 
+def test_ntm_sharpening_with_a_large_exponent_gives_the_largest_slot_not_nan():
+    """gamma ~ 1e4: every (w~_i + eps)^gamma underflows float32 to 0, so the power form is
+    0 / 0; the weights are the limit, all on each row's largest shifted weight."""
+    torch.manual_seed(0)
+    part = NtmAddressing(NtmConfig(shift=1), context())
+    with torch.no_grad():
+        part.W_head.weight[-1].zero_()
+        part.W_head.bias[-1] = 1e4  # gamma = 1 + softplus(1e4)
+    x, h, memory = torch.randn(B, D_I), torch.randn(B, D_H), torch.randn(B, N, W)
+    previous = torch.softmax(torch.randn(B, N), 1)
+    address, _ = address_once(part, x, h, memory, {"weights": previous})
+    unsharpened = NtmAddressing(NtmConfig(shift=1, sharpen=False), context())
+    with torch.no_grad():
+        unsharpened.W_head.weight.copy_(part.W_head.weight[:-1])
+        unsharpened.W_head.bias.copy_(part.W_head.bias[:-1])
+    shifted, _ = address_once(unsharpened, x, h, memory, {"weights": previous})
+    power = (shifted.weights + 1e-6) ** 1e4
+    assert torch.isnan(power / power.sum(1, keepdim=True)).all()  # what the power form gives
+    expected = F.one_hot(shifted.weights.argmax(1), N).float()
+    torch.testing.assert_close(address.weights, expected)
+
+
 def test_ntm_addressing_is_finite_on_an_all_zero_memory():
     part = NtmAddressing(NtmConfig(), context())
     x, h = torch.randn(B, D_I), torch.randn(B, D_H)

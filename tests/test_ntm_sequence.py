@@ -140,6 +140,28 @@ def test_the_kernel_matches_the_plain_path_in_float32(read):
     assert_same(plain, kernel, torch.float32)
 
 
+def test_a_large_sharpening_exponent_gives_finite_equal_weights_on_both_paths():
+    """Both heads' gamma ~ 1e4 (every power under float32's smallest number): the kernel and
+    the plain path give the same finite outputs and states, as the softmax form of the
+    sharpening does (tests/test_addressing.py has the worked example)."""
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = manntk.build_model(mapping(fast))
+        layer = model.layers[0]
+        with torch.no_grad():
+            for head in (layer.addressing, layer.write.head):
+                head.W_head.weight[-1].zero_()
+                head.W_head.bias[-1] = 1e4
+        x = torch.randn(2, STEPS, INPUT, generator=torch.Generator().manual_seed(1))
+        y, state = model(x)
+        values = {"y": y, **flat("state.", state["layers"][0], {})}
+        assert all(torch.isfinite(value).all() for value in values.values()), fast
+        results.append(values)
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("after, interpolation, shift, sharpen, linear_add",
                          [(False, True, 1, True, False), (True, False, 2, True, True), (True, True, 0, False, False)])
 def test_the_operator_passes_gradcheck(after, interpolation, shift, sharpen, linear_add):

@@ -10,7 +10,9 @@ From ``[x_t, h]`` a head emits a key ``k``, a strength ``beta``, an interpolatio
     w   = w~^gamma / sum_j w~_j^gamma,      gamma = 1 + softplus(.) (sharpening)
 
 Norms and powers carry an ``eps`` so an all-zero memory gives finite weights and
-finite gradients.
+finite gradients. Sharpening is computed as ``softmax(gamma * log(w~ + eps))``, equal to
+the power form, so that a large ``gamma`` (every ``w~_j^gamma`` under float32's smallest
+number) still gives weights that sum to 1 rather than 0 / 0.
 
 The weights ``w_0`` before the first step (``start``) matter: uniform weights over a
 memory whose slots are all equal give uniform content weights, which interpolation,
@@ -137,8 +139,9 @@ class NtmAddressing(Addressing):
         if self.config.shift:
             weights = circular_shift(weights, torch.softmax(shift, dim=-1))
         if self.config.sharpen:
-            weights = (weights + eps).pow(1 + nn.functional.softplus(gamma))
-            weights = weights / weights.sum(-1, keepdim=True)
+            # (w + eps)^gamma / sum (w + eps)^gamma as a softmax of gamma * log(w + eps): the same
+            # weights, but a large gamma can no longer underflow every power to 0 (and 0 / 0)
+            weights = torch.softmax((1 + nn.functional.softplus(gamma)) * torch.log(weights + eps), dim=-1)
         return Address(weights), {"weights": weights}
 
 

@@ -38,7 +38,9 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -170,10 +172,17 @@ void address_forward(const Head& hd, const T* __restrict__ q, const T* __restric
     copy_row(wg, wt, N);
   }
   if (hd.sharpen) {
+    // as a softmax of gamma' log(w~_i + eps), the largest term first: a large gamma' cannot
+    // underflow every power to 0 (and 0 / 0), as the plain path
     const T gamma = T(1) + softplus(q[hd.gamma()]);
+    T top = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < N; ++i) {
+      w[i] = gamma * std::log(wt[i] + eps);
+      top = std::max(top, w[i]);
+    }
     T sum = 0;
     for (int64_t i = 0; i < N; ++i) {
-      w[i] = std::pow(wt[i] + eps, gamma);
+      w[i] = std::exp(w[i] - top);
       sum += w[i];
     }
     for (int64_t i = 0; i < N; ++i) w[i] /= sum;
