@@ -205,6 +205,14 @@ class TrainConfig:
             never pushed up either, and the optimizer's averages are made only of the
             steps above the level (on NTM-style copy a flooded run's ascent steps were
             seen to tip a solved run over: docs/results.md).
+        nonfinite_gradients: what a step whose gradient is not finite does (an overflow
+            inside the backward pass, which clipping, applied after it, cannot reach: an
+            NTM-style model with a 200-unit controller met one, its gradient through the
+            heads' weights growing to 1e37 over one sequence). ``stop`` (the default): the
+            run ends with ``TrainingDiverged`` before the weights take the step. ``skip``:
+            the weights and the optimizer's state stay as they were, and the step is
+            counted (``nonfinite_steps`` in the training rows and ``results.json``).
+            Not used with fp16, whose loss scaler skips such steps itself.
         replay_above: once the run has solved, a training batch whose loss is above this
             is trained on again ``replay_times`` times, on every second step until done
             (hard-example replay: [`manntk.training.replay`][manntk.training.replay]),
@@ -252,6 +260,7 @@ class TrainConfig:
     skip_spikes: float | None = attrs.field(default=None, validator=_spike_factor)
     flood: float | None = attrs.field(default=None, validator=positive)
     flood_mode: Literal["ascend", "skip"] = attrs.field(default="ascend", validator=_in(("ascend", "skip")))
+    nonfinite_gradients: Literal["stop", "skip"] = attrs.field(default="stop", validator=_in(("stop", "skip")))
     replay_above: float | None = attrs.field(default=None, validator=attrs.validators.optional(non_negative))
     replay_times: int = attrs.field(default=1, validator=positive)
     precision: Literal["fp32", "bf16", "fp16"] = attrs.field(default="fp32", validator=_in(("fp32", "bf16", "fp16")))

@@ -113,6 +113,7 @@ def test_bad_overrides(tmp_path, override, message):
     ("train.schedule.approach_gamma=0.5", "approach_gamma multiplies the rate when a validation first gets past approach_at: set approach_at too"),
     ("train.flood_mode=skip", "flood_mode 'skip' says what a step under the flood level does: set flood too"),
     ("train.flood_mode=stop", "expected one of 'ascend', 'skip'"),
+    ("train.nonfinite_gradients=ignore", "expected one of 'stop', 'skip'"),
     ("train.replay_times=3", "replay_times says how often a batch above replay_above is trained on again: set replay_above too"),
     ("task.train_density_share=1.5", "train_density_share must be a share in (0, 1], got 1.5"),
 ])

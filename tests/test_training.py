@@ -147,6 +147,66 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
 
 
+class _OverflowingBackward(torch.autograd.Function):
+    """The identity forward; a backward whose gradient is infinite (0 * inf: NaN where it is
+    0), as a float32 overflow inside the backward pass gives."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def overflow_on_call(monkeypatch, call: int) -> None:
+    """The training loss of the ``call``-th scored batch (from 1) overflows in the backward."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+
+    original, calls = AlgorithmicTask.score, {"n": 0}
+
+    def scored(self, outputs, batch):
+        calls["n"] += 1
+        scores = original(self, outputs, batch)
+        if calls["n"] == call:
+            scores["loss"] = _OverflowingBackward.apply(scores["loss"])
+        return scores
+
+    monkeypatch.setattr(AlgorithmicTask, "score", scored)
+
+
+def test_a_non_finite_gradient_stops_the_run_before_the_weights_take_it(tmp_path, monkeypatch):
+    overflow_on_call(monkeypatch, 3)
+    with pytest.raises(TrainingDiverged, match=r"the gradient became non-finite .* at step 3; the last good checkpoint is .*step-00000002"):
+        train(recipe_from_mapping(tiny_copy(checkpoint_every=2)), tmp_path / "run", progress=False)
+
+
+def test_a_skipped_non_finite_gradient_leaves_the_weights_and_is_counted(tmp_path, monkeypatch):
+    """train.nonfinite_gradients: skip. The third step's gradient overflows: the weights after
+    it are those after the second, the run goes on, and the rows and results count one step."""
+    from manntk.training import trainer as trainer_module
+
+    overflow_on_call(monkeypatch, 3)
+    weights = []
+    original = trainer_module.Trainer.train_step
+
+    def recording_step(self, *args):
+        result = original(self, *args)
+        weights.append({name: p.detach().clone() for name, p in self.model.named_parameters()})
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
+    result = train(recipe_from_mapping(tiny_copy(steps=5, nonfinite_gradients="skip")), tmp_path / "run", progress=False)
+    assert result.step == 5 and len(weights) == 5
+    for name, weight in weights[1].items():
+        assert torch.equal(weights[2][name], weight), name
+        assert torch.isfinite(weights[4][name]).all(), name
+    assert any(not torch.equal(weights[3][name], weight) for name, weight in weights[2].items())  # the next step trains
+    assert [row["nonfinite_steps"] for row in train_rows(result.run_dir)] == [0, 0, 1, 1, 1]
+    assert json.loads((result.run_dir / "results.json").read_text())["nonfinite_steps"] == 1
+
+
 def test_stop_when_solved_and_time_budget(tmp_path, monkeypatch):
     from manntk.tasks.algorithmic.plugin import AlgorithmicTask
 

@@ -115,6 +115,11 @@ def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     return float(torch.nn.utils.get_total_norm(gradients)) if gradients else 0.0
 
 
+def gradients_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every gradient of ``parameters`` is finite (no inf, no NaN)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in parameters if p.grad is not None)
+
+
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:
     """Clip by value and/or global norm; returns the norm before clipping when clipping by norm."""
     parameters = [p for p in parameters if p.grad is not None]

@@ -42,7 +42,7 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
-from manntk.training.optim import clip_gradients, gradient_norm, make_optimizer, make_scheduler, scale_learning_rate
+from manntk.training.optim import clip_gradients, gradient_norm, gradients_finite, make_optimizer, make_scheduler, scale_learning_rate
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.replay import Replay
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
@@ -144,6 +144,7 @@ class Trainer:
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters())
         self.average = None if train.ema_decay is None else WeightAverage(self.model, train.ema_decay)
         self.spikes = None if train.skip_spikes is None else SpikeSkipper(train.skip_spikes)
+        self.nonfinite_steps = 0
         self.replay = None if train.replay_above is None else Replay(train.replay_above, train.replay_times)
         if self.replay is not None and not self.task.train_batch(1, train.batch_size).fresh:
             raise ConfigError([f"replay trains on batches again, but task {recipe.task.name!r} carries the recurrent state "
@@ -328,7 +329,8 @@ class Trainer:
         totals = self.dist.sum(torch.stack([scores[name].detach().float().to(self.device) for name in names]))
         count = totals[names.index("count")].clamp_min(1.0)
         loss = scores["loss"] * self.dist.world_size / count  # DDP averages gradients over processes
-        flooded = train.flood is not None and totals[names.index("loss")] / count < train.flood  # the global batch's loss
+        batch_loss = float(totals[names.index("loss")] / count)  # the global batch's
+        flooded = train.flood is not None and batch_loss < train.flood
         if flooded and train.flood_mode == "ascend":
             loss = -loss  # flooding: the gradient of |loss - flood| + flood
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,7 +339,12 @@ class Trainer:
         else:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            if self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
+            if not self.scaler.is_enabled() and math.isfinite(batch_loss) and not gradients_finite(self.model.parameters()):
+                if train.nonfinite_gradients == "stop":
+                    self.diverged(step + 1, "the gradient became non-finite (an overflow in the backward pass; the weights did not take it)")
+                self.optimizer.zero_grad(set_to_none=True)  # skipped: the weights and the optimizer's state stay as they were
+                self.nonfinite_steps += 1
+            elif self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
                 self.optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves the weights and its state alone
             clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
             self.scaler.step(self.optimizer)
@@ -377,6 +384,8 @@ class Trainer:
         row.update(self.model.training_metrics())
         if self.spikes is not None:
             row["skipped_steps"] = self.spikes.skipped
+        if self.recipe.train.nonfinite_gradients == "skip":
+            row["nonfinite_steps"] = self.nonfinite_steps
         if self.replay is not None:
             row["replayed_steps"] = self.replay.replayed
         if self.metrics is not None:
@@ -406,6 +415,8 @@ class Trainer:
             }
             if self.spikes is not None:
                 summary["skipped_steps"] = self.spikes.skipped
+            if self.recipe.train.nonfinite_gradients == "skip":
+                summary["nonfinite_steps"] = self.nonfinite_steps
             if self.replay is not None:
                 summary["replayed_steps"] = self.replay.replayed
             if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
@@ -442,7 +453,7 @@ class Trainer:
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
                 "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
                 "average_updates": None if self.average is None else self.average.updates,
-                "spikes": None if self.spikes is None else self.spikes.state_dict(),
+                "spikes": None if self.spikes is None else self.spikes.state_dict(), "nonfinite_steps": self.nonfinite_steps,
                 "replay": None if self.replay is None else self.replay.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             }, keep=2, best=None if self.best is None else int(self.best["step"]))
@@ -523,6 +534,7 @@ class Trainer:
             self.spikes.load_state_dict(trainer_state["spikes"])
         if self.replay is not None and trainer_state.get("replay") is not None:
             self.replay.load_state_dict(trainer_state["replay"])
+        self.nonfinite_steps = trainer_state.get("nonfinite_steps", 0)  # checkpoints before the count have none
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.scaler.load_state_dict(trainer_state["scaler"])
         ckpt.load_rng(path, self.dist.rank, self.device)
