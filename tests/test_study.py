@@ -224,6 +224,31 @@ def test_a_run_that_fails_is_reported_and_the_study_exits_non_zero(tmp_path, cap
     assert "| soft | 1 |" in captured.out and "| gpu | 0 (+1 unfinished) |" in captured.out
 
 
+def test_a_run_that_diverged_counts_as_an_unsolved_finished_run_and_is_not_retried(tmp_path, monkeypatch, capsys):
+    """small/seed-0 is trained in this process, as the study would run it, with its third
+    step's gradient overflowing: it stops with results.json saying so. The study then runs
+    the other arm only, exits 0, and its report counts the diverged run (1 of 1, unsolved)."""
+    from manntk.recipe import load_recipe
+    from manntk.training import TrainingDiverged, train
+    from tests.test_training import overflow_on_call
+
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    job = next(job for job in jobs_of(load_study(path), out) if job.label == "small/seed-0")
+    with monkeypatch.context() as patched:
+        overflow_on_call(patched, 3)
+        with pytest.raises(TrainingDiverged):
+            train(load_recipe(job.recipe, job.overrides), job.run_dir, progress=False)
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| small | 1 | 0/1 |" in printed
+    assert "**1 run(s) diverged**" in printed and "small/seed-0 at step 3" in printed
+    results = json.loads((job.run_dir / "results.json").read_text())
+    assert results["stop_reason"] == "diverged" and results["solved"] is False and results["step"] == 3
+    report = report_study(None, out)
+    assert [arm["diverged"] for arm in report["arms"]] == [0, 1]
+
+
 def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

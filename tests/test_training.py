@@ -18,6 +18,7 @@ import torch
 from manntk.cli import main
 from manntk.config import ConfigError
 from manntk.recipe import OptimizerConfig, ScheduleConfig, recipe_from_mapping
+from manntk.tools.runs import run_status
 from manntk.training import CheckpointError, TrainingDiverged, train
 from manntk.training.evaluate import evaluate_run
 from manntk.training.metrics import read_metrics
@@ -180,6 +181,10 @@ def test_a_non_finite_gradient_stops_the_run_before_the_weights_take_it(tmp_path
     overflow_on_call(monkeypatch, 3)
     with pytest.raises(TrainingDiverged, match=r"the gradient became non-finite .* at step 3; the last good checkpoint is .*step-00000002"):
         train(recipe_from_mapping(tiny_copy(checkpoint_every=2)), tmp_path / "run", progress=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())  # the outcome, for studies and `manntk runs`
+    assert results["stop_reason"] == "diverged" and results["step"] == 3 and results["solved"] is False
+    assert results["metrics"] == {} and "the gradient became non-finite" in results["diverged"]
+    assert run_status(tmp_path / "run").status == "diverged"
 
 
 def test_a_skipped_non_finite_gradient_leaves_the_weights_and_is_counted(tmp_path, monkeypatch):

@@ -50,18 +50,21 @@ class RunSummary:
     relapses: int | None = None
     commit: str | None = None
     stays_solved_step: int | None = None
+    diverged: str | None = None
 
 
 def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSummary, str | None]:
     """The summary of one run directory and the metric it reports (``None`` before any row)."""
-    from manntk.tools.plot import PlotError, headline_metric, load_run
+    from manntk.tools.plot import PlotError, RunCurves, headline_metric, load_run, read_results, run_label
 
     try:
         run = load_run(path)
-    except PlotError:  # not started yet: no metrics
-        return RunSummary(arm, seed, path, False, 0, None, None, None, None, None, None, ()), metric
+    except PlotError:  # no metrics: not started yet, or stopped (diverged) before its first row
+        if read_results(path) is None:
+            return RunSummary(arm, seed, path, False, 0, None, None, None, None, None, None, ()), metric
+        run = RunCurves(path, run_label(path), [], read_results(path))
     results = run.results  # results.json, read by load_run
-    metric = metric or headline_metric([run])
+    metric = metric or (headline_metric([run]) if run.rows else None)  # a run without rows says nothing of it
     steps, times, values = run.validations(metric)
     recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8")) if (path / "recipe.yaml").exists() else {}
     budget = (recipe.get("train") or {}).get("steps")
@@ -78,7 +81,7 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
         arm, seed, path, results is not None, last_step, budget, results["seconds"] if results else None,
         solved, solved_step if solved else None, solved_seconds, final, tuple(zip(steps, values)),
         results.get("relapses") if results else None, run_commit(path),
-        _stays_solved_step(run, solved_step) if solved else None,
+        _stays_solved_step(run, solved_step) if solved else None, results.get("diverged") if results else None,
     ), metric
 
 
@@ -159,6 +162,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
             "seconds_to_solve": _quantile_dict(censored_quantiles([r.solved_seconds for r in solved if r.solved_seconds is not None], len(solvable))) if solvable else None,
             "final": {"median": median, "q1": q1, "q3": q3, "mean": mean, "std": std},
             "relapsed": sum(1 for r in finished if r.relapses),
+            "diverged": sum(1 for r in finished if r.diverged),
             "commits": sorted({r.commit for r in mine if r.commit}),
             "changed": sum(1 for r in mine if f"{r.arm}/seed-{r.seed}" in changed),
         }
@@ -171,7 +175,8 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
         "seeds": list(study.seeds), "arms": arms,
         "runs": [{"arm": r.arm, "seed": r.seed, "finished": r.finished, "steps": r.steps, "solved": r.solved,
                   "solved_step": r.solved_step, "stays_solved_step": r.stays_solved_step, "final": r.final, "relapses": r.relapses,
-                  "commit": r.commit, "path": str(r.path), "changed_settings": changed.get(f"{r.arm}/seed-{r.seed}", [])}
+                  "commit": r.commit, "path": str(r.path), "changed_settings": changed.get(f"{r.arm}/seed-{r.seed}", []),
+                  "diverged": r.diverged}
                  for r in runs],
         "curves": {r.arm + f"/seed-{r.seed}": [list(point) for point in r.curve] for r in runs if r.curve},
     }
@@ -239,6 +244,11 @@ def markdown(report: dict[str, Any]) -> str:
         more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
         lines += ["", f"**{len(changed)} run(s) were made by other settings than their arm gives now** (setting: ran -> now), "
                       f"and their arms' figures include them: {listed}{more}."]
+    diverged = [run for run in report["runs"] if run["diverged"]]
+    if diverged:
+        listed = "; ".join(f"{run['arm']}/seed-{run['seed']} at step {run['steps']:,}" for run in diverged)
+        lines += ["", f"**{len(diverged)} run(s) diverged** (stopped on a non-finite loss, gradient or weight; counted as "
+                      f"finished and unsolved, with no final score; their train.log says why): {listed}."]
     return "\n".join(lines) + "\n"
 
 

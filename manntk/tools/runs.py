@@ -39,7 +39,7 @@ class RunStatus:
     Attributes:
         path: the run directory.
         recipe: the recipe's ``name`` (else the folder's name).
-        status: ``solved``, ``finished``, ``running`` or ``interrupted``.
+        status: ``solved``, ``finished``, ``diverged`` (stopped on a non-finite value), ``running`` or ``interrupted``.
         step: the final step (finished), the latest logged one (running), or the latest
             checkpoint's (interrupted: where a resume starts).
         metric: the task's headline metric (``bce``, ``bpc``, ``accuracy``, else ``loss``).
@@ -87,7 +87,7 @@ def run_status(path: Path) -> RunStatus:
         best = pick(values)
         best_step = steps[values.index(best)]
     if results is not None:
-        status = "solved" if results.get("solved") else "finished"
+        status = "diverged" if results.get("stop_reason") == "diverged" else "solved" if results.get("solved") else "finished"
         return RunStatus(path, curves.label, status, int(results["step"]), metric, best, best_step, results.get("solved_step"))
     logged = max((int(row.get("step", 0)) for row in curves.rows), default=0)
     if held_by(path) is not None:

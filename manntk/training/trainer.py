@@ -355,11 +355,22 @@ class Trainer:
         return detach_state(state), dict(zip(names, totals.tolist()))
 
     def diverged(self, step: int, what: str) -> None:
+        """Raise [`TrainingDiverged`][manntk.training.trainer.TrainingDiverged], after writing
+        ``results.json`` with ``stop_reason: diverged`` (no final scores; unsolved where the task
+        has a threshold): a run that diverged has an outcome, which a study counts rather than
+        retrying the same seed into the same overflow (a study skips a run with that file:
+        delete it to have the study resume the run from its last checkpoint)."""
         last = self.checkpoints / "latest"
         kept = f"the last good checkpoint is {self.checkpoints / last.read_text().strip()}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"{what} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, or use precision fp32."
-        )
+        message = f"{what} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, or use precision fp32."
+        if self.dist.is_main:
+            summary = {"step": step, "seconds": None, "solved_step": None, "stop_reason": "diverged", "diverged": message,
+                       "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": {},
+                       "best": self.best, "relapses": self.relapses, "regressions": self.regressions}
+            if self.task.solved_below is not None:
+                summary["solved"] = False
+            ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+        raise TrainingDiverged(message)
 
     def check_finite(self, step: int) -> None:
         """Raise [`TrainingDiverged`][manntk.training.trainer.TrainingDiverged] when a weight or an optimizer state is not finite."""
