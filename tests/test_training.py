@@ -129,20 +129,24 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2  # no recipe there: a clean error, not a traceback
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def change_loss_on_call(monkeypatch, call: int, change) -> None:
+    """The training loss of the ``call``-th scored batch (from 1) becomes ``change(loss)``."""
     from manntk.tasks.algorithmic.plugin import AlgorithmicTask
 
-    original = AlgorithmicTask.score
-    calls = {"n": 0}
+    original, calls = AlgorithmicTask.score, {"n": 0}
 
-    def poisoned(self, outputs, batch):
+    def scored(self, outputs, batch):
         calls["n"] += 1
         scores = original(self, outputs, batch)
-        if calls["n"] == 4:
-            scores["loss"] = scores["loss"] * float("nan")
+        if calls["n"] == call:
+            scores["loss"] = change(scores["loss"])
         return scores
 
-    monkeypatch.setattr(AlgorithmicTask, "score", poisoned)
+    monkeypatch.setattr(AlgorithmicTask, "score", scored)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    change_loss_on_call(monkeypatch, 4, lambda loss: loss * float("nan"))
     with pytest.raises(TrainingDiverged, match=r"became nan at step 4; the last good checkpoint is .*step-00000002"):
         train(recipe_from_mapping(tiny_copy(checkpoint_every=2)), tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
@@ -163,18 +167,28 @@ class _OverflowingBackward(torch.autograd.Function):
 
 def overflow_on_call(monkeypatch, call: int) -> None:
     """The training loss of the ``call``-th scored batch (from 1) overflows in the backward."""
-    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+    change_loss_on_call(monkeypatch, call, _OverflowingBackward.apply)
 
-    original, calls = AlgorithmicTask.score, {"n": 0}
 
-    def scored(self, outputs, batch):
-        calls["n"] += 1
-        scores = original(self, outputs, batch)
-        if calls["n"] == call:
-            scores["loss"] = _OverflowingBackward.apply(scores["loss"])
-        return scores
+def test_gradients_finite_by_hand():
+    """inf, -inf or NaN anywhere makes the gradients non-finite; the largest finite float
+    and an empty parameter do not; a parameter without a gradient is left out."""
+    from manntk.training.optim import gradients_finite
 
-    monkeypatch.setattr(AlgorithmicTask, "score", scored)
+    def parameters(*grads):
+        result = []
+        for grad in grads:
+            parameter = torch.nn.Parameter(torch.zeros(grad.shape) if grad is not None else torch.zeros(2))
+            parameter.grad = grad
+            result.append(parameter)
+        return result
+
+    big = torch.finfo(torch.float32).max
+    assert gradients_finite(parameters(torch.tensor([1.0, -big]), torch.zeros(0), None))
+    assert gradients_finite(parameters())
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        assert not gradients_finite(parameters(torch.tensor([[1.0, 2.0], [3.0, bad]]), torch.ones(3))), bad
+        assert not gradients_finite(parameters(torch.ones(3), torch.tensor([bad, 0.0]))), bad
 
 
 def test_a_non_finite_gradient_stops_the_run_before_the_weights_take_it(tmp_path, monkeypatch):

@@ -60,9 +60,10 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
     try:
         run = load_run(path)
     except PlotError:  # no metrics: not started yet, or stopped (diverged) before its first row
-        if read_results(path) is None:
+        results = read_results(path)
+        if results is None:
             return RunSummary(arm, seed, path, False, 0, None, None, None, None, None, None, ()), metric
-        run = RunCurves(path, run_label(path), [], read_results(path))
+        run = RunCurves(path, run_label(path), [], results)
     results = run.results  # results.json, read by load_run
     metric = metric or (headline_metric([run]) if run.rows else None)  # a run without rows says nothing of it
     steps, times, values = run.validations(metric)

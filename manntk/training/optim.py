@@ -116,8 +116,12 @@ def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
 
 
 def gradients_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
-    """Whether every gradient of ``parameters`` is finite (no inf, no NaN)."""
-    return all(bool(torch.isfinite(p.grad).all()) for p in parameters if p.grad is not None)
+    """Whether every gradient of ``parameters`` is finite (no inf, no NaN). Read from each
+    gradient's largest magnitude, which is inf or NaN exactly when the gradient holds one
+    (``amax`` propagates NaN): one reduction per tensor and one host read, less work than
+    ``isfinite(g).all()`` per tensor, on a check made at every step."""
+    largest = [p.grad.abs().amax() for p in parameters if p.grad is not None and p.grad.numel()]
+    return not largest or math.isfinite(float(torch.stack(largest).amax()))
 
 
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], norm: float | None, value: float | None) -> float | None:

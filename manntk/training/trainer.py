@@ -364,13 +364,22 @@ class Trainer:
         kept = f"the last good checkpoint is {self.checkpoints / last.read_text().strip()}" if last.exists() else "no checkpoint was written yet"
         message = f"{what} at step {step}; {kept}. Lower train.optimizer.lr, set train.clip_norm, or use precision fp32."
         if self.dist.is_main:
-            summary = {"step": step, "seconds": None, "solved_step": None, "stop_reason": "diverged", "diverged": message,
-                       "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": {},
-                       "best": self.best, "relapses": self.relapses, "regressions": self.regressions}
-            if self.task.solved_below is not None:
-                summary["solved"] = False
-            ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+            self.write_results(step, None, None, "diverged", {}, False if self.task.solved_below is not None else None, diverged=message)
         raise TrainingDiverged(message)
+
+    def write_results(self, step: int, seconds: float | None, solved_step: int | None, stop_reason: str,
+                      metrics: dict[str, dict[str, float]], solved: bool | None, **extra: Any) -> None:
+        """Write ``results.json``, the run's outcome: where and why it stopped, its seeds, the
+        final scores, its best validation, relapses and rollbacks, the counters of the options
+        that skip or replay steps, and ``solved`` when the task has a verdict."""
+        summary = {
+            "step": step, "seconds": seconds, "solved_step": solved_step, "stop_reason": stop_reason, **extra,
+            "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": metrics,
+            "best": self.best, "relapses": self.relapses, "regressions": self.regressions, **self.step_counters(),
+        }
+        if solved is not None:
+            summary["solved"] = solved
+        ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
 
     def check_finite(self, step: int) -> None:
         """Raise [`TrainingDiverged`][manntk.training.trainer.TrainingDiverged] when a weight or an optimizer state is not finite."""
@@ -389,16 +398,23 @@ class Trainer:
         ``train.ema_decay``, the trained model otherwise."""
         return self.model if self.average is None else self.average.averaged
 
+    def step_counters(self) -> dict[str, int]:
+        """The counts of the options that skip or replay steps, for the training rows and
+        ``results.json``: only those of the options the recipe sets."""
+        counters = {}
+        if self.spikes is not None:
+            counters["skipped_steps"] = self.spikes.skipped
+        if self.recipe.train.nonfinite_gradients == "skip":
+            counters["nonfinite_steps"] = self.nonfinite_steps
+        if self.replay is not None:
+            counters["replayed_steps"] = self.replay.replayed
+        return counters
+
     def log_train(self, step: int, elapsed: float, window: dict[str, float], units_per_s: float) -> dict[str, Any]:
         row = {"step": step, "split": "train", "time": round(elapsed, 3), **self.task.summarize(window),
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
         row.update(self.model.training_metrics())
-        if self.spikes is not None:
-            row["skipped_steps"] = self.spikes.skipped
-        if self.recipe.train.nonfinite_gradients == "skip":
-            row["nonfinite_steps"] = self.nonfinite_steps
-        if self.replay is not None:
-            row["replayed_steps"] = self.replay.replayed
+        row.update(self.step_counters())
         if self.metrics is not None:
             self.metrics.write(row)
         return row
@@ -419,21 +435,11 @@ class Trainer:
             for split in self.recipe.eval.splits:
                 results[split] = evaluate(self.judged, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
                 self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), "final": True, **results[split]})
-            summary = {
-                "step": step, "seconds": round(elapsed, 3), "solved_step": solved_step, "stop_reason": stop_reason,
-                "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": results,
-                "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
-            }
-            if self.spikes is not None:
-                summary["skipped_steps"] = self.spikes.skipped
-            if self.recipe.train.nonfinite_gradients == "skip":
-                summary["nonfinite_steps"] = self.nonfinite_steps
-            if self.replay is not None:
-                summary["replayed_steps"] = self.replay.replayed
+            solved = None
             if solved_step is not None or any("solved" in split_metrics for split_metrics in results.values()):
                 # solved on validation counts only if every final split (the test set too) agrees
-                summary["solved"] = solved_step is not None and all(bool(m.get("solved", 1.0)) for m in results.values())
-            ckpt.write_text_atomic(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+                solved = solved_step is not None and all(bool(m.get("solved", 1.0)) for m in results.values())
+            self.write_results(step, round(elapsed, 3), solved_step, stop_reason, results, solved)
             self.metrics.close()
         self.dist.barrier()
         return results
