@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "armin_rows.h"
+#include "products.h"
 
 #include <optional>
 
@@ -154,7 +155,14 @@ at::Tensor gates_in_backward(const at::Tensor& d_gated, const at::Tensor& sg, co
 
 }  // namespace
 
+void set_onednn_products(bool use) { manntk_products::onednn() = use; }
+
+bool onednn_products() { return manntk_products::onednn(); }
+
 TORCH_LIBRARY(manntk_armin_fused, m) {
+  // whether the chunk kernels' large float32 products go through oneDNN (products.h)
+  m.def("set_onednn_products(bool use) -> ()", &set_onednn_products);
+  m.def("onednn_products() -> bool", &onednn_products);
   // sigmoid of W_ig's output and the gated [h, r] (into gated_out when given)
   m.def("gates_in(Tensor ig, Tensor bias, Tensor h, Tensor r, Tensor? gated_out=None) -> Tensor[]", &gates_in);
   // the ARMIN gates, h_t and o_t from W_go's output

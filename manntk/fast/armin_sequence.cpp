@@ -8,7 +8,7 @@
 //   v     = W_v [(x_t,) h_t] + b_v, or h_t without W_v
 //   M_t   = M_{t-1} with row `slot` replaced by v; slot = the next empty one while filling,
 //           else argmax (hard, or soft with argmax); else the blend M (1 - p) + p v
-// The four products of a step run as at::mm over the batch; everything between them is one
+// The four products of a step run over the batch (products.h); everything between them is one
 // pass over each row. Backward runs the steps in reverse with the same four products
 // (transposed) and adds every weight's gradient in one product over all T * B rows at the
 // end. A chunk whose writes are all replacements keeps the rows it overwrote (T x B x D)
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "armin_rows.h"
+#include "products.h"
 
 namespace {
 
@@ -181,7 +182,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
         copy_row(t == 0 ? ph0 + b * dh : pvin + ((row0 - B + b) * Kv + s.dvx), row + di, dh);
       });
       const auto step_xhr = xhr[t];
-      at::mm_out(z, step_xhr.narrow(1, 0, di + dh), Ws_t);
+      manntk_products::mm_out(z, step_xhr.narrow(1, 0, di + dh), Ws_t);
       rows(B, [&](int64_t b) {  // the address and r_t
         T_* zb = pz + b * N;
         T_* pb = pp + (krow0 + b) * N;
@@ -203,14 +204,14 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
         }
         if (blends) copy_row(mb, phist + (krow0 + b) * N * D, N * D);
       });
-      at::mm_out(ig, step_xhr, Wig_t);
+      manntk_products::mm_out(ig, step_xhr, Wig_t);
       rows(B, [&](int64_t b) {  // sigmoid([g_h, g_r]) and [x, h^g, r^g]
         const T_* row = pxhr + (row0 + b) * K;
         T_* gated = pxg + (krow0 + b) * K;
         copy_row(row, gated, di);
         gates_in_row(pig + b * (dh + dr), pbig, row + di, row + di + dh, psg + (krow0 + b) * (dh + dr), gated + di, dh, dr);
       });
-      at::mm_out(go, xg[keep ? t : 0], Wgo_t);
+      manntk_products::mm_out(go, xg[keep ? t : 0], Wgo_t);
       rows(B, [&](int64_t b) {  // the gates, h_t, o_t
         const T_* row = pxhr + (row0 + b) * K;
         T_* value_in = pvin + (row0 + b) * Kv;
@@ -218,7 +219,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
                      pout + (row0 + b) * s.O, dh, dr, fb, squash, read_output);
         if (s.dvx) copy_row(row, value_in, di);
       });
-      if (project) at::mm_out(v, vin[t], Wv_t);
+      if (project) manntk_products::mm_out(v, vin[t], Wv_t);
       rows(B, [&](int64_t b) {  // the write
         T_* vb = project ? pv + b * D : pvin + (row0 + b) * Kv;  // v = W_v [(x,) h_t] + b_v, or h_t
         if (project) add_row(pbv, vb, D);
@@ -309,7 +310,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
           }
         }
       });
-      if (project) at::mm_out(dvin, dv[t], W_v);
+      if (project) manntk_products::mm_out(dvin, dv[t], W_v);
       rows(B, [&](int64_t b) {  // the cell's output stage
         const T_* row = pxhr + (row0 + b) * K;
         const T_* dvin_b = project ? pdvin + b * Kv : pdv + (row0 + b) * D;  // the gradient of [(x,) h_t] through v
@@ -320,13 +321,13 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
                               pvin + (row0 + b) * Kv + dvx, pdgo + (row0 + b) * G, pdhr + b * (dh + dr), dh, dr, squash,
                               read_output);
       });
-      at::mm_out(dxg, dgo[t], W_go);
+      manntk_products::mm_out(dxg, dgo[t], W_go);
       rows(B, [&](int64_t b) {  // the input gates
         const T_* row = pxhr + (row0 + b) * K;
         gates_in_backward_row(pdxg + b * K + di, psg + (row0 + b) * (dh + dr), row + di, row + di + dh,
                               pdig + (row0 + b) * (dh + dr), pdhr + b * (dh + dr), dh, dr);
       });
-      at::mm_out(dxhr, dig[t], W_ig);
+      manntk_products::mm_out(dxhr, dig[t], W_ig);
       rows(B, [&](int64_t b) {  // the read and the address
         T_* dxb = pdx + (row0 + b) * di;
         add_row(pdxg + b * K, dxb, di);
@@ -350,7 +351,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
         const T_ mean = dot(pb, dzb, N);
         for (int64_t j = 0; j < N; ++j) dzb[j] = pb[j] * (dzb[j] - mean) / temperature;
       });
-      at::mm_out(dzs, dz[t], W_s);
+      manntk_products::mm_out(dzs, dz[t], W_s);
       rows(B, [&](int64_t b) {  // dh_{t-1}
         const T_* dzsb = pdzs + b * (di + dh);
         add_row(dzsb, pdx + (row0 + b) * di, di);
@@ -362,11 +363,11 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
   });
   const int64_t rows_all = T * B;
   auto flat = [&](const at::Tensor& t) { return t.reshape({rows_all, t.size(2)}); };
-  auto dW_s = at::mm(flat(dz).t(), flat(xhr).narrow(1, 0, di + dh));
-  auto dW_ig = at::mm(flat(dig).t(), flat(xhr));
-  auto dW_go = at::mm(flat(dgo).t(), flat(xg));
+  auto dW_s = manntk_products::mm(flat(dz).t(), flat(xhr).narrow(1, 0, di + dh));
+  auto dW_ig = manntk_products::mm(flat(dig).t(), flat(xhr));
+  auto dW_go = manntk_products::mm(flat(dgo).t(), flat(xg));
   // without W_v: empty gradients (the operator's outputs are tensors)
-  auto dW_v = project ? at::mm(flat(dv).t(), flat(vin)) : at::empty({0}, opts);
+  auto dW_v = project ? manntk_products::mm(flat(dv).t(), flat(vin)) : at::empty({0}, opts);
   auto db_v = project ? at::sum(flat(dv), 0) : at::empty({0}, opts);
   return {dx, dh_run, dm, dW_s, at::sum(flat(dz), 0), dW_ig, at::sum(flat(dig), 0), dW_go, at::sum(flat(dgo), 0), dW_v, db_v};
 }

@@ -24,8 +24,8 @@
 // read "after" (pytorch-ntm's order): the cell runs first on [x_t, h_{t-1}, r_{t-1}], then the
 // read head keys from [x_t, h_t] on M_{t-1}; the write and o_t = [h_t, r_t] are the same.
 //
-// The four products of a step (read head, gates, write head, [e, a]) run as at::mm over the
-// batch; everything between them is one pass over each row. The memory before every step is
+// The four products of a step (read head, gates, write head, [e, a]) run over the batch
+// (products.h); everything between them is one pass over each row. The memory before every step is
 // kept (T x B x N x D) for backward, which runs the steps in reverse with the same products
 // (transposed), recomputes each head's intermediate values from its kept projection, and adds
 // every weight's gradient in one product over all T * B rows at the end.
@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "armin_rows.h"
+#include "products.h"
 
 namespace {
 
@@ -70,11 +71,6 @@ inline T softplus_grad(T x) {
   if (x > T(20)) return T(1);
   const T z = std::exp(x);
   return z / (z + T(1));
-}
-
-// at::mm_out into a view (a step of a [T, B, n] buffer)
-void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
-  at::mm_out(out, a, b);
 }
 
 template <typename F>
@@ -416,12 +412,12 @@ std::vector<at::Tensor> ntm_forward(const at::Tensor& x, const at::Tensor& h0, c
           copy_row(h_prev(b), row + di, dh);
           copy_row(row, pxhr + (krow0 + b) * K, Kh);
         });
-        mm_into(qr[ks], xr[ks], Wr_t);
+        manntk_products::mm_out(qr[ks], xr[ks], Wr_t);
         rows(B, read);
-        mm_into(gates, xhr[ks], W_t);
+        manntk_products::mm_out(gates, xhr[ks], W_t);
         rows(B, cell);
-        mm_into(qw[ks], xw[ks], Ww_t);
-        mm_into(ea[ks], xw[ks].narrow(1, di, dh), Wea_t);
+        manntk_products::mm_out(qw[ks], xw[ks], Ww_t);
+        manntk_products::mm_out(ea[ks], xw[ks].narrow(1, di, dh), Wea_t);
         rows(B, write);
       } else {
         rows(B, [&](int64_t b) {  // [x_t, h_{t-1}, r_{t-1}]
@@ -430,11 +426,11 @@ std::vector<at::Tensor> ntm_forward(const at::Tensor& x, const at::Tensor& h0, c
           copy_row(h_prev(b), row + di, dh);
           copy_row(t == 0 ? pread0 + b * D : pout + (row0 - B + b) * O + dh, row + di + dh, D);
         });
-        mm_into(gates, xhr[ks], W_t);
+        manntk_products::mm_out(gates, xhr[ks], W_t);
         rows(B, cell);
-        mm_into(qr[ks], xr[ks], Wr_t);
-        mm_into(qw[ks], xw[ks], Ww_t);
-        mm_into(ea[ks], xw[ks].narrow(1, di, dh), Wea_t);
+        manntk_products::mm_out(qr[ks], xr[ks], Wr_t);
+        manntk_products::mm_out(qw[ks], xw[ks], Ww_t);
+        manntk_products::mm_out(ea[ks], xw[ks].narrow(1, di, dh), Wea_t);
         rows(B, [&](int64_t b) {
           read(b);
           write(b);
@@ -578,8 +574,8 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
       };
       if (!after) {
         rows(B, write);
-        mm_into(dxw, dqw[t], W_w);
-        mm_into(dhea, dea[t], W_ea);
+        manntk_products::mm_out(dxw, dqw[t], W_w);
+        manntk_products::mm_out(dhea, dea[t], W_ea);
         rows(B, [&](int64_t b) {  // dh_t complete: the cell
           T_* dxb = pdx + (row0 + b) * di;
           add_row(pdxw + b * Kh, dxb, di);
@@ -588,7 +584,7 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
           for (int64_t j = 0; j < dh; ++j) dhb[j] += dob[j] + pdxw[b * Kh + di + j] + pdhea[b * dh + j];
           cell(b, dhb);
         });
-        mm_into(dxhr, dgates[t], W);
+        manntk_products::mm_out(dxhr, dgates[t], W);
         rows(B, [&](int64_t b) {  // dr_t complete: the read; dh_{t-1} so far
           const T_* dxhrb = pdxhr + b * K;
           add_row(dxhrb, pdx + (row0 + b) * di, di);
@@ -598,7 +594,7 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
           if (t == T - 1) add_row(pdread + b * D, dr, D);
           read(b, dr);
         });
-        mm_into(dxr, dqr[t], W_r);
+        manntk_products::mm_out(dxr, dqr[t], W_r);
         rows(B, [&](int64_t b) {
           add_row(pdxr + b * Kh, pdx + (row0 + b) * di, di);
           add_row(pdxr + b * Kh + di, pdh + b * dh, dh);
@@ -610,9 +606,9 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
           add_row(pdout + (row0 + b) * O + dh, dr, D);
           read(b, dr);
         });
-        mm_into(dxw, dqw[t], W_w);
-        mm_into(dhea, dea[t], W_ea);
-        mm_into(dxr, dqr[t], W_r);
+        manntk_products::mm_out(dxw, dqw[t], W_w);
+        manntk_products::mm_out(dhea, dea[t], W_ea);
+        manntk_products::mm_out(dxr, dqr[t], W_r);
         rows(B, [&](int64_t b) {  // dh_t complete: the cell
           T_* dxb = pdx + (row0 + b) * di;
           add_row(pdxw + b * Kh, dxb, di);
@@ -624,7 +620,7 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
           }
           cell(b, dhb);
         });
-        mm_into(dxhr, dgates[t], W);
+        manntk_products::mm_out(dxhr, dgates[t], W);
         rows(B, [&](int64_t b) {  // dh_{t-1} and dr_{t-1}
           const T_* dxhrb = pdxhr + b * K;
           add_row(dxhrb, pdx + (row0 + b) * di, di);
@@ -636,10 +632,10 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
   });
   const int64_t rows_all = T * B;
   auto flat = [&](const at::Tensor& t) { return t.reshape({rows_all, t.size(2)}); };
-  auto dW = at::mm(flat(dgates).t(), flat(xhr));
-  auto dW_r = at::mm(flat(dqr).t(), flat(xr));
-  auto dW_w = at::mm(flat(dqw).t(), flat(xw));
-  auto dW_ea = at::mm(flat(dea).t(), flat(xw).narrow(1, di, dh));
+  auto dW = manntk_products::mm(flat(dgates).t(), flat(xhr));
+  auto dW_r = manntk_products::mm(flat(dqr).t(), flat(xr));
+  auto dW_w = manntk_products::mm(flat(dqw).t(), flat(xw));
+  auto dW_ea = manntk_products::mm(flat(dea).t(), flat(xw).narrow(1, di, dh));
   if (!after) dread_run = at::empty({0}, opts);  // r_0 is not an input
   return {dx,      dh_run, dc_run, dwr_run, dww_run, dm, dread_run, dW, at::sum(flat(dgates), 0), dW_r, at::sum(flat(dqr), 0),
           dW_w, at::sum(flat(dqw), 0), dW_ea, at::sum(flat(dea), 0)};

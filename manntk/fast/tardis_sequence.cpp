@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "armin_rows.h"
+#include "products.h"
 
 namespace {
 
@@ -205,8 +206,8 @@ std::vector<at::Tensor> tardis_sequence_forward(
         copy_row(t == 0 ? ph0 + b * dh : pvin + ((row0 - B + b) * Kv + dvx), row + di, dh);
       });
       const auto step_xhr = xhr[t];
-      at::mm_out(q, step_xhr.narrow(1, 0, di + dh), Wq_t);
-      at::mm_out(content, slots_flat, P_t);  // P M_{t-1,i} for every slot
+      manntk_products::mm_out(q, step_xhr.narrow(1, 0, di + dh), Wq_t);
+      manntk_products::mm_out(content, slots_flat, P_t);  // P M_{t-1,i} for every slot
       rows(B, [&](int64_t b) {  // the scores, the address and r_t
         T_* qb = pq + b * S;
         add_row(pbq, qb, S);
@@ -253,14 +254,14 @@ std::vector<at::Tensor> tardis_sequence_forward(
         add_row(prevb, used_b, N);
         if (blends) copy_row(mb, phist + (krow0 + b) * N * D, N * D);
       });
-      at::mm_out(ig, step_xhr, Wig_t);
+      manntk_products::mm_out(ig, step_xhr, Wig_t);
       rows(B, [&](int64_t b) {  // sigmoid([g_h, g_r]) and [x, h^g, r^g]
         const T_* row = pxhr + (row0 + b) * K;
         T_* gated = pxg + (krow0 + b) * K;
         copy_row(row, gated, di);
         gates_in_row(pig + b * (dh + dr), pbig, row + di, row + di + dh, psg + (krow0 + b) * (dh + dr), gated + di, dh, dr);
       });
-      at::mm_out(go, xg[keep ? t : 0], Wgo_t);
+      manntk_products::mm_out(go, xg[keep ? t : 0], Wgo_t);
       rows(B, [&](int64_t b) {  // the gates, h_t, o_t
         const T_* row = pxhr + (row0 + b) * K;
         T_* value_in = pvin + (row0 + b) * Kv;
@@ -268,7 +269,7 @@ std::vector<at::Tensor> tardis_sequence_forward(
                      pout + (row0 + b) * O, dh, dr, fb, squash, read_output);
         if (dvx) copy_row(row, value_in, di);
       });
-      if (project) at::mm_out(v, vin[t], Wv_t);
+      if (project) manntk_products::mm_out(v, vin[t], Wv_t);
       rows(B, [&](int64_t b) {  // the write
         T_* vb = project ? pv + b * D : pvin + (row0 + b) * Kv;  // v = W_v [(x,) h_t] + b_v, or h_t
         if (project) add_row(pbv, vb, D);
@@ -359,7 +360,7 @@ std::vector<at::Tensor> tardis_sequence_backward(
           }
         }
       });
-      if (project) at::mm_out(dvin, dv[t], W_v);
+      if (project) manntk_products::mm_out(dvin, dv[t], W_v);
       rows(B, [&](int64_t b) {  // the cell's output stage
         const T_* row = pxhr + (row0 + b) * K;
         const T_* dvin_b = project ? pdvin + b * Kv : pdv + (row0 + b) * D;  // the gradient of [(x,) h_t] through v
@@ -370,13 +371,13 @@ std::vector<at::Tensor> tardis_sequence_backward(
                               pvin + (row0 + b) * Kv + dvx, pdgo + (row0 + b) * G, pdhr + b * (dh + dr), dh, dr, squash,
                               read_output);
       });
-      at::mm_out(dxg, dgo[t], W_go);
+      manntk_products::mm_out(dxg, dgo[t], W_go);
       rows(B, [&](int64_t b) {  // the input gates
         const T_* row = pxhr + (row0 + b) * K;
         gates_in_backward_row(pdxg + b * K + di, psg + (row0 + b) * (dh + dr), row + di, row + di + dh,
                               pdig + (row0 + b) * (dh + dr), pdhr + b * (dh + dr), dh, dr);
       });
-      at::mm_out(dxhr, dig[t], W_ig);
+      manntk_products::mm_out(dxhr, dig[t], W_ig);
       const at::Tensor previous_memory = blends ? history[t] : memory;  // M_{t-1}
       const T_* pmprev = previous_memory.data_ptr<T_>();
       rows(B, [&](int64_t b) {  // the read and the address
@@ -414,7 +415,7 @@ std::vector<at::Tensor> tardis_sequence_backward(
         const auto step_dpre = dpre[t].view({B * N, S});
         dm_flat.addmm_(step_dpre, P);  // through P M_{t-1,i}
         dP.addmm_(step_dpre.t(), previous_memory.view({B * N, D}));
-        at::mm_out(dzs, dq[t], W_q);
+        manntk_products::mm_out(dzs, dq[t], W_q);
       }
       rows(B, [&](int64_t b) {  // dh_{t-1}
         const T_* dzsb = pdzs + b * (di + dh);
@@ -430,16 +431,16 @@ std::vector<at::Tensor> tardis_sequence_backward(
   auto none = at::empty({0}, opts);
   at::Tensor dW_q = none, db_q = none, dkeys = none, dw_u = none, da = none;
   if (address_gradient) {
-    dW_q = at::mm(flat(dq).t(), flat(xhr).narrow(1, 0, di + dh));
+    dW_q = manntk_products::mm(flat(dq).t(), flat(xhr).narrow(1, 0, di + dh));
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
-    da = at::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage) dw_u = at::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
+    if (usage) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
   }
-  auto dW_ig = at::mm(flat(dig).t(), flat(xhr));
-  auto dW_go = at::mm(flat(dgo).t(), flat(xg));
+  auto dW_ig = manntk_products::mm(flat(dig).t(), flat(xhr));
+  auto dW_go = manntk_products::mm(flat(dgo).t(), flat(xg));
   // without W_v: empty gradients (the operator's outputs are tensors)
-  auto dW_v = project ? at::mm(flat(dv).t(), flat(vin)) : none;
+  auto dW_v = project ? manntk_products::mm(flat(dv).t(), flat(vin)) : none;
   auto db_v = project ? at::sum(flat(dv), 0) : none;
   return {dx, dh_run, dm, dW_q, db_q, dkeys, address_gradient ? dP : none, dw_u, da,
           dW_ig, at::sum(flat(dig), 0), dW_go, at::sum(flat(dgo), 0), dW_v, db_v};
@@ -594,8 +595,8 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
         copy_row(t == 0 ? ph0 + b * dh : pvin + ((row0 - B + b) * Kv + dvx), row + di, dh);
       });
       const auto step_xhr = xhr[t];
-      at::mm_out(q, step_xhr.narrow(1, 0, di + dh), Wq_t);
-      at::mm_out(content, slots_flat, P_t);
+      manntk_products::mm_out(q, step_xhr.narrow(1, 0, di + dh), Wq_t);
+      manntk_products::mm_out(content, slots_flat, P_t);
       rows(B, [&](int64_t b) {  // the scores, the address and r_t
         T_* qb = pq + b * S;
         add_row(pbq, qb, S);
@@ -643,7 +644,7 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
         if (blends) copy_row(mb, phist + (krow0 + b) * N * D, N * D);
       });
       auto step_act = act[keep ? t : 0];
-      at::mm_out(step_act, step_xhr, Wall_t);
+      manntk_products::mm_out(step_act, step_xhr, Wall_t);
       rows(B, [&](int64_t b) {  // the cell: h_t, c_t, o_t = [h_t, r_t]
         const T_* row = pxhr + (row0 + b) * K;
         T_* ab = pact + (krow0 + b) * G;
@@ -656,7 +657,7 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
         copy_row(row + di + dh, ob + dh, dr);
         if (dvx) copy_row(row, value_in, di);
       });
-      if (project) at::mm_out(v, vin[t], Wv_t);
+      if (project) manntk_products::mm_out(v, vin[t], Wv_t);
       rows(B, [&](int64_t b) {  // the write
         T_* vb = project ? pv + b * D : pvin + (row0 + b) * Kv;
         if (project) add_row(pbv, vb, D);
@@ -745,7 +746,7 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
           }
         }
       });
-      if (project) at::mm_out(dvin, dv[t], W_v);
+      if (project) manntk_products::mm_out(dvin, dv[t], W_v);
       rows(B, [&](int64_t b) {  // the cell
         const T_* dvin_b = project ? pdvin + b * Kv : pdv + (row0 + b) * D;
         T_* dhnb = pdhn + b * dh;
@@ -755,7 +756,7 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
         tardis_cell_backward_row(pact + (row0 + b) * G, dhnb, pdc + b * dh, t == 0 ? pc0 + b * dh : pcs + (row0 - B + b) * dh,
                                  pcs + (row0 + b) * dh, pdact + (row0 + b) * G, dh, gt);
       });
-      at::mm_out(dxhr, dact[t], W_all);
+      manntk_products::mm_out(dxhr, dact[t], W_all);
       const at::Tensor previous_memory = blends ? history[t] : memory;  // M_{t-1}
       const T_* pmprev = previous_memory.data_ptr<T_>();
       rows(B, [&](int64_t b) {  // the read and the address
@@ -791,7 +792,7 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
         const auto step_dpre = dpre[t].view({B * N, S});
         dm_flat.addmm_(step_dpre, P);
         dP.addmm_(step_dpre.t(), previous_memory.view({B * N, D}));
-        at::mm_out(dzs, dq[t], W_q);
+        manntk_products::mm_out(dzs, dq[t], W_q);
       }
       rows(B, [&](int64_t b) {  // dh_{t-1}
         const T_* dzsb = pdzs + b * (di + dh);
@@ -807,14 +808,14 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
   auto none = at::empty({0}, opts);
   at::Tensor dW_q = none, db_q = none, dkeys = none, dw_u = none, da = none;
   if (address_gradient) {
-    dW_q = at::mm(flat(dq).t(), flat(xhr).narrow(1, 0, di + dh));
+    dW_q = manntk_products::mm(flat(dq).t(), flat(xhr).narrow(1, 0, di + dh));
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
-    da = at::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage) dw_u = at::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
+    if (usage) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
   }
-  auto dW_all = at::mm(flat(dact).t(), flat(xhr));
-  auto dW_v = project ? at::mm(flat(dv).t(), flat(vin)) : none;
+  auto dW_all = manntk_products::mm(flat(dact).t(), flat(xhr));
+  auto dW_v = project ? manntk_products::mm(flat(dv).t(), flat(vin)) : none;
   auto db_v = project ? at::sum(flat(dv), 0) : none;
   return {dx, dh_run, dc_run, dm, dW_q, db_q, dkeys, address_gradient ? dP : none, dw_u, da,
           dW_all, at::sum(flat(dact), 0), dW_v, db_v};

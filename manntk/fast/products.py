@@ -1,0 +1,79 @@
+"""Which library runs the chunk kernels' large float32 matrix products: torch's BLAS or oneDNN.
+
+torch's x86 wheels do their BLAS with MKL, which runs its AVX-512 single-precision kernels
+on Intel's CPUs only. Elsewhere it takes a slower path: on a 2-core AMD EPYC (Zen 5, AVX-512)
+MKL's sgemm ran at ~100 GFLOP/s on one thread and oneDNN's inner product, which picks its
+kernels by instruction set, at ~215, while ``torch.nn.LSTM`` trains through oneDNN. So the
+kernels (``products.h``) send their large float32 products to oneDNN on CPUs that are not
+Intel's, where torch has both libraries. On Intel's CPUs MKL stays: with it the kernels met
+the training target on a Xeon (``benchmarks/results/INDEX.md``); oneDNN has not been
+measured there. Products under about 2M multiply-adds
+(batch 1 on the algorithmic tasks) stay on the BLAS everywhere: oneDNN costs ~10 us more
+per call. float64 always runs on the BLAS.
+
+``MANNTK_PRODUCTS=blas`` or ``=onednn`` overrides the choice (for benchmarks and checks);
+the numbers agree up to float32 rounding either way (``tests/test_products.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from manntk.fast.machine import cpu_info
+
+ENVIRONMENT = "MANNTK_PRODUCTS"
+"""The environment variable that overrides the choice: ``blas`` or ``onednn``."""
+
+CHOICES = ("blas", "onednn")
+
+
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's inner product (``torch.ops.mkldnn._linear_pointwise``)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def chosen_library() -> str:
+    """``onednn`` or ``blas``: ``MANNTK_PRODUCTS`` when set, else oneDNN where torch's BLAS is
+    MKL and the CPU is not Intel's (``vendor_id`` in ``/proc/cpuinfo``) and oneDNN is there.
+
+    Raises:
+        ValueError: ``MANNTK_PRODUCTS`` names neither library, or asks for oneDNN where
+            torch has none.
+    """
+    forced = os.environ.get(ENVIRONMENT)
+    if forced:
+        if forced not in CHOICES:
+            raise ValueError(f"{ENVIRONMENT}={forced!r}: expected one of {', '.join(CHOICES)}")
+        if forced == "onednn" and not onednn_available():
+            raise ValueError(f"{ENVIRONMENT}=onednn, but this torch ({torch.__version__}) has no oneDNN inner product")
+        return forced
+    mkl = torch.backends.mkl.is_available()
+    vendor = cpu_info("vendor_id")
+    return "onednn" if mkl and vendor is not None and vendor != "GenuineIntel" and onednn_available() else "blas"
+
+
+def apply(kernels: Any) -> None:
+    """Tell the loaded kernels (``torch.ops.manntk_armin_fused``) the chosen library."""
+    kernels.set_onednn_products(chosen_library() == "onednn")
+
+
+@contextmanager
+def using(library: str) -> Iterator[None]:
+    """Run the block with the kernels' products on ``library`` (``blas`` or ``onednn``), then
+    restore the choice before it: for tests that compare the two."""
+    if library not in CHOICES:
+        raise ValueError(f"library must be one of {', '.join(CHOICES)}, got {library!r}")
+    from manntk.fast.armin_fused import extension
+
+    kernels = extension()
+    before = kernels.onednn_products()
+    kernels.set_onednn_products(library == "onednn")
+    try:
+        yield
+    finally:
+        kernels.set_onednn_products(before)
