@@ -35,8 +35,8 @@ from manntk.fast.recurrent import RecurrentWeight
 from manntk.trace import is_tracing
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "armin_rows.h", "products.h", "armin_fused.cpp", "armin_sequence.cpp", "ntm_sequence.cpp", "tardis_sequence.cpp"))
-"""The extension's files: the row kernels and the matrix products (headers) and the four sets of operators (the
+    "armin_rows.h", "products.h", "workspace.h", "armin_fused.cpp", "armin_sequence.cpp", "ntm_sequence.cpp", "tardis_sequence.cpp"))
+"""The extension's files: the row kernels, the matrix products and the reused buffers (headers), the four sets of operators (the
 fused ARMIN step, the ARMIN chunk, the NTM-style chunk, the TARDIS-addressing chunk),
 built into one library (``torch.ops.manntk_armin_fused``)."""
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]

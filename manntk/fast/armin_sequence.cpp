@@ -27,6 +27,7 @@
 
 #include "armin_rows.h"
 #include "products.h"
+#include "workspace.h"
 
 namespace {
 
@@ -148,9 +149,10 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
   auto out = at::empty({T, B, s.O}, opts);
   // without backward (keep false) the buffers only backward reads hold one step, reused
   const int64_t Tk = keep ? T : 1;
-  auto xhr = at::empty({T, B, K}, opts), xg = at::empty({Tk, B, K}, opts);
-  auto sg = at::empty({Tk, B, dh + dr}, opts), act = at::empty({Tk, B, s.G}, opts);
-  auto vin = at::empty({T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
+  // what backward reads: reused from chunk to chunk once backward has let go (workspace.h)
+  auto xhr = manntk_workspace::empty("armin xhr", {T, B, K}, opts), xg = manntk_workspace::empty("armin xg", {Tk, B, K}, opts);
+  auto sg = manntk_workspace::empty("armin sg", {Tk, B, dh + dr}, opts), act = manntk_workspace::empty("armin act", {Tk, B, s.G}, opts);
+  auto vin = manntk_workspace::empty("armin vin", {T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
   auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
   auto history = at::empty({blends ? Tk : 0, B, N, D}, opts);
@@ -271,8 +273,8 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
   auto dm = (d_m_.has_value() && d_m_->defined()) ? d_m_->contiguous().clone() : at::zeros({B, N, D}, opts);
   auto memory = blends ? at::Tensor() : m_last.contiguous().clone();  // M_t, restored step by step
   auto dx = at::zeros({T, B, di}, opts);
-  auto dz = at::empty({T, B, N}, opts), dig = at::empty({T, B, dh + dr}, opts), dgo = at::empty({T, B, G}, opts),
-       dv = at::empty({T, B, D}, opts);
+  auto dz = at::empty({T, B, N}, opts), dig = manntk_workspace::empty("armin dig", {T, B, dh + dr}, opts),
+       dgo = manntk_workspace::empty("armin dgo", {T, B, G}, opts), dv = manntk_workspace::empty("armin dv", {T, B, D}, opts);
   auto dhr = at::empty({B, dh + dr}, opts), dhn = at::empty({B, dh}, opts);
   auto dvin = at::empty({B, Kv}, opts), dxg = at::empty({B, K}, opts), dxhr = at::empty({B, K}, opts),
        dzs = at::empty({B, di + dh}, opts);
