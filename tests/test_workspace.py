@@ -61,3 +61,17 @@ def test_held_buffers_are_not_handed_out_again(layers):
     kept = y1.detach().clone()
     two_chunks_then_backward(kernel, 3)  # an output the caller still holds is not written over
     assert torch.equal(y1.detach(), kept)
+
+
+def test_release_gives_back_only_the_buffers_nothing_holds():
+    from manntk.fast.armin_fused import release_workspace
+
+    net = model(True, 1)
+    x = torch.randn(BATCH, STEPS, INPUT, requires_grad=True)
+    release_workspace()
+    y, _ = net(x)  # its buffers are held for the backward to come
+    assert release_workspace() == 0
+    y.sum().backward()
+    del y
+    assert release_workspace() > 3 * 2**20  # the gate activations at least (3.7 MB)
+    assert release_workspace() == 0

@@ -13,6 +13,7 @@
 
 #include "armin_rows.h"
 #include "products.h"
+#include "workspace.h"
 
 #include <optional>
 
@@ -163,12 +164,16 @@ bool onednn_matmul_available() { return manntk_products::onednn_matmul() != null
 
 int64_t onednn_product_count() { return manntk_products::onednn_count(); }
 
+int64_t release_workspace() { return manntk_workspace::release(); }
+
 TORCH_LIBRARY(manntk_armin_fused, m) {
   // whether the chunk kernels' large float32 products go through oneDNN (products.h)
   m.def("set_onednn_products(bool use) -> ()", &set_onednn_products);
   m.def("onednn_products() -> bool", &onednn_products);
   m.def("onednn_matmul_available() -> bool", &onednn_matmul_available);  // torch's oneDNN matmul found
   m.def("onednn_product_count() -> int", &onednn_product_count);  // products oneDNN has run
+  // the chunk kernels' kept buffers that nothing holds given back (workspace.h); returns their bytes
+  m.def("release_workspace() -> int", &release_workspace);
   // sigmoid of W_ig's output and the gated [h, r] (into gated_out when given)
   m.def("gates_in(Tensor ig, Tensor bias, Tensor h, Tensor r, Tensor? gated_out=None) -> Tensor[]", &gates_in);
   // the ARMIN gates, h_t and o_t from W_go's output

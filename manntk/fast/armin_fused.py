@@ -150,6 +150,19 @@ def kernels_available() -> bool:
     return _built
 
 
+def release_workspace() -> int:
+    """Give back the memory of the chunk kernels' kept buffers that no chunk holds, and return
+    its bytes (0 when the kernels were never loaded).
+
+    The kernels keep their large intermediate buffers (1 MiB and up: the inputs and gate
+    activations of every step, their gradients) from one chunk to the next instead of
+    taking fresh pages each time (``workspace.h``), so the memory of the last chunk's
+    buffers stays with the process after training: hundreds of MB for ARMIN 500 at batch
+    128. Call this when a long-lived process is done training.
+    """
+    return int(_extension.release_workspace()) if _extension is not None else 0
+
+
 def chunk_runs_on(x: Tensor) -> bool:
     """Whether a chunk kernel may run a chunk ``x``: a CPU float32/float64 input outside
     ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), which see or

@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace manntk_workspace {
@@ -27,16 +28,28 @@ constexpr int64_t kReuseFrom = int64_t(1) << 20;
 
 constexpr size_t kKept = 8;
 
+struct Kept {
+  std::mutex lock;
+  std::map<std::string, std::vector<at::Tensor>> buffers;  // by name
+};
+
+inline Kept& kept() {
+  static Kept instance;
+  return instance;
+}
+
+inline bool is_free(const at::Tensor& buffer) {
+  return buffer.use_count() == 1 && buffer.storage().use_count() == 1;
+}
+
 // An uninitialised tensor of `sizes`, reusing a buffer kept under `name` that is free.
 inline at::Tensor empty(const char* name, at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (const int64_t size : sizes) numel *= size;
   if (numel * static_cast<int64_t>(options.dtype().itemsize()) < kReuseFrom) return at::empty(sizes, options);
-  static std::mutex lock;
-  static std::map<std::string, std::vector<at::Tensor>> kept;
-  std::lock_guard<std::mutex> guard(lock);
-  std::vector<at::Tensor>& buffers = kept[name];
-  auto is_free = [](const at::Tensor& buffer) { return buffer.use_count() == 1 && buffer.storage().use_count() == 1; };
+  Kept& all = kept();
+  std::lock_guard<std::mutex> guard(all.lock);
+  std::vector<at::Tensor>& buffers = all.buffers[name];
   for (const at::Tensor& buffer : buffers) {
     if (is_free(buffer) && buffer.numel() == numel && buffer.dtype() == options.dtype() &&
         buffer.device() == options.device()) {
@@ -52,6 +65,25 @@ inline at::Tensor empty(const char* name, at::IntArrayRef sizes, const at::Tenso
   at::Tensor buffer = at::empty({numel}, options);
   if (buffers.size() < kKept) buffers.push_back(buffer);
   return buffer.view(sizes);
+}
+
+// Give back the kept buffers that nothing holds; returns their bytes.
+inline int64_t release() {
+  Kept& all = kept();
+  std::lock_guard<std::mutex> guard(all.lock);
+  int64_t freed = 0;
+  for (auto& [name, buffers] : all.buffers) {
+    std::vector<at::Tensor> held;
+    for (const at::Tensor& buffer : buffers) {
+      if (is_free(buffer)) {
+        freed += buffer.nbytes();
+      } else {
+        held.push_back(buffer);
+      }
+    }
+    buffers = std::move(held);
+  }
+  return freed;
 }
 
 }  // namespace manntk_workspace

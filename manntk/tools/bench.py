@@ -37,7 +37,9 @@ bytes allocated before, on CUDA; on a CPU it is the running sum of the allocatio
 free events that ``torch.profiler.profile(profile_memory=True)`` records from c10's CPU
 allocator. It is allocator accounting, not the process RSS: it leaves out allocator
 caching and fragmentation, the Python interpreter and the libraries, and is the same
-measure for every model, ``torch.nn.LSTM`` included.
+measure for every model, ``torch.nn.LSTM`` included. The chunk kernels keep their large
+buffers from one iteration to the next (``manntk/fast/workspace.h``): they are released
+before the measured iteration, which allocates them again, so that they count.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk.config import UsageError
+from manntk.fast.armin_fused import release_workspace
 from manntk.fast.machine import cpu_info
 from manntk.hookspecs import hookimpl
 from manntk.models import PAPER_MODELS
@@ -477,6 +480,7 @@ def cpu_peak_growth(function: Callable[[], None]) -> int:
 def measure_peak_memory(runner: Runner, device: torch.device) -> int:
     """Peak live tensor bytes of one iteration of ``runner`` (see the module doc)."""
     function = runner.run_longest if isinstance(runner, AlgoRunner) else runner.run
+    release_workspace()  # the chunk kernels' buffers kept from earlier iterations are allocated again, and counted
     resident = storage_bytes(runner.resident())
     if device.type == "cuda":
         _synchronize(device)
