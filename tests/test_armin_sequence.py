@@ -131,7 +131,7 @@ def test_the_operator_passes_gradcheck(fill, value_from_input):
     def function(x, h0, m0, *weights):
         return _ArminSequence.apply(options, True, False, x, h0, m0, filled, None, *weights)[:3]
 
-    assert torch.autograd.gradcheck(function, (tensor(T, B, d_i), tensor(B, d_h), tensor(B, N, D), *weights))
+    assert torch.autograd.gradcheck(function, (tensor(B, T, d_i), tensor(B, d_h), tensor(B, N, D), *weights))
 
 
 def test_a_default_armin_recipe_builds_the_kernel_and_trains_through_it(monkeypatch):

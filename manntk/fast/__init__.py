@@ -20,10 +20,16 @@ the plain path it replaces by named tests.
   paper's baseline) through torch's own LSTM, the default on the CPU:
   ``tests/test_lstm_sequence.py``.
 - [`chunks`][manntk.fast.chunks]: which chunk kernel, if any, runs a layer's parts.
+- [`products`][manntk.fast.products]: which library runs the chunk kernels' large float32
+  matrix products, torch's BLAS (MKL) or oneDNN (on CPUs that are not Intel's):
+  ``tests/test_products.py``. The kernels also keep their large buffers from chunk to
+  chunk (``workspace.h``; ``armin_fused.release_workspace`` gives them back):
+  ``tests/test_workspace.py``.
 - [`armin_fused`][manntk.fast.armin_fused]: the ARMIN cell's elementwise work as C++
   kernels, one autograd node per step (``fused: true``): ``tests/test_armin_fused.py``.
 - [`machine`][manntk.fast.machine]: what the fast paths read about the CPU.
 
-Private torch operations (``torch.ops.mkl._mkl_linear``) are called only here, guarded by
-a check that they exist, with the public operation as the fallback.
+Private torch operations (``torch.ops.mkl._mkl_linear``, and ``at::native::mkldnn_matmul``
+from the C++ kernels) are called only here, guarded by a check that they exist, with the
+public operation as the fallback.
 """

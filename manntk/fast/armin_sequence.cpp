@@ -41,7 +41,7 @@ struct Sizes {
 Sizes sizes_of(const at::Tensor& x, const at::Tensor& m0, const at::Tensor& W_ig, const at::Tensor& W_go,
                const at::Tensor& W_v, bool read_output) {
   Sizes s{};
-  s.T = x.size(0), s.B = x.size(1), s.di = x.size(2);
+  s.B = x.size(0), s.T = x.size(1), s.di = x.size(2);
   s.N = m0.size(1), s.D = m0.size(2);
   s.dr = s.D;
   s.dh = W_ig.size(0) - s.dr;
@@ -108,7 +108,7 @@ void rows(int64_t B, const F& body) {
 
 // Forward. keep: whether backward will run (else the buffers only it reads hold one step).
 // in_place: the caller gives m0 up; without backward the memory is written into it.
-// Returns {out [T,B,O], h_T [B,dh], M_T [B,N,D], filled_T [B], and what backward needs: xhr [T,B,K] ([x, h_{t-1}, r_t]), xg [T,B,K] ([x, h^g, r^g]), sg, act, vin [T,B,Kv]
+// x is [B, T, d_i], batch first. Returns {out [B,T,O], h_T [B,dh], M_T [B,N,D], filled_T [B], and what backward needs: xhr [T,B,K] ([x, h_{t-1}, r_t]), xg [T,B,K] ([x, h^g, r^g]), sg, act, vin [T,B,Kv]
 // ([(x,) h_t]), p [T,B,N], index [T,B] (argmax, or -1), slot [T,B] (-1: blend), kept [T,B,D]
 // (the rows replaced; empty when a write blends) and history [T,B,N,D] (M_{t-1}; empty when
 // every write replaces)}.
@@ -131,7 +131,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
                   "armin sequence: W_v and b_v must be contiguous CPU tensors of x's dtype");
     }
   }
-  TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "armin sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
+  TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "armin sequence: x must be [B, T, d_i] with T > 0, got ", x.sizes());
   TORCH_CHECK(m0.dim() == 3, "armin sequence: the memory must be [B, N, D], got ", m0.sizes());
   const Sizes s = sizes_of(x, m0, W_ig, W_go, W_v, read_output);
   const int64_t T = s.T, B = s.B, N = s.N, D = s.D, K = s.K, Kv = s.Kv, di = s.di, dh = s.dh, dr = s.dr;
@@ -146,7 +146,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
               "armin sequence: W_s ", W_s.sizes(), " or a bias does not fit ", N, " slots, inputs ", di, " and hidden ", dh);
   const bool blends = !hard && !argmax_write;
   auto opts = x.options();
-  auto out = at::empty({T, B, s.O}, opts);
+  auto out = at::empty({B, T, s.O}, opts);  // batch first, as the engine's layers return it
   // without backward (keep false) the buffers only backward reads hold one step, reused
   const int64_t Tk = keep ? T : 1;
   // what backward reads: reused from chunk to chunk once backward has let go (workspace.h)
@@ -180,7 +180,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
       const int64_t row0 = t * B, krow0 = keep ? row0 : 0;  // krow0: rows of the buffers only backward reads
       rows(B, [&](int64_t b) {  // [x_t, h_{t-1}]
         T_* row = pxhr + (row0 + b) * K;
-        copy_row(px + (row0 + b) * di, row, di);
+        copy_row(px + (b * T + t) * di, row, di);
         copy_row(t == 0 ? ph0 + b * dh : pvin + ((row0 - B + b) * Kv + s.dvx), row + di, dh);
       });
       const auto step_xhr = xhr[t];
@@ -218,7 +218,7 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
         const T_* row = pxhr + (row0 + b) * K;
         T_* value_in = pvin + (row0 + b) * Kv;
         cell_out_row(pgo + b * s.G, pbgo, row + di, row + di + dh, pact + (krow0 + b) * s.G, value_in + s.dvx,
-                     pout + (row0 + b) * s.O, dh, dr, fb, squash, read_output);
+                     pout + (b * T + t) * s.O, dh, dr, fb, squash, read_output);
         if (s.dvx) copy_row(row, value_in, di);
       });
       if (project) manntk_products::mm_out(v, vin[t], Wv_t);
@@ -267,12 +267,12 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
   const bool project = W_v.defined();
   const bool blends = history.size(0) > 0;
   auto opts = xhr.options();
-  const at::Tensor d_out = (d_out_.has_value() && d_out_->defined()) ? d_out_->contiguous() : at::zeros({T, B, O}, opts);
-  TORCH_CHECK(d_out.sizes() == at::IntArrayRef({T, B, O}), "armin sequence: d_out must be [T, B, O]");
+  const at::Tensor d_out = (d_out_.has_value() && d_out_->defined()) ? d_out_->contiguous() : at::zeros({B, T, O}, opts);
+  TORCH_CHECK(d_out.sizes() == at::IntArrayRef({B, T, O}), "armin sequence: d_out must be [B, T, O]");
   auto dh_run = (d_h_.has_value() && d_h_->defined()) ? d_h_->contiguous().clone() : at::zeros({B, dh}, opts);
   auto dm = (d_m_.has_value() && d_m_->defined()) ? d_m_->contiguous().clone() : at::zeros({B, N, D}, opts);
   auto memory = blends ? at::Tensor() : m_last.contiguous().clone();  // M_t, restored step by step
-  auto dx = at::zeros({T, B, di}, opts);
+  auto dx = at::zeros({B, T, di}, opts);
   auto dz = at::empty({T, B, N}, opts), dig = manntk_workspace::empty("armin dig", {T, B, dh + dr}, opts),
        dgo = manntk_workspace::empty("armin dgo", {T, B, G}, opts), dv = manntk_workspace::empty("armin dv", {T, B, D}, opts);
   auto dhr = at::empty({B, dh + dr}, opts), dhn = at::empty({B, dh}, opts);
@@ -318,8 +318,8 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
         const T_* dvin_b = project ? pdvin + b * Kv : pdv + (row0 + b) * D;  // the gradient of [(x,) h_t] through v
         T_* dhnb = pdhn + b * dh;
         for (int64_t j = 0; j < dh; ++j) dhnb[j] = pdh[b * dh + j] + dvin_b[dvx + j];
-        if (dvx) copy_row(dvin_b, pdx + (row0 + b) * di, di);
-        cell_out_backward_row(pdout + (row0 + b) * O, dhnb, pact + (row0 + b) * G, row + di, row + di + dh,
+        if (dvx) copy_row(dvin_b, pdx + (b * T + t) * di, di);
+        cell_out_backward_row(pdout + (b * T + t) * O, dhnb, pact + (row0 + b) * G, row + di, row + di + dh,
                               pvin + (row0 + b) * Kv + dvx, pdgo + (row0 + b) * G, pdhr + b * (dh + dr), dh, dr, squash,
                               read_output);
       });
@@ -331,7 +331,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
       });
       manntk_products::mm_out(dxhr, dig[t], W_ig);
       rows(B, [&](int64_t b) {  // the read and the address
-        T_* dxb = pdx + (row0 + b) * di;
+        T_* dxb = pdx + (b * T + t) * di;
         add_row(pdxg + b * K, dxb, di);
         add_row(pdxhr + b * K, dxb, di);
         T_* dr_b = pdxhr + b * K + di + dh;  // dr, summed in place
@@ -356,7 +356,7 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
       manntk_products::mm_out(dzs, dz[t], W_s);
       rows(B, [&](int64_t b) {  // dh_{t-1}
         const T_* dzsb = pdzs + b * (di + dh);
-        add_row(dzsb, pdx + (row0 + b) * di, di);
+        add_row(dzsb, pdx + (b * T + t) * di, di);
         for (int64_t j = 0; j < dh; ++j) {
           pdh[b * dh + j] = pdhr[b * (dh + dr) + j] + pdxhr[b * K + di + j] + dzsb[di + j];
         }

@@ -45,9 +45,9 @@ class Options(NamedTuple):
 
 
 class _ArminSequence(torch.autograd.Function):
-    """``(options, keep, in_place, x [T, B, d_i], h_0, M_0, filled_0, noise, W_s, b_s, W_ig, b_ig,
-    W_go, b_go, W_v, b_v) -> (o [T, B, d_o], h_T, M_T, filled_T)``; ``W_v`` and ``b_v`` are
-    ``None`` without a projection. ``keep``: a backward may come; without one the kernel holds
+    """``(options, keep, in_place, x [B, T, d_i], h_0, M_0, filled_0, noise [T, B, N], W_s, b_s, W_ig,
+    b_ig, W_go, b_go, W_v, b_v) -> (o [B, T, d_o], h_T, M_T, filled_T)``, batch first as the
+    engine's layers; ``W_v`` and ``b_v`` are ``None`` without a projection. ``keep``: a backward may come; without one the kernel holds
     a single step of what only backward reads, and with ``in_place`` (the caller gives the
     state up) writes into ``M_0`` instead of a copy.
     """
@@ -131,8 +131,8 @@ class ArminSequence:
         keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
         in_place = consume_state and memory.is_contiguous()
         out, h, memory, filled = _ArminSequence.apply(
-            options, keep, in_place, x.transpose(0, 1).contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
+            options, keep, in_place, x.contiguous(), state["cell"]["h"].contiguous(), memory.contiguous(), filled,
             None if noise is None else noise.contiguous(), *weights,
         )
         new_state = {"cell": {"h": h}, "addressing": state.get("addressing", {}), "write": {"filled": filled} if fill else {}, "memory": memory}
-        return out.transpose(0, 1).contiguous(), new_state  # batch first and contiguous, as the plain path's
+        return out, new_state
