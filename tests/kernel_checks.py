@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 
 
+def compositions(hidden: int) -> dict[str, dict]:
+    """The model mapping's parts of each chunk kernel's composition (ARMIN; AwTA and TARDIS,
+    the TARDIS-addressing kernel; NTM-style), with cells of ``hidden`` units."""
+    return {
+        "armin": {"cell": {"name": "armin", "hidden_size": hidden}, "addressing": {"name": "auto"}, "write": {"name": "overwrite"}},
+        "awta": {"cell": {"name": "armin", "hidden_size": hidden}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
+        "tardis": {"cell": {"name": "tardis", "hidden_size": hidden}, "addressing": {"name": "tardis"}, "write": {"name": "overwrite"}},
+        "ntm": {"cell": {"name": "lstm", "hidden_size": hidden}, "addressing": {"name": "ntm"}, "write": {"name": "erase_add"}},
+    }
+
+
 def assert_kernel_matches(plain: dict, kernel: dict, dtype: torch.dtype, steps: int, depth: int) -> None:
     """Each value of the kernel path (outputs, states, gradients) equal to the plain path's
     up to float rounding: ``8 eps`` per step over ``steps`` steps, for sums of ``depth``

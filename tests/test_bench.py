@@ -30,7 +30,9 @@ def test_tiny_preset_prints_a_table_with_every_model_and_writes_json(capsys, tmp
         assert heading in out
     report = json.loads(path.read_text())
     assert {"machine", "settings", "results", "targets", "sweeps", "preset", "memory_method"} <= set(report)
-    assert {"cpu", "cores", "torch", "device", "device_name", "allocator"} <= set(report["machine"])
+    assert {"cpu", "cpu_identity", "cpu_capability", "cores", "torch", "device", "device_name", "allocator", "products"} <= set(report["machine"])
+    if report["machine"]["cpu_identity"]:  # the generation is printed with the model name
+        assert report["machine"]["cpu_identity"] in out
     assert report["preset"] == "tiny"
     results = report["results"]
     expected = {(m, mode) for m in ALL_MODELS for mode in ("train", "eval", "algo")}

@@ -17,3 +17,12 @@ def test_cpu_info_reads_the_first_cpus_field_and_says_none_when_it_cannot(monkey
     assert machine.cpu_info("microcode") is None
     monkeypatch.setattr(machine, "CPUINFO", tmp_path / "missing")
     assert machine.cpu_info("flags") is None
+
+
+def test_cpu_identity_names_vendor_family_and_model_or_none(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n")
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    assert machine.cpu_identity() == "AuthenticAMD family 26 model 2"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    assert machine.cpu_identity() is None

@@ -20,3 +20,13 @@ def cpu_info(field: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+def cpu_identity() -> str | None:
+    """The first CPU's vendor, family and model numbers (``AuthenticAMD family 26 model 2``),
+    which tell CPU generations apart where the model name does not (a VM's ``AMD EPYC``);
+    ``None`` where ``/proc/cpuinfo`` lacks them."""
+    vendor, family, model = cpu_info("vendor_id"), cpu_info("cpu family"), cpu_info("model")
+    if vendor is None or family is None or model is None:
+        return None
+    return f"{vendor} family {family} model {model}"

@@ -47,6 +47,7 @@
 
 #include "armin_rows.h"
 #include "products.h"
+#include "workspace.h"
 
 namespace {
 
@@ -323,11 +324,16 @@ std::vector<at::Tensor> ntm_forward(const at::Tensor& x, const at::Tensor& h0, c
   auto opts = x.options();
   const int64_t Tk = keep ? T : 1;  // without backward, the buffers only it reads hold one step
   auto out = at::empty({T, B, O}, opts);
-  auto xhr = at::empty({Tk, B, K}, opts), xr = at::empty({Tk, B, Kh}, opts), xw = at::empty({Tk, B, Kh}, opts);
-  auto qr = at::empty({Tk, B, Pr}, opts), qw = at::empty({Tk, B, Pw}, opts), ea = at::empty({Tk, B, 2 * D}, opts);
-  auto act = at::empty({Tk, B, G}, opts), cs = at::empty({T, B, dh}, opts);
-  auto wr = at::empty({T, B, N}, opts), ww = at::empty({T, B, N}, opts);
-  auto history = at::empty({Tk, B, N, D}, opts);
+  auto xhr = manntk_workspace::empty("ntm xhr", {Tk, B, K}, opts);
+  auto xr = manntk_workspace::empty("ntm xr", {Tk, B, Kh}, opts);
+  auto xw = manntk_workspace::empty("ntm xw", {Tk, B, Kh}, opts);
+  auto qr = manntk_workspace::empty("ntm qr", {Tk, B, Pr}, opts);
+  auto qw = manntk_workspace::empty("ntm qw", {Tk, B, Pw}, opts);
+  auto ea = manntk_workspace::empty("ntm ea", {Tk, B, 2 * D}, opts);
+  auto act = manntk_workspace::empty("ntm act", {Tk, B, G}, opts);
+  auto cs = manntk_workspace::empty("ntm cs", {T, B, dh}, opts);
+  auto wr = manntk_workspace::empty("ntm wr", {T, B, N}, opts), ww = manntk_workspace::empty("ntm ww", {T, B, N}, opts);
+  auto history = manntk_workspace::empty("ntm history", {Tk, B, N, D}, opts);
   auto memory = (in_place && !keep) ? m0 : m0.clone();
   auto gates = at::empty({B, G}, opts);
   const int64_t scratch_width = std::max(hr.scratch(N), hw.scratch(N));
@@ -475,8 +481,10 @@ std::vector<at::Tensor> ntm_backward(const std::optional<at::Tensor>& d_out_, co
   // r_T, the read of the last step (with read before the cell, also o_T's second part)
   auto dread_run = given(d_read_, {B, D});
   auto dx = at::zeros({T, B, di}, opts);
-  auto dqr = at::empty({T, B, Pr}, opts), dqw = at::empty({T, B, Pw}, opts), dea = at::empty({T, B, 2 * D}, opts),
-       dgates = at::empty({T, B, G}, opts);
+  auto dqr = manntk_workspace::empty("ntm dqr", {T, B, Pr}, opts);
+  auto dqw = manntk_workspace::empty("ntm dqw", {T, B, Pw}, opts);
+  auto dea = manntk_workspace::empty("ntm dea", {T, B, 2 * D}, opts);
+  auto dgates = manntk_workspace::empty("ntm dgates", {T, B, G}, opts);
   auto dxr = at::empty({B, Kh}, opts), dxw = at::empty({B, Kh}, opts), dhea = at::empty({B, dh}, opts),
        dxhr = at::empty({B, K}, opts);
   const int64_t scratch_width = std::max(hr.scratch(N), hw.scratch(N));

@@ -11,7 +11,7 @@
 // writes into a given tensor and takes transposed operands as they are, so the weight
 // gradients' g^T x need no transposed copy. It is not in torch's public headers, so it is
 // looked up by its mangled name, which encodes its signature: where a torch lacks it (or
-// changed it), the lookup finds nothing and every product stays on the BLAS.
+// changed it), or it refuses float32 on this CPU, every product stays on the BLAS.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,17 +20,40 @@
 #include <dlfcn.h>
 
 #include <atomic>
+#include <exception>
 
 namespace manntk_products {
 
 // at::native::mkldnn_matmul(mat1, mat2, result, beta, alpha): result = alpha mat1 mat2 + beta result
 using Matmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
 
+// Whether `matmul` multiplies float32 matrices here: torch 2.13 accepts float32 only on CPUs
+// with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and older versions only bfloat16 and float16;
+// they raise otherwise. One small product, checked against its known answer.
+inline bool multiplies_float32(Matmul matmul) {
+  try {
+    const auto options = at::TensorOptions().dtype(at::kFloat);
+    auto a = at::empty({16, 16}, options), b = at::empty({16, 16}, options), out = at::empty({16, 16}, options);
+    a.fill_(1.0);
+    b.fill_(2.0);
+    matmul(a, b, out, 0.0f, 1.0f);
+    const float* value = out.data_ptr<float>();
+    for (int64_t i = 0; i < 16 * 16; ++i) {
+      if (value[i] != 32.0f) return false;
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// torch's oneDNN matmul, or nullptr where this torch lacks it or it cannot take float32 here.
 inline Matmul onednn_matmul() {
   static const Matmul found = [] {
     void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);  // loaded already: by torch
     void* symbol = torch_cpu ? dlsym(torch_cpu, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff") : nullptr;
-    return reinterpret_cast<Matmul>(symbol);
+    const auto matmul = reinterpret_cast<Matmul>(symbol);
+    return (matmul != nullptr && multiplies_float32(matmul)) ? matmul : nullptr;
   }();
   return found;
 }

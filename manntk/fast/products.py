@@ -5,11 +5,11 @@ on Intel's CPUs only. Elsewhere it takes a slower path: on a 2-core AMD EPYC (Ze
 MKL's sgemm ran at ~100 GFLOP/s on one thread and oneDNN's matmul, which picks its
 kernels by instruction set, at ~205-220, while ``torch.nn.LSTM`` trains through oneDNN. So the
 kernels (``products.h``) send their large float32 products to oneDNN on CPUs that are not
-Intel's, where torch has both libraries. On Intel's CPUs MKL stays: with it the kernels met
-the training target on a Xeon (``benchmarks/results/INDEX.md``); oneDNN has not been
-measured there. Products under about 2M multiply-adds
-(batch 1 on the algorithmic tasks) stay on the BLAS everywhere: oneDNN costs ~10 us more
-per call. float64 always runs on the BLAS.
+Intel's, where torch has both libraries and its oneDNN matmul takes float32 (AVX-512 CPUs,
+in torch 2.13). On Intel's CPUs MKL stays: with it the kernels met the training target on
+a Xeon (``benchmarks/results/INDEX.md``); oneDNN has not been measured there. Products
+under about 2M multiply-adds (batch 1 on the algorithmic tasks) stay on the BLAS
+everywhere: oneDNN costs ~10 us more per call. float64 always runs on the BLAS.
 
 ``MANNTK_PRODUCTS=blas`` or ``=onednn`` overrides the choice (for benchmarks and checks);
 the numbers agree up to float32 rounding either way (``tests/test_products.py``).
@@ -34,7 +34,9 @@ CHOICES = ("blas", "onednn")
 
 def onednn_available(kernels: Any) -> bool:
     """Whether the loaded kernels (``torch.ops.manntk_armin_fused``) can reach oneDNN's matmul:
-    torch built with oneDNN, and its ``at::native::mkldnn_matmul`` found (``products.h``)."""
+    torch built with oneDNN, its ``at::native::mkldnn_matmul`` found, and float32 taken on
+    this CPU (torch 2.13 requires AVX-512 BW/VL/DQ or AVX-NE-CONVERT; ``products.h`` tries
+    one small product)."""
     return torch.backends.mkldnn.is_available() and bool(kernels.onednn_matmul_available())
 
 

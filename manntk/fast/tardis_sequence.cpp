@@ -30,6 +30,7 @@
 
 #include "armin_rows.h"
 #include "products.h"
+#include "workspace.h"
 
 namespace {
 
@@ -170,13 +171,15 @@ std::vector<at::Tensor> tardis_sequence_forward(
   auto out = at::empty({T, B, O}, opts);
   // without backward (keep false) the buffers only backward reads hold one step, reused
   const int64_t Tk = keep ? T : 1;
-  auto xhr = at::empty({T, B, K}, opts), xg = at::empty({Tk, B, K}, opts);
-  auto sg = at::empty({Tk, B, dh + dr}, opts), act = at::empty({Tk, B, G}, opts);
-  auto vin = at::empty({T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
+  auto xhr = manntk_workspace::empty("awta xhr", {T, B, K}, opts);
+  auto xg = manntk_workspace::empty("awta xg", {Tk, B, K}, opts);
+  auto sg = manntk_workspace::empty("awta sg", {Tk, B, dh + dr}, opts);
+  auto act = manntk_workspace::empty("awta act", {Tk, B, G}, opts);
+  auto vin = manntk_workspace::empty("awta vin", {T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
   auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
   auto history = at::empty({blends ? Tk : 0, B, N, D}, opts);
-  auto th = at::empty({Tk, B, N, S}, opts), u = at::empty({usage ? Tk : 0, B, N}, opts);
+  auto th = manntk_workspace::empty("awta th", {Tk, B, N, S}, opts), u = at::empty({usage ? Tk : 0, B, N}, opts);
   // the caller's memory is written in place only when it gives the state up and no backward needs M_0
   auto memory = (in_place && !keep) ? m0 : m0.clone();
   auto filled = filled0.clone(), used = usage0.clone(), previous = previous0.clone();
@@ -318,7 +321,9 @@ std::vector<at::Tensor> tardis_sequence_backward(
   auto dm = (d_m_.has_value() && d_m_->defined()) ? d_m_->contiguous().clone() : at::zeros({B, N, D}, opts);
   auto memory = blends ? at::Tensor() : m_last.contiguous().clone();  // M_t, restored step by step
   auto dx = at::zeros({T, B, di}, opts);
-  auto dig = at::empty({T, B, dh + dr}, opts), dgo = at::empty({T, B, G}, opts), dv = at::empty({T, B, D}, opts);
+  auto dig = manntk_workspace::empty("awta dig", {T, B, dh + dr}, opts);
+  auto dgo = manntk_workspace::empty("awta dgo", {T, B, G}, opts);
+  auto dv = manntk_workspace::empty("awta dv", {T, B, D}, opts);
   auto dz = at::zeros({T, B, N}, opts), dq = at::zeros({T, B, S}, opts);
   auto dpre = at::empty({address_gradient ? T : 0, B, N, S}, opts), dP = at::zeros({S, D}, opts);
   auto dhr = at::empty({B, dh + dr}, opts), dhn = at::empty({B, dh}, opts);
@@ -560,12 +565,14 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
   auto opts = x.options();
   auto out = at::empty({T, B, O}, opts);
   const int64_t Tk = keep ? T : 1;
-  auto xhr = at::empty({T, B, K}, opts), act = at::empty({Tk, B, G}, opts), cs = at::empty({T, B, dh}, opts);
-  auto vin = at::empty({T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
+  auto xhr = manntk_workspace::empty("tardis xhr", {T, B, K}, opts);
+  auto act = manntk_workspace::empty("tardis act", {Tk, B, G}, opts);
+  auto cs = manntk_workspace::empty("tardis cs", {T, B, dh}, opts);
+  auto vin = manntk_workspace::empty("tardis vin", {T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
   auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
   auto history = at::empty({blends ? Tk : 0, B, N, D}, opts);
-  auto th = at::empty({Tk, B, N, S}, opts), u = at::empty({usage ? Tk : 0, B, N}, opts);
+  auto th = manntk_workspace::empty("tardis th", {Tk, B, N, S}, opts), u = at::empty({usage ? Tk : 0, B, N}, opts);
   auto memory = (in_place && !keep) ? m0 : m0.clone();
   auto filled = filled0.clone(), used = usage0.clone(), previous = previous0.clone();
   auto q = at::empty({B, S}, opts), content = at::empty({B * N, S}, opts), v = at::empty({B, D}, opts),
@@ -705,7 +712,8 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
   auto dm = (d_m_.has_value() && d_m_->defined()) ? d_m_->contiguous().clone() : at::zeros({B, N, D}, opts);
   auto memory = blends ? at::Tensor() : m_last.contiguous().clone();
   auto dx = at::zeros({T, B, di}, opts);
-  auto dact = at::empty({T, B, G}, opts), dv = at::empty({T, B, D}, opts);
+  auto dact = manntk_workspace::empty("tardis dact", {T, B, G}, opts);
+  auto dv = manntk_workspace::empty("tardis dv", {T, B, D}, opts);
   auto dz = at::zeros({T, B, N}, opts), dq = at::zeros({T, B, S}, opts);
   auto dpre = at::empty({address_gradient ? T : 0, B, N, S}, opts), dP = at::zeros({S, D}, opts);
   auto dhn = at::empty({B, dh}, opts), dvin = at::empty({B, Kv}, opts), dxhr = at::empty({B, K}, opts),

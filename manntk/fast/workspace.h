@@ -14,6 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/InferenceMode.h>
 
 #include <map>
 #include <mutex>
@@ -38,8 +39,16 @@ inline Kept& kept() {
   return instance;
 }
 
+// Nothing but the list holds it.
 inline bool is_free(const at::Tensor& buffer) {
   return buffer.use_count() == 1 && buffer.storage().use_count() == 1;
+}
+
+// Free, and of this chunk's kind: a buffer made under torch.inference_mode is an inference
+// tensor, which autograd may not save and which may not be written outside that mode.
+inline bool fits(const at::Tensor& buffer, int64_t numel, const at::TensorOptions& options) {
+  return is_free(buffer) && buffer.numel() == numel && buffer.dtype() == options.dtype() &&
+         buffer.device() == options.device() && buffer.is_inference() == c10::InferenceMode::is_enabled();
 }
 
 // An uninitialised tensor of `sizes`, reusing a buffer kept under `name` that is free.
@@ -51,13 +60,10 @@ inline at::Tensor empty(const char* name, at::IntArrayRef sizes, const at::Tenso
   std::lock_guard<std::mutex> guard(all.lock);
   std::vector<at::Tensor>& buffers = all.buffers[name];
   for (const at::Tensor& buffer : buffers) {
-    if (is_free(buffer) && buffer.numel() == numel && buffer.dtype() == options.dtype() &&
-        buffer.device() == options.device()) {
-      return buffer.view(sizes);
-    }
+    if (fits(buffer, numel, options)) return buffer.view(sizes);
   }
   for (at::Tensor& buffer : buffers) {
-    if (is_free(buffer)) {  // of another size: its memory goes back, a buffer of this size takes its place
+    if (is_free(buffer)) {  // of another size or kind: its memory goes back, a buffer for this chunk takes its place
       buffer = at::empty({numel}, options);
       return buffer.view(sizes);
     }
