@@ -154,8 +154,6 @@ at::Tensor gates_in_backward(const at::Tensor& d_gated, const at::Tensor& sg, co
   return d_ig;
 }
 
-}  // namespace
-
 void set_onednn_products(bool use) { manntk_products::onednn() = use; }
 
 bool onednn_products() { return manntk_products::onednn(); }
@@ -165,6 +163,8 @@ bool onednn_matmul_available() { return manntk_products::onednn_matmul() != null
 int64_t onednn_product_count() { return manntk_products::onednn_count(); }
 
 int64_t release_workspace() { return manntk_workspace::release(); }
+
+}  // namespace
 
 TORCH_LIBRARY(manntk_armin_fused, m) {
   // whether the chunk kernels' large float32 products go through oneDNN (products.h)

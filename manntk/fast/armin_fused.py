@@ -163,6 +163,14 @@ def release_workspace() -> int:
     return int(_extension.release_workspace()) if _extension is not None else 0
 
 
+def products_library() -> str | None:
+    """The library the loaded kernels send their large float32 products to, ``onednn`` or
+    ``blas`` (``manntk.fast.products``), or ``None`` when no kernel has been loaded."""
+    if _extension is None:
+        return None
+    return "onednn" if _extension.onednn_products() else "blas"
+
+
 def chunk_runs_on(x: Tensor) -> bool:
     """Whether a chunk kernel may run a chunk ``x``: a CPU float32/float64 input outside
     ``torch.compile``, autocast and tracing (manntk's, ``torch.jit``'s), which see or

@@ -150,8 +150,10 @@ std::vector<at::Tensor> sequence_forward(const at::Tensor& x, const at::Tensor& 
   // without backward (keep false) the buffers only backward reads hold one step, reused
   const int64_t Tk = keep ? T : 1;
   // what backward reads: reused from chunk to chunk once backward has let go (workspace.h)
-  auto xhr = manntk_workspace::empty("armin xhr", {T, B, K}, opts), xg = manntk_workspace::empty("armin xg", {Tk, B, K}, opts);
-  auto sg = manntk_workspace::empty("armin sg", {Tk, B, dh + dr}, opts), act = manntk_workspace::empty("armin act", {Tk, B, s.G}, opts);
+  auto xhr = manntk_workspace::empty("armin xhr", {T, B, K}, opts);
+  auto xg = manntk_workspace::empty("armin xg", {Tk, B, K}, opts);
+  auto sg = manntk_workspace::empty("armin sg", {Tk, B, dh + dr}, opts);
+  auto act = manntk_workspace::empty("armin act", {Tk, B, s.G}, opts);
   auto vin = manntk_workspace::empty("armin vin", {T, B, Kv}, opts), p = at::empty({Tk, B, N}, opts);
   auto index = at::empty({T, B}, filled0.options()), slot = at::empty({T, B}, filled0.options());
   auto kept = at::empty({blends ? 0 : Tk, B, D}, opts);
@@ -273,8 +275,10 @@ std::vector<at::Tensor> sequence_backward(const std::optional<at::Tensor>& d_out
   auto dm = (d_m_.has_value() && d_m_->defined()) ? d_m_->contiguous().clone() : at::zeros({B, N, D}, opts);
   auto memory = blends ? at::Tensor() : m_last.contiguous().clone();  // M_t, restored step by step
   auto dx = at::zeros({B, T, di}, opts);
-  auto dz = at::empty({T, B, N}, opts), dig = manntk_workspace::empty("armin dig", {T, B, dh + dr}, opts),
-       dgo = manntk_workspace::empty("armin dgo", {T, B, G}, opts), dv = manntk_workspace::empty("armin dv", {T, B, D}, opts);
+  auto dz = at::empty({T, B, N}, opts);
+  auto dig = manntk_workspace::empty("armin dig", {T, B, dh + dr}, opts);
+  auto dgo = manntk_workspace::empty("armin dgo", {T, B, G}, opts);
+  auto dv = manntk_workspace::empty("armin dv", {T, B, D}, opts);
   auto dhr = at::empty({B, dh + dr}, opts), dhn = at::empty({B, dh}, opts);
   auto dvin = at::empty({B, Kv}, opts), dxg = at::empty({B, K}, opts), dxhr = at::empty({B, K}, opts),
        dzs = at::empty({B, di + dh}, opts);

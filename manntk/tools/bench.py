@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from manntk.config import UsageError
-from manntk.fast.armin_fused import extension, kernels_available, release_workspace
+from manntk.fast.armin_fused import products_library, release_workspace
 from manntk.fast.machine import cpu_identity, cpu_info
 from manntk.hookspecs import hookimpl
 from manntk.models import PAPER_MODELS
@@ -790,8 +790,7 @@ def reference_for(case: Case, cases: Sequence[Case]) -> Case | None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """The machine: CPU model (and vendor, family, model numbers, vector instructions), cores,
-    threads, torch version, device name, load, allocator, and the library of the chunk
-    kernels' products (``None`` without the kernels)."""
+    threads, torch version, device name, load, allocator."""
     cpu = cpu_info("model name") or platform.processor() or platform.machine()
     info: dict[str, Any] = {
         "cpu": cpu,
@@ -812,8 +811,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     with contextlib.suppress(OSError, AttributeError):
         info["load_average"] = list(os.getloadavg())
     info["allocator"] = allocator_settings()
-    # the library of the chunk kernels' large float32 products (manntk.fast.products)
-    info["products"] = ("onednn" if extension().onednn_products() else "blas") if kernels_available() else None
     return info
 
 
@@ -1106,6 +1103,8 @@ def _run_benchmark(preset: Preset, settings: Settings, models: Sequence[str] | N
     cases = add_references(cases)
     machine = machine_info(device)
     results = run_cases(cases, settings, progress)
+    # the library of the chunk kernels' large float32 products, when the cases loaded them
+    machine["products"] = products_library()
     with contextlib.suppress(OSError, AttributeError):
         machine["load_average_end"] = list(os.getloadavg())
     return build_report(preset, settings, results, machine)
