@@ -602,6 +602,31 @@ def test_train_density_share_mixes_blanked_batches_with_the_tasks_own() -> None:
     assert 70 <= blanked <= 130  # Binomial(200, 0.5): outside with probability ~3e-5
 
 
+def test_train_max_length_lengthens_the_training_sequences_only() -> None:
+    """``train_max_length: 60`` draws training lengths up to 60 (of 400 uniform draws in
+    1..60, none above 50 has probability (50/60)**400 ~ 1e-32), with or without the
+    share's batches of the task's own bits; the validation and test sets keep 1..50."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    plain = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2))
+    longer = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2, train_max_length=60))
+    mixed = AlgorithmicTask(copy, CopyTaskConfig(train_max_length=60, train_blanks=0.5, train_density_share=0.5))
+    for split in ("valid", "test"):
+        for a, b in zip(plain.eval_batches(split, 100), longer.eval_batches(split, 100)):
+            assert torch.equal(a.inputs, b.inputs)
+    for task, longest in ((plain, 50), (longer, 60), (mixed, 60)):
+        lengths = torch.cat([task.train_batch(index, 8).mask.sum(dim=1) for index in range(50)])
+        assert int(lengths.max()) == longest and int(lengths.min()) >= 1
+
+
+def test_train_max_length_below_min_length_is_refused() -> None:
+    from manntk.tasks.algorithmic import plugin
+
+    with pytest.raises(ValueError, match=r"train_max_length must be a whole number >= min_length \(5\), got 4"):
+        plugin.CopyTaskConfig(min_length=5, train_max_length=4)
+    assert "train_max_length" not in attrs.fields_dict(plugin.AssociativeRecallTaskConfig)
+
+
 def test_train_density_exists_only_for_tasks_of_random_bits() -> None:
     from manntk.tasks.algorithmic import plugin
 

@@ -69,6 +69,16 @@ TRAIN_DENSITY_DOC = """
             broader ones (at batch 1, per sequence).
 """
 
+TRAIN_MAX_LENGTH_DOC = """
+    Training option (tasks with a ``max_length``):
+        train_max_length: the longest *training* sequence (the validation and test sets
+            keep ``max_length``); ``None``, the default, trains on ``max_length`` too.
+            Above ``max_length``, the evaluated lengths lie inside the training range
+            rather than at its edge, where a copying model's rare failures gather
+            (docs/results.md, "NTM-style copy across seeds"); under it, the runs test
+            generalisation to longer sequences (Graves et al. 2014, section 4.1).
+"""
+
 TRAIN_BLANKS_DOC = """
         train_blanks: the probability that a *training* vector is all zeros (a blank),
             whatever its sequence's density (the validation and test sets keep
@@ -88,6 +98,13 @@ def share_of_batches(instance: Any, attribute: attrs.Attribute, value: Any) -> N
         raise ValueError(f"{name} is {value!r} but neither train_density nor train_blanks is set: set the data the share draws")
 
 
+def at_least_min_length(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a whole number of vectors no shorter than the config's ``min_length``."""
+    name = f"{type(instance).__name__}.{attribute.name}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < instance.min_length:
+        raise ValueError(f"{name} must be a whole number >= min_length ({instance.min_length}), got {value!r}")
+
+
 def task_config(generator_config: type) -> type:
     """The recipe config of a task: its generator's options plus the data options (and
     ``train_density`` when the generator has a ``density``)."""
@@ -104,6 +121,10 @@ def task_config(generator_config: type) -> type:
         fields["train_density"] = density_field(default=None, type=Density | None)
         fields["train_density_share"] = attrs.field(default=1.0, validator=share_of_batches, type=float)
         doc += TRAIN_DENSITY_DOC
+    if "max_length" in attrs.fields_dict(generator_config):
+        fields["train_max_length"] = attrs.field(default=None, validator=attrs.validators.optional(at_least_min_length),
+                                                 type=int | None)
+        doc += TRAIN_MAX_LENGTH_DOC
     if "blanks" in attrs.fields_dict(generator_config):
         fields["train_blanks"] = blanks_field(default=None, type=float | None)
         doc += TRAIN_BLANKS_DOC
@@ -153,7 +174,9 @@ class AlgorithmicTask(Task):
         self.config = config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
-        self.train_config = attrs.evolve(config, **{
+        self.train_own_config = config if getattr(config, "train_max_length", None) is None else attrs.evolve(
+            config, max_length=config.train_max_length)
+        self.train_config = attrs.evolve(self.train_own_config, **{
             name: value for name, value in (("density", getattr(config, "train_density", None)),
                                             ("blanks", getattr(config, "train_blanks", None)))
             if value is not None
@@ -166,12 +189,13 @@ class AlgorithmicTask(Task):
     def train_config_at(self, index: int, generator: torch.Generator) -> Any:
         """The config training batch ``index`` is drawn with: ``train_density``'s and
         ``train_blanks``' (for the share ``train_density_share`` of the batches, chosen by a first draw from the
-        batch's ``generator`` when the share is under 1), cut to the curriculum's stage
+        batch's ``generator`` when the share is under 1; the other batches the task's own bits), all
+        at ``train_max_length`` when set, cut to the curriculum's stage
         ``(index + 1) / curriculum_steps`` until the ramp ends."""
         config = self.train_config
         share = getattr(self.config, "train_density_share", 1.0)
         if share < 1 and float(torch.rand((), generator=generator)) >= share:
-            config = self.config
+            config = self.train_own_config
         steps = self.config.curriculum_steps
         if steps is None or index + 1 >= steps:
             return config
