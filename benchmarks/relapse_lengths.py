@@ -13,6 +13,13 @@ verdict also asks the test split).
 Why: the NTM-style copy runs fail sequences that end with two all-zero vectors, inputs
 that look like the output phase's (``benchmarks/copy_failures.py --zero-tail 2``), and
 the fixed validation set holds two of them.
+
+Then, over every validation after the first solved one, which lengths failed: those
+whose BCE per bit was over ``--failed`` (0.05 by default; a length holds ~20 of the 1,000
+sequences, so one wholly wrong sequence puts it at ~0.1-0.2), counted in the shortest and
+the longest fifth of the lengths (1-10 and 41-50 for copy's 1..50). The long sequences'
+failures are those of the read head's lookup at the end marker (docs/results.md, "NTM-style
+copy across seeds").
 """
 
 from __future__ import annotations
@@ -62,14 +69,36 @@ def relapses(run_dir: Path) -> list[tuple[int, float, float, float]]:
     return found
 
 
+def failed_lengths(run_dir: Path, failed: float) -> tuple[Counter[int], int]:
+    """How many validations, after the run's first solved one, had each sequence length's
+    BCE per bit over ``failed``; and the longest length its validations hold."""
+    rows = [row for row in load_run(run_dir).rows if row.get("split") == "valid" and "bce_by_length" in row]
+    first = next((i for i, row in enumerate(rows) if row["bce"] < SOLVED_BCE_THRESHOLD), None)
+    counts = Counter(int(length) for row in (rows[first + 1:] if first is not None else [])
+                     for length, value in row["bce_by_length"].items() if value > failed)
+    return counts, max((int(length) for row in rows for length in row["bce_by_length"]), default=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path, help="a study directory of copy runs (runs/studies/<name>)")
     parser.add_argument("--arm", action="append", help="arms to read (default: every arm folder)")
+    parser.add_argument("--failed", type=float, default=0.05, help="a length's BCE per bit over which it counts as failed")
     args = parser.parse_args()
     arms = args.arm or sorted(path.name for path in args.study.iterdir() if any(path.glob("seed-*")))
     for arm in arms:
-        found = [item for run in sorted((args.study / arm).glob("seed-*")) for item in relapses(run)]
+        runs = sorted((args.study / arm).glob("seed-*"))
+        counted = [failed_lengths(run, args.failed) for run in runs]
+        lengths = sum((counts for counts, _ in counted), Counter())
+        if lengths:
+            longest = max(most for _, most in counted)
+            fifth = max(1, round(longest / 5))
+            short = sum(count for length, count in lengths.items() if length <= fifth)
+            long = sum(count for length, count in lengths.items() if length > longest - fifth)
+            print(f"{arm}: lengths failed (BCE per bit over {args.failed:g}) after a first solve: "
+                  f"1-{fifth} {short} times, {longest - fifth + 1}-{longest} {long} times, "
+                  f"most often {', '.join(f'{length} ({count})' for length, count in lengths.most_common(4))}")
+        found = [item for run in runs for item in relapses(run)]
         if not found:
             print(f"{arm}: no validation above {SOLVED_BCE_THRESHOLD} after a first solve")
             continue
