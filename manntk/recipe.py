@@ -94,6 +94,13 @@ class ScheduleConfig:
             (``stop_when_solved: false``); 1 keeps it. A smaller step size once solved
             keeps the weights from being knocked out of the solution by the steps that
             RMSprop and Adam still take at a near-zero loss.
+        solved_momentum: the optimizer's momentum once the run first solves and goes on
+            training (RMSprop's and SGD's ``momentum``, Adam's first beta), kept from
+            then on. ``null`` (the default): unchanged. At batch 1 a solved run's rare
+            wrong sequence brings a gradient far above the recent ones; RMSprop's
+            normalised step on it is bounded (by ``lr / sqrt(1 - alpha)`` per weight),
+            but momentum 0.9 goes on taking it for about ten more steps, so one wrong
+            sequence moves the weights about ten times as far as the step itself.
         relapse_gamma: when a validation after the run first solved is not solved (a
             relapse), go back to the best checkpoint's weights and optimizer state and
             multiply the rate by this, schedule and all; training then goes on from
@@ -128,6 +135,8 @@ class ScheduleConfig:
     gamma: float = attrs.field(default=0.1, validator=positive)
     min_lr: float = attrs.field(default=0.0, validator=non_negative)
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
+    solved_momentum: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+        [non_negative, attrs.validators.lt(1.0)]))
     relapse_gamma: float | None = attrs.field(default=None, validator=positive)
     regress_ratio: float | None = attrs.field(default=None)
     rollback_floor: float | None = attrs.field(default=None, validator=attrs.validators.optional([positive, probability]))
@@ -278,6 +287,13 @@ class TrainConfig:
     def _flood_mode_needs_a_level(self, attribute: attrs.Attribute, value: str) -> None:
         if value != "ascend" and self.flood is None:
             raise ValueError(f"flood_mode {value!r} says what a step under the flood level does: set flood too")
+
+    @schedule.validator
+    def _solved_momentum_needs_momentum(self, attribute: attrs.Attribute, value: ScheduleConfig) -> None:
+        optimizer = self.optimizer
+        if value.solved_momentum is not None and optimizer.name in ("rmsprop", "sgd") and optimizer.momentum == 0:
+            raise ValueError(f"schedule.solved_momentum changes the momentum of {optimizer.name}, which has none "
+                             "(optimizer.momentum: 0): set optimizer.momentum too")
 
     @replay_times.validator
     def _replay_times_needs_a_level(self, attribute: attrs.Attribute, value: int) -> None:

@@ -259,6 +259,48 @@ def test_the_rate_drops_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_pa
     assert [r["lr"] for r in train_rows(without.run_dir)] == pytest.approx([0.01] * 4)  # the default keeps the rate
 
 
+def test_the_momentum_changes_once_when_first_solved_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    """schedule.solved_momentum: RMSprop's momentum is 0.9 for the steps before the first
+    solved validation (step 2) and 0 after it, also in a run resumed from a later
+    checkpoint; Adam's first beta the same way."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask
+    from manntk.training import trainer as trainer_module
+    from manntk.training.checkpoint import load_trainer_state
+
+    monkeypatch.setattr(AlgorithmicTask, "summarize", lambda self, sums: {"loss": 0.001, "bce": 0.001, "solved": 1.0})
+    seen = []
+    original = trainer_module.Trainer.train_step
+
+    def recording_step(self, *args):
+        group = self.optimizer.param_groups[0]
+        seen.append(group["momentum"] if "momentum" in group else group["betas"][0])
+        return original(self, *args)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", recording_step)
+    rmsprop = {"name": "rmsprop", "lr": 0.01, "momentum": 0.9}
+    recipe = tiny_copy(steps=6, eval_every=2, checkpoint_every=4, stop_when_solved=False, optimizer=rmsprop,
+                       schedule={"solved_momentum": 0.0})
+    straight = train(recipe_from_mapping(recipe), tmp_path / "straight", progress=False)
+    assert straight.solved_step == 2 and seen == [0.9, 0.9, 0.0, 0.0, 0.0, 0.0]
+    assert load_trainer_state(straight.run_dir / "checkpoints" / "step-00000004")["optimizer"]["param_groups"][0]["momentum"] == 0.0
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(straight.run_dir, interrupted)
+    shutil.rmtree(interrupted / "checkpoints" / "step-00000006")
+    (interrupted / "checkpoints" / "latest").write_text("step-00000004\n")
+    seen.clear()
+    train(recipe_from_mapping(recipe), interrupted, resume=True, progress=False)
+    assert seen == [0.0, 0.0]
+    seen.clear()
+    adam = tiny_copy(steps=3, eval_every=2, stop_when_solved=False, schedule={"solved_momentum": 0.5})
+    train(recipe_from_mapping(adam), tmp_path / "adam", progress=False)
+    assert seen == [0.9, 0.9, 0.5]
+
+
+def test_solved_momentum_needs_an_optimizer_with_momentum() -> None:
+    with pytest.raises(ValueError, match=r"solved_momentum changes the momentum of rmsprop, which has none"):
+        recipe_from_mapping(tiny_copy(optimizer={"name": "rmsprop"}, schedule={"solved_momentum": 0.0}))
+
+
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of ``module``'s state dict."""
     return {name: tensor.clone() for name, tensor in module.state_dict().items()}

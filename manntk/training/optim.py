@@ -109,6 +109,17 @@ def scale_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: fl
         group["lr"] *= factor
 
 
+def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
+    """Set the momentum of every parameter group from now on: ``momentum`` where the
+    optimizer has one (RMSprop, SGD), the first beta where it has betas (Adam). In the
+    optimizer's ``state_dict``, so a resumed run keeps it."""
+    for group in optimizer.param_groups:
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        else:
+            group["momentum"] = momentum
+
+
 def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     """The global (L2) norm of the gradients of ``parameters`` (0 when none has one)."""
     gradients = [p.grad for p in parameters if p.grad is not None]

@@ -42,7 +42,7 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
-from manntk.training.optim import clip_gradients, gradient_norm, gradients_finite, make_optimizer, make_scheduler, scale_learning_rate
+from manntk.training.optim import clip_gradients, gradient_norm, gradients_finite, make_optimizer, make_scheduler, scale_learning_rate, set_momentum
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.replay import Replay
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
@@ -222,8 +222,11 @@ class Trainer:
                     solved_step = step
                     if train.stop_when_solved:
                         stop_reason = "solved"
-                    elif train.schedule.solved_gamma != 1.0:  # once solved, smaller steps (schedule.solved_gamma)
-                        scale_learning_rate(self.scheduler, train.schedule.solved_gamma)
+                    else:  # once solved, smaller steps (schedule.solved_gamma, solved_momentum)
+                        if train.schedule.solved_gamma != 1.0:
+                            scale_learning_rate(self.scheduler, train.schedule.solved_gamma)
+                        if train.schedule.solved_momentum is not None:
+                            set_momentum(self.optimizer, train.schedule.solved_momentum)
                 elif solved_step is not None and not valid.get("solved", 1.0):
                     self.relapses += 1  # solved before, not now
                     if train.schedule.relapse_gamma is not None and not self.improves(valid):
