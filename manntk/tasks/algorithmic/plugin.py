@@ -74,7 +74,7 @@ TRAIN_MAX_LENGTH_DOC = """
         train_max_length: the longest *training* sequence (the validation and test sets
             keep ``max_length``); ``None``, the default, trains on ``max_length`` too.
             Above ``max_length``, the evaluated lengths lie inside the training range
-            rather than at its edge, where a copying model's rare failures gather
+            rather than at its edge, where they are the rarest training sequences
             (docs/results.md, "NTM-style copy across seeds"); under it, the runs test
             generalisation to longer sequences (Graves et al. 2014, section 4.1).
 """
@@ -174,9 +174,10 @@ class AlgorithmicTask(Task):
         self.config = config
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
-        self.train_own_config = config if getattr(config, "train_max_length", None) is None else attrs.evolve(
+        # the task's own bits at the training lengths (the batches outside train_density_share)
+        self.plain_train_config = config if getattr(config, "train_max_length", None) is None else attrs.evolve(
             config, max_length=config.train_max_length)
-        self.train_config = attrs.evolve(self.train_own_config, **{
+        self.train_config = attrs.evolve(self.plain_train_config, **{
             name: value for name, value in (("density", getattr(config, "train_density", None)),
                                             ("blanks", getattr(config, "train_blanks", None)))
             if value is not None
@@ -195,7 +196,7 @@ class AlgorithmicTask(Task):
         config = self.train_config
         share = getattr(self.config, "train_density_share", 1.0)
         if share < 1 and float(torch.rand((), generator=generator)) >= share:
-            config = self.train_own_config
+            config = self.plain_train_config
         steps = self.config.curriculum_steps
         if steps is None or index + 1 >= steps:
             return config
