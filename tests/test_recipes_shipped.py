@@ -188,12 +188,13 @@ def test_the_authors_training_on_repeat_copy_is_their_copy_training_on_the_paper
 
 
 OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum", "train.optimizer.alpha",
-                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma", "train.flood",
-                                  "task.train_density"},
+                                  "train.clip_norm", "train.clip_value", "train.schedule.relapse_gamma", "train.schedule.solved_gamma",
+                                  "train.schedule.solved_momentum", "train.flood", "train.nonfinite_gradients",
+                                  "task.train_density", "task.train_blanks", "task.train_max_length"},
                 ("copy", "awta"): {"train.ema_decay"}}
 """Training settings a model's recipe may change from the shared protocol, each chosen from
 runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse, its flooding,
-its rate once solved and its training densities: studies/ntm_copy_seeds.yaml; AwTA
+its rate and momentum once solved, its skipped overflows and its training data: studies/ntm_copy_seeds.yaml; AwTA
 copy's weight average: studies/tardis_copy_reads.yaml)."""
 
 
