@@ -622,8 +622,10 @@ def test_train_max_length_lengthens_the_training_sequences_only() -> None:
 def test_train_max_length_below_min_length_is_refused() -> None:
     from manntk.tasks.algorithmic import plugin
 
-    with pytest.raises(ValueError, match=r"train_max_length must be a whole number >= min_length \(5\), got 4"):
+    with pytest.raises(ValueError, match=r"train_max_length must be >= min_length \(5\), got 4"):
         plugin.CopyTaskConfig(min_length=5, train_max_length=4)
+    with pytest.raises(ValueError, match=r"train_max_length must be a positive integer, got 6.5"):
+        plugin.CopyTaskConfig(train_max_length=6.5)
     assert "train_max_length" not in attrs.fields_dict(plugin.AssociativeRecallTaskConfig)
 
 

@@ -30,9 +30,11 @@ from manntk.tasks.algorithmic.batch import (
     SOLVED_BCE_THRESHOLD,
     Density,
     SequenceBatch,
+    at_least_field,
     blanks_field,
     density_field,
     make_validation_set,
+    positive_int,
 )
 from manntk.tasks.base import Batch, Metrics, Task, TaskContext
 
@@ -98,13 +100,6 @@ def share_of_batches(instance: Any, attribute: attrs.Attribute, value: Any) -> N
         raise ValueError(f"{name} is {value!r} but neither train_density nor train_blanks is set: set the data the share draws")
 
 
-def at_least_min_length(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    """attrs validator: a whole number of vectors no shorter than the config's ``min_length``."""
-    name = f"{type(instance).__name__}.{attribute.name}"
-    if isinstance(value, bool) or not isinstance(value, int) or value < instance.min_length:
-        raise ValueError(f"{name} must be a whole number >= min_length ({instance.min_length}), got {value!r}")
-
-
 def task_config(generator_config: type) -> type:
     """The recipe config of a task: its generator's options plus the data options (and
     ``train_density`` when the generator has a ``density``)."""
@@ -122,8 +117,8 @@ def task_config(generator_config: type) -> type:
         fields["train_density_share"] = attrs.field(default=1.0, validator=share_of_batches, type=float)
         doc += TRAIN_DENSITY_DOC
     if "max_length" in attrs.fields_dict(generator_config):
-        fields["train_max_length"] = attrs.field(default=None, validator=attrs.validators.optional(at_least_min_length),
-                                                 type=int | None)
+        fields["train_max_length"] = attrs.field(
+            default=None, validator=attrs.validators.optional([positive_int, at_least_field("min_length")]), type=int | None)
         doc += TRAIN_MAX_LENGTH_DOC
     if "blanks" in attrs.fields_dict(generator_config):
         fields["train_blanks"] = blanks_field(default=None, type=float | None)
