@@ -52,12 +52,18 @@ def validation_bits(run_dir: Path) -> tuple[Counter[str], set[str]]:
     return bits, zero_tail
 
 
+def validations(run_dir: Path) -> tuple[list[dict], int | None]:
+    """The run's validation rows with BCE per length, and the index of the first solved one
+    (``None`` when none is)."""
+    rows = [row for row in load_run(run_dir).rows if row.get("split") == "valid" and "bce_by_length" in row]
+    return rows, next((i for i, row in enumerate(rows) if row["bce"] < SOLVED_BCE_THRESHOLD), None)
+
+
 def relapses(run_dir: Path) -> list[tuple[int, float, float, float]]:
     """(step, BCE, share of it from the zero-tail lengths, BCE without them) of each
     validation above the threshold after the run's first solved one."""
     bits, zero_tail = validation_bits(run_dir)
-    rows = [row for row in load_run(run_dir).rows if row.get("split") == "valid" and "bce_by_length" in row]
-    first = next((i for i, row in enumerate(rows) if row["bce"] < SOLVED_BCE_THRESHOLD), None)
+    rows, first = validations(run_dir)
     rest_bits = sum(bits.values()) - sum(bits[length] for length in zero_tail)
     found = []
     for row in rows[first:] if first is not None else []:
@@ -72,8 +78,7 @@ def relapses(run_dir: Path) -> list[tuple[int, float, float, float]]:
 def failed_lengths(run_dir: Path, failed: float) -> tuple[Counter[int], int]:
     """How many validations, after the run's first solved one, had each sequence length's
     BCE per bit over ``failed``; and the longest length its validations hold."""
-    rows = [row for row in load_run(run_dir).rows if row.get("split") == "valid" and "bce_by_length" in row]
-    first = next((i for i, row in enumerate(rows) if row["bce"] < SOLVED_BCE_THRESHOLD), None)
+    rows, first = validations(run_dir)
     counts = Counter(int(length) for row in (rows[first + 1:] if first is not None else [])
                      for length, value in row["bce_by_length"].items() if value > failed)
     return counts, max((int(length) for row in rows for length in row["bce_by_length"]), default=0)
