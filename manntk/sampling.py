@@ -69,10 +69,14 @@ class HardAddressingConfig:
             evaluation); ``false`` reads softly with ``softmax(logits / tau)`` (the
             paper's soft-read ablation, and the authors' algorithmic-task code).
         temperature: the schedule of ``tau``, driven by the training step.
+        noise: the scale of the Gumbel noise added to the logits of a hard read in
+            training (1: the Gumbel-softmax; 0: the argmax of the logits, with the same
+            straight-through gradient). Evaluation never adds noise.
     """
 
     hard: bool = True
     temperature: TemperatureSchedule = attrs.field(factory=TemperatureSchedule)
+    noise: float = attrs.field(default=1.0, validator=non_negative)
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
@@ -126,6 +130,7 @@ class HardAddressing(Addressing):
         super().__init__()
         self.hard = config.hard
         self.temperature = config.temperature
+        self.noise = config.noise
         self.register_buffer("schedule_step", torch.zeros((), dtype=torch.long))
 
     def set_training_step(self, step: int) -> None:
@@ -142,8 +147,12 @@ class HardAddressing(Addressing):
         return self.temperature(int(self.schedule_step))
 
     def chunk_noise(self, logits_shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-        """Gumbel noise for a whole chunk ``[T, B, N]`` when sampling (hard, training), else ``None``."""
-        return gumbel_noise(logits_shape, like) if self.hard and self.training else None
+        """Gumbel noise for a whole chunk ``[T, B, N]``, times the ``noise`` scale, when
+        sampling (hard, training, a scale above 0), else ``None``."""
+        if not (self.hard and self.training and self.noise):
+            return None
+        noise = gumbel_noise(logits_shape, like)
+        return noise if self.noise == 1.0 else noise * self.noise
 
     def sample(self, logits: Tensor, tau: float | Tensor, noise: Tensor | None) -> Address:
         """The address for ``logits`` ``[B, N]``.

@@ -67,6 +67,22 @@ def test_straight_through_passes_gradient_to_W_s():
     assert part.W_s.weight.grad is not None and part.W_s.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.25, 3.0])
+def test_the_noise_option_scales_the_gumbel_noise_of_a_training_read(scale):
+    """``addressing.noise``: the training read is the argmax of ``logits + scale * g`` for the
+    Gumbel sample ``g`` drawn from the same seed (0: the argmax of the logits)."""
+    part = AutoAddressing(AutoConfig(noise=scale), context()).train()
+    x, h, memory = torch.randn(64, D_I), torch.randn(64, D_H), torch.randn(64, N, W)
+    state = part.init_state(64, "cpu", torch.float32)
+    torch.manual_seed(3)
+    address, _ = part.step(part.prepare(x.unsqueeze(1)), 0, h, memory, state)
+    torch.manual_seed(3)
+    g = gumbel_noise((1, 64, N), x)[0]
+    logits = F.linear(torch.cat([x, h], 1), part.W_s.weight, part.W_s.bias)
+    assert torch.equal(address.index, (logits + scale * g).argmax(1))
+    assert torch.equal(address.index, logits.argmax(1)) is (scale == 0.0)
+
+
 def test_gumbel_noise_has_the_gumbel_mean():
     samples = gumbel_noise((200_000,), torch.empty(0))
     assert torch.isfinite(samples).all()

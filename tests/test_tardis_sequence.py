@@ -36,7 +36,7 @@ def _kernels():
 
 
 def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=True, value="hidden", squash=False,
-            read_output=True, tau=0.7, cell="armin"):
+            read_output=True, tau=0.7, cell="armin", noise=1.0):
     """The armin cell (AwTA), or with ``cell="tardis"`` the tardis cell (TARDIS; ``squash`` and
     ``read_output`` are armin options and are then left out)."""
     cell_options = ({"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output}
@@ -46,7 +46,7 @@ def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=T
         "output_size": 4,
         "cell": cell_options,
         "addressing": {"name": "tardis", "hard": hard, "key_size": KEY, "attention_size": ATTENTION, "usage": usage,
-                       "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}},
+                       "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
         "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
         "memory": {"slots": SLOTS, "width": WIDTH, "learned": True, "init": "uniform"},
         "fast": fast,
@@ -162,6 +162,14 @@ def test_in_evaluation_the_kernel_gives_the_plain_paths_outputs_and_gradients(op
 def test_the_kernel_matches_the_plain_path_at_batch_1(options):
     plain, kernel = run_both(options, torch.float64, steps=2 * SLOTS + 3, batch=1)
     assert_same(plain, kernel, torch.float64, steps=2 * SLOTS + 3)
+
+
+@pytest.mark.parametrize("options", [{"noise": 0.0}, {"noise": 0.3, "penalty": 100.0}, {"noise": 0.0, "cell": "tardis"}], ids=case_id)
+def test_the_kernel_matches_the_plain_path_with_scaled_or_no_noise(options):
+    """A hard read in training with the Gumbel noise scaled (``addressing.noise``), or none:
+    the argmax of the logits, the straight-through gradient."""
+    plain, kernel = run_both(options, torch.float64, steps=3 * SLOTS + 1)
+    assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
 
 
 @pytest.mark.parametrize("options", [{"hard": False}, {"hard": False, "argmax": True, "usage": False, "penalty": 100.0},
