@@ -110,9 +110,10 @@ def test_schedule_step_drives_the_temperature():
     assert "layers.0.addressing.schedule_step" in model.state_dict()
 
 
-def naive_tardis_logits(part, x, h, memory, usage, previous, penalty):
+def naive_tardis_logits(part, x, h, memory, usage, previous, penalty, feature=None):
+    """``feature``: the usage the scores see, by hand (default: the share of the reads)."""
     logits = torch.zeros(B, N)
-    normalised = usage / usage.sum(-1, keepdim=True).clamp_min(1.0)
+    normalised = usage / usage.sum(-1, keepdim=True).clamp_min(1.0) if feature is None else feature
     for b in range(B):
         for i in range(N):
             slot = torch.cat([part.A[i], memory[b, i]])
@@ -122,8 +123,17 @@ def naive_tardis_logits(part, x, h, memory, usage, previous, penalty):
     return logits
 
 
-def test_tardis_addressing_matches_a_per_slot_loop():
-    config = TardisAddressingConfig(hard=False, key_size=3, reread_penalty=100.0)
+#: The usage each ``usage_feature`` makes of the read counts [[3, 0, 1, 0, 0], [0, 0, 0, 2, 2]], by hand.
+USAGE_FEATURES = {
+    "share": [[0.75, 0, 0.25, 0, 0], [0, 0, 0, 0.5, 0.5]],
+    "count": [[3.0, 0, 1, 0, 0], [0, 0, 0, 2, 2]],
+    "seen": [[1.0, 0, 1, 0, 0], [0, 0, 0, 1, 1]],
+}
+
+
+@pytest.mark.parametrize("feature", USAGE_FEATURES)
+def test_tardis_addressing_matches_a_per_slot_loop(feature):
+    config = TardisAddressingConfig(hard=False, key_size=3, reread_penalty=100.0, usage_feature=feature)
     part = TardisAddressing(config, context())
     with torch.no_grad():
         part.w_u.normal_()
@@ -131,7 +141,7 @@ def test_tardis_addressing_matches_a_per_slot_loop():
     usage = torch.tensor([[3.0, 0, 1, 0, 0], [0, 0, 0, 2, 2]])
     previous = F.one_hot(torch.tensor([0, 3]), N).float()
     address, state = address_once(part, x, h, memory, {"usage": usage, "previous": previous})
-    expected = naive_tardis_logits(part, x, h, memory, usage, previous, 100.0)
+    expected = naive_tardis_logits(part, x, h, memory, usage, previous, 100.0, torch.tensor(USAGE_FEATURES[feature]))
     torch.testing.assert_close(address.weights, torch.softmax(expected, 1))
     torch.testing.assert_close(state["usage"], usage + address.weights)
     assert address.weights[0, 0] < 1e-6 and address.weights[1, 3] < 1e-6  # the penalty forbids re-reading

@@ -36,7 +36,7 @@ def _kernels():
 
 
 def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=True, value="hidden", squash=False,
-            read_output=True, tau=0.7, cell="armin", noise=1.0):
+            read_output=True, tau=0.7, cell="armin", noise=1.0, usage_feature="share"):
     """The armin cell (AwTA), or with ``cell="tardis"`` the tardis cell (TARDIS; ``squash`` and
     ``read_output`` are armin options and are then left out)."""
     cell_options = ({"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output}
@@ -46,7 +46,7 @@ def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=T
         "output_size": 4,
         "cell": cell_options,
         "addressing": {"name": "tardis", "hard": hard, "key_size": KEY, "attention_size": ATTENTION, "usage": usage,
-                       "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
+                       "usage_feature": usage_feature, "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
         "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
         "memory": {"slots": SLOTS, "width": WIDTH, "learned": True, "init": "uniform"},
         "fast": fast,
@@ -172,6 +172,23 @@ def test_the_kernel_matches_the_plain_path_with_scaled_or_no_noise(options):
     assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
 
 
+@pytest.mark.parametrize("options", [{"usage_feature": "count"}, {"usage_feature": "seen", "penalty": 100.0},
+                                     {"usage_feature": "count", "hard": False}, {"usage_feature": "seen", "cell": "tardis"}],
+                         ids=case_id)
+def test_the_kernel_matches_the_plain_path_with_every_usage_feature(options):
+    """The usage as read counts or as whether a slot was read, instead of the share of the
+    reads (the array above runs the share)."""
+    plain, kernel = run_both(options, torch.float64, steps=3 * SLOTS + 1)
+    assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
+
+
+def test_the_usage_feature_changes_the_kernels_outputs():
+    """The cases above would pass if both paths ignored ``usage_feature``: here the kernel's
+    outputs differ between the share and the counts."""
+    share, count = (run_both({"usage_feature": feature}, torch.float64, steps=3 * SLOTS + 1)[1]["y"] for feature in ("share", "count"))
+    assert not torch.allclose(share, count)
+
+
 @pytest.mark.parametrize("options", [{"hard": False}, {"hard": False, "argmax": True, "usage": False, "penalty": 100.0},
                                      {"hard": False, "cell": "tardis"}], ids=case_id)
 def test_the_kernel_matches_the_plain_path_in_float32(options):
@@ -181,9 +198,10 @@ def test_the_kernel_matches_the_plain_path_in_float32(options):
     assert_same(plain, kernel, torch.float32)
 
 
-@pytest.mark.parametrize("steps, usage, penalty, fill", [(5, False, 0.0, True), (5, False, 0.0, False), (1, True, 1.5, False)])
+@pytest.mark.parametrize("steps, usage, penalty, fill", [(5, 0, 0.0, True), (5, 0, 0.0, False), (1, 1, 1.5, False), (1, 2, 1.5, False)])
 def test_the_operator_passes_gradcheck(steps, usage, penalty, fill):
-    """The autograd node itself, in float64, against finite differences, with soft reads
+    """The autograd node itself, in float64, against finite differences (``usage``: the
+    kernels' code, 0 none, 1 the share, 2 the counts), with soft reads
     and argmax writes: the composition whose gradient is the true derivative. (Hard reads
     are straight-through and the blend's write weights are detached, by design; so are the
     usage and the previous read weights carried to the next step, as on the plain path,
@@ -197,7 +215,7 @@ def test_the_operator_passes_gradcheck(steps, usage, penalty, fill):
 
     B, N, D, d_i, d_h, S = 2, 3, 2, 2, 3, 4
     weights = (
-        tensor(S, d_i + d_h), tensor(S), tensor(N, S), tensor(S, D), tensor(S, grad=usage), tensor(S),
+        tensor(S, d_i + d_h), tensor(S), tensor(N, S), tensor(S, D), tensor(S, grad=usage != 0), tensor(S),
         tensor(d_h + D, d_i + d_h + D), tensor(d_h + D), tensor(4 * d_h + D, d_i + d_h + D), tensor(4 * d_h + D),
         tensor(D, d_i + d_h), tensor(D),
     )

@@ -1,8 +1,8 @@
 """TARDIS addressing (Gulcehre et al., 2017), used by TARDIS and AwTA.
 
 Slot i holds a learned address vector ``A_i`` (``key_size``) beside its content ``C_i``
-(the memory row). With ``u_t`` the usage so far (the sum of past read weights,
-normalised to sum to one)::
+(the memory row). With ``u_t`` the usage so far (a feature of the sum of past read weights:
+by default normalised to sum to one, see ``usage_feature``)::
 
     pi_t[i] = a^T tanh(W_h h_{t-1} + W_x x_t + W_m [A_i ; C_i] + w_u u_t[i])
     pi_t[i] -= reread_penalty * w_{t-1}[i]
@@ -16,7 +16,7 @@ projects every slot's content.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import attrs
 import torch
@@ -42,12 +42,21 @@ class TardisAddressingConfig(HardAddressingConfig):
         reread_penalty: subtracted from the logit of the slot read at the previous
             step (the authors' code uses 100: do not re-read); 0 turns it off.
         usage: feed the usage ``u_t`` into the scores.
+        usage_feature: what the scores see of the read counts ``n_t`` (the sum of past read
+            weights): ``share``, each slot's share of the reads, ``n_t / max(sum n_t, 1)`` (the
+            TARDIS paper's normalised usage; the default); ``count``, ``n_t`` itself; ``seen``,
+            ``min(n_t, 1)``, whether the slot has been read (for one-hot reads). A share
+            shrinks as ``1/t`` over a sequence, so a slot read once late in a long sequence
+            looks almost unread; ``count`` and ``seen`` keep the same size at every step.
     """
 
     key_size: int = attrs.field(default=16, validator=positive)
     attention_size: int | None = attrs.field(default=None, validator=positive)
     reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
     usage: bool = True
+    usage_feature: Literal["share", "count", "seen"] = attrs.field(
+        default="share", validator=attrs.validators.in_(("share", "count", "seen"))
+    )
 
 
 class _Prepared(NamedTuple):
@@ -92,7 +101,7 @@ class TardisAddressing(HardAddressing):
         query = prepared.W_h(prepared.query_x[t], hidden)  # [B, S]
         slots = prepared.slot_keys + nn.functional.linear(memory, prepared.content_weight)  # [B, N, S]
         if self.config.usage:
-            usage = state["usage"] / state["usage"].sum(-1, keepdim=True).clamp_min(1.0)
+            usage = usage_feature(state["usage"], self.config.usage_feature)
             slots = slots + usage.unsqueeze(-1) * self.w_u
         logits = torch.tanh(query.unsqueeze(1) + slots) @ self.a  # [B, N]
         if self.config.reread_penalty:
@@ -101,6 +110,16 @@ class TardisAddressing(HardAddressing):
         address = self.sample(logits, prepared.tau, noise)
         weights = address.dense(self.slots, logits.dtype).detach()
         return address, {"usage": state["usage"] + weights, "previous": weights}
+
+
+def usage_feature(counts: Tensor, form: str) -> Tensor:
+    """The usage ``u_t`` ``[B, N]`` the scores see, from the read counts ``[B, N]`` (the sum
+    of past read weights), in the ``form`` of ``TardisAddressingConfig.usage_feature``."""
+    if form == "share":
+        return counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
+    if form == "count":
+        return counts
+    return counts.clamp_max(1.0)
 
 
 @hookimpl

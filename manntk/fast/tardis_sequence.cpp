@@ -3,7 +3,7 @@
 //
 // Per step t, for every row b of the batch (q, K, P, w_u, a: see tardis_sequence.py):
 //   q     = W_q [x_t, h_{t-1}] + b_q                      ([W_x, W_h], the query)
-//   u     = usage / max(sum usage, 1)                      (with usage)
+//   u     = the usage feature of the read counts (usage_feature below; none without usage)
 //   z_i   = a . tanh(q + K_i + P M_{t-1,i} + u_i w_u) - penalty * previous_i (+ Gumbel noise)
 //   p     = softmax(z / tau)
 //   r_t   = p . M_{t-1}            (hard: M_{t-1}[argmax z], straight-through in backward)
@@ -25,6 +25,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -74,6 +75,23 @@ void softmax_row(const T* __restrict__ z, T* __restrict__ p, int64_t n, T tau) {
   for (int64_t j = 0; j < n; ++j) p[j] /= total;
 }
 
+// The usage feature u of one row from its read counts, by usage_form (tardis_sequence.py's
+// USAGE_FORMS): 1, each slot's share of the reads, counts / max(sum counts, 1); 2, the counts;
+// 3, min(counts, 1), whether the slot has been read. 0 (no usage) never calls it.
+template <typename T>
+void usage_feature(const T* __restrict__ counts, T* __restrict__ u, int64_t N, int64_t usage_form) {
+  if (usage_form == 1) {
+    T total = 0;
+    for (int64_t j = 0; j < N; ++j) total += counts[j];
+    total = std::max(total, T(1));
+    for (int64_t j = 0; j < N; ++j) u[j] = counts[j] / total;
+  } else if (usage_form == 2) {
+    for (int64_t j = 0; j < N; ++j) u[j] = counts[j];
+  } else {
+    for (int64_t j = 0; j < N; ++j) u[j] = std::min(counts[j], T(1));
+  }
+}
+
 // One slot's score: th = tanh(q + k + c + u w_u) (stored), returns a . th.
 template <typename T>
 T score_row(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ c, const T* __restrict__ wu, T u,
@@ -121,9 +139,10 @@ std::vector<at::Tensor> tardis_sequence_forward(
     const at::Tensor& keys, const at::Tensor& P, const at::Tensor& w_u, const at::Tensor& a, const at::Tensor& W_ig,
     const at::Tensor& b_ig, const at::Tensor& W_go, const at::Tensor& b_go, const std::optional<at::Tensor>& W_v_,
     const std::optional<at::Tensor>& b_v_, double tau, double forget_bias, bool squash, bool read_output, bool hard,
-    bool argmax_write, bool fill, bool usage, double penalty, bool keep, bool in_place) {
+    bool argmax_write, bool fill, int64_t usage_form, double penalty, bool keep, bool in_place) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
-  const bool project = W_v.defined();
+  const bool project = W_v.defined(), usage = usage_form != 0;
+  TORCH_CHECK(usage_form >= 0 && usage_form <= 3, "tardis sequence: usage_form must be 0-3, got ", usage_form);
   TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "tardis sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "tardis sequence: x must be a contiguous CPU tensor");
   TORCH_CHECK(m0.dim() == 3, "tardis sequence: the memory must be [B, N, D], got ", m0.sizes());
@@ -216,12 +235,7 @@ std::vector<at::Tensor> tardis_sequence_forward(
         add_row(pbq, qb, S);
         const T_* usage_b = pused + b * N;
         T_* ub = usage ? pu + (krow0 + b) * N : nullptr;
-        if (usage) {
-          T_ total = 0;
-          for (int64_t j = 0; j < N; ++j) total += usage_b[j];
-          total = std::max(total, T_(1));
-          for (int64_t j = 0; j < N; ++j) ub[j] = usage_b[j] / total;
-        }
+        if (usage) usage_feature(usage_b, ub, N, usage_form);
         T_* zb = pz + b * N;
         T_* thb = pth + (krow0 + b) * N * S;
         for (int64_t j = 0; j < N; ++j) {
@@ -512,10 +526,11 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
     const std::optional<at::Tensor>& cell_noise, const at::Tensor& W_q, const at::Tensor& b_q, const at::Tensor& keys,
     const at::Tensor& P, const at::Tensor& w_u, const at::Tensor& a, const at::Tensor& W_all, const at::Tensor& b_all,
     const std::optional<at::Tensor>& W_v_, const std::optional<at::Tensor>& b_v_, double tau, double forget_bias,
-    double gate_temperature, bool hard, bool argmax_write, bool fill, bool usage, double penalty, bool keep,
+    double gate_temperature, bool hard, bool argmax_write, bool fill, int64_t usage_form, double penalty, bool keep,
     bool in_place) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
-  const bool project = W_v.defined();
+  const bool project = W_v.defined(), usage = usage_form != 0;
+  TORCH_CHECK(usage_form >= 0 && usage_form <= 3, "tardis sequence: usage_form must be 0-3, got ", usage_form);
   TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "tardis sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "tardis sequence: x must be a contiguous CPU tensor");
   TORCH_CHECK(m0.dim() == 3, "tardis sequence: the memory must be [B, N, D], got ", m0.sizes());
@@ -609,12 +624,7 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
         add_row(pbq, qb, S);
         const T_* usage_b = pused + b * N;
         T_* ub = usage ? pu + (krow0 + b) * N : nullptr;
-        if (usage) {
-          T_ total = 0;
-          for (int64_t j = 0; j < N; ++j) total += usage_b[j];
-          total = std::max(total, T_(1));
-          for (int64_t j = 0; j < N; ++j) ub[j] = usage_b[j] / total;
-        }
+        if (usage) usage_feature(usage_b, ub, N, usage_form);
         T_* zb = pz + b * N;
         T_* thb = pth + (krow0 + b) * N * S;
         for (int64_t j = 0; j < N; ++j) {
@@ -835,7 +845,7 @@ TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("tardis_sequence_forward(Tensor x, Tensor h0, Tensor m0, Tensor filled0, Tensor usage0, Tensor previous0, "
         "Tensor? noise, Tensor W_q, Tensor b_q, Tensor keys, Tensor P, Tensor w_u, Tensor a, Tensor W_ig, Tensor b_ig, "
         "Tensor W_go, Tensor b_go, Tensor? W_v, Tensor? b_v, float tau, float forget_bias, bool squash, bool read_output, "
-        "bool hard, bool argmax_write, bool fill, bool usage, float penalty, bool keep, bool in_place) -> Tensor[]",
+        "bool hard, bool argmax_write, bool fill, int usage_form, float penalty, bool keep, bool in_place) -> Tensor[]",
         &tardis_sequence_forward);
   m.def("tardis_sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_m, Tensor m_last, Tensor W_q, Tensor P, "
         "Tensor a, Tensor W_ig, Tensor W_go, Tensor? W_v, Tensor xhr, Tensor xg, Tensor sg, Tensor act, Tensor vin, "
@@ -845,7 +855,7 @@ TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("tardis_cell_sequence_forward(Tensor x, Tensor h0, Tensor c0, Tensor m0, Tensor filled0, Tensor usage0, "
         "Tensor previous0, Tensor? noise, Tensor? cell_noise, Tensor W_q, Tensor b_q, Tensor keys, Tensor P, Tensor w_u, "
         "Tensor a, Tensor W_all, Tensor b_all, Tensor? W_v, Tensor? b_v, float tau, float forget_bias, "
-        "float gate_temperature, bool hard, bool argmax_write, bool fill, bool usage, float penalty, bool keep, "
+        "float gate_temperature, bool hard, bool argmax_write, bool fill, int usage_form, float penalty, bool keep, "
         "bool in_place) -> Tensor[]",
         &tardis_cell_sequence_forward);
   m.def("tardis_cell_sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_c, Tensor? d_m, Tensor m_last, Tensor c0, "

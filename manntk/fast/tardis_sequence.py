@@ -22,7 +22,7 @@ It covers the ``armin`` cell without layer norm or zoneout (AwTA) and the ``tard
 per step, and the gates alpha, beta draw their logistic noise as ``TardisCell.prepare``
 does), ``tardis`` addressing with
 every option (hard reads: straight-through Gumbel-softmax in training, the argmax slot in
-evaluation, as the engine's discrete path; soft reads; usage on or off; any re-read
+evaluation, as the engine's discrete path; soft reads; usage on or off, in every ``usage_feature``; any re-read
 penalty) and the ``overwrite`` write with every option (``h_t`` or its projection, or
 ``value: input_and_hidden``; replacement by slot, argmax or the soft blend;
 fill-empty-first). The numbers are those of the plain path up to float rounding
@@ -60,9 +60,18 @@ class Options(NamedTuple):
     hard: bool
     argmax_write: bool
     fill: bool
-    usage: bool
+    usage: int
     penalty: float
     address_gradient: bool
+
+
+USAGE_FORMS = {"share": 1, "count": 2, "seen": 3}
+"""The kernels' code of each ``usage_feature`` (0: no usage)."""
+
+
+def usage_form(config: Any) -> int:
+    """The kernels' code for the usage a ``TardisAddressingConfig`` asks for."""
+    return USAGE_FORMS[config.usage_feature] if config.usage else 0
 
 
 class _TardisSequence(torch.autograd.Function):
@@ -114,7 +123,7 @@ class CellOptions(NamedTuple):
     hard: bool
     argmax_write: bool
     fill: bool
-    usage: bool
+    usage: int
     penalty: float
     address_gradient: bool
 
@@ -244,7 +253,7 @@ class TardisSequence:
                    None if noise is None else noise.contiguous())
         if tardis_cell:
             options = CellOptions(float(addressing.tau()), float(cell.config.forget_bias), float(cell.config.gate_temperature),
-                                  addressing.hard, write.argmax, fill, config.usage, float(config.reread_penalty), address_gradient)
+                                  addressing.hard, write.argmax, fill, usage_form(config), float(config.reread_penalty), address_gradient)
             out, h, c, memory, filled, usage, previous = _TardisCellSequence.apply(
                 options, keep, in_place, *sequence, state["cell"]["h"].contiguous(), state["cell"]["c"].contiguous(), *carried,
                 cell_noise, *weights,
@@ -252,7 +261,7 @@ class TardisSequence:
             cell_state = {"h": h, "c": c}
         else:
             options = Options(float(addressing.tau()), float(cell.config.forget_bias), cell.config.squash_state, cell.config.read_output,
-                              addressing.hard, write.argmax, fill, config.usage, float(config.reread_penalty), address_gradient)
+                              addressing.hard, write.argmax, fill, usage_form(config), float(config.reread_penalty), address_gradient)
             out, h, memory, filled, usage, previous = _TardisSequence.apply(
                 options, keep, in_place, *sequence, state["cell"]["h"].contiguous(), *carried, *weights,
             )
