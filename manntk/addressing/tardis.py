@@ -16,7 +16,7 @@ projects every slot's content.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import attrs
 import torch
@@ -29,6 +29,10 @@ from manntk.fast.recurrent import RecurrentWeight
 from manntk.hookspecs import hookimpl
 from manntk.parts import Address
 from manntk.sampling import HardAddressing, HardAddressingConfig
+
+
+UsageFeature = Literal["share", "count", "seen"]
+"""What TARDIS addressing's scores see of the read counts (``TardisAddressingConfig.usage_feature``)."""
 
 
 @attrs.define
@@ -54,9 +58,7 @@ class TardisAddressingConfig(HardAddressingConfig):
     attention_size: int | None = attrs.field(default=None, validator=positive)
     reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
     usage: bool = True
-    usage_feature: Literal["share", "count", "seen"] = attrs.field(
-        default="share", validator=attrs.validators.in_(("share", "count", "seen"))
-    )
+    usage_feature: UsageFeature = attrs.field(default="share", validator=attrs.validators.in_(get_args(UsageFeature)))
 
 
 class _Prepared(NamedTuple):
@@ -112,7 +114,7 @@ class TardisAddressing(HardAddressing):
         return address, {"usage": state["usage"] + weights, "previous": weights}
 
 
-def usage_feature(counts: Tensor, form: str) -> Tensor:
+def usage_feature(counts: Tensor, form: UsageFeature) -> Tensor:
     """The usage ``u_t`` ``[B, N]`` the scores see, from the read counts ``[B, N]`` (the sum
     of past read weights), in the ``form`` of ``TardisAddressingConfig.usage_feature``."""
     if form == "share":

@@ -22,8 +22,8 @@ It covers the ``armin`` cell without layer norm or zoneout (AwTA) and the ``tard
 per step, and the gates alpha, beta draw their logistic noise as ``TardisCell.prepare``
 does), ``tardis`` addressing with
 every option (hard reads: straight-through Gumbel-softmax in training, the argmax slot in
-evaluation, as the engine's discrete path; soft reads; usage on or off, in every ``usage_feature``; any re-read
-penalty) and the ``overwrite`` write with every option (``h_t`` or its projection, or
+evaluation, as the engine's discrete path; soft reads; usage on or off, in every
+``usage_feature``; any re-read penalty) and the ``overwrite`` write with every option (``h_t`` or its projection, or
 ``value: input_and_hidden``; replacement by slot, argmax or the soft blend;
 fill-empty-first). The numbers are those of the plain path up to float rounding
 (``tests/test_tardis_sequence.py`` compares outputs, states and every gradient with it and
