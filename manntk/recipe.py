@@ -80,11 +80,16 @@ class OptimizerConfig:
 
 @attrs.define
 class ScheduleConfig:
-    """The learning-rate schedule, by training step.
+    """The learning-rate schedule.
 
     Attributes:
         name: ``constant``, ``step`` (multiply by ``gamma`` at each of ``milestones``)
-            or ``cosine`` (to ``min_lr`` at the last step).
+            or ``cosine`` (to ``min_lr`` at the end of the budget, see ``over``).
+        over: the budget ``cosine`` decays over: ``steps`` (to the last step,
+            ``train.steps`` or ``train.epochs``) or ``time`` (to ``train.max_minutes`` of
+            wall clock, the time already spent before a resume included). ``time`` is
+            for comparisons at equal wall clock, where models that make different
+            numbers of steps in the budget should each end at ``min_lr``.
         warmup_steps: linear warm-up from 0 over this many steps (any schedule).
         milestones: steps at which ``step`` multiplies the rate by ``gamma``.
         gamma: the factor of ``step``.
@@ -134,6 +139,7 @@ class ScheduleConfig:
     milestones: list[int] = attrs.field(factory=list)
     gamma: float = attrs.field(default=0.1, validator=positive)
     min_lr: float = attrs.field(default=0.0, validator=non_negative)
+    over: Literal["steps", "time"] = attrs.field(default="steps", validator=_in(("steps", "time")))
     solved_gamma: float = attrs.field(default=1.0, validator=positive)
     solved_momentum: float | None = attrs.field(default=None, validator=attrs.validators.optional(
         [non_negative, attrs.validators.lt(1.0)]))
@@ -287,6 +293,14 @@ class TrainConfig:
     def _flood_mode_needs_a_level(self, attribute: attrs.Attribute, value: str) -> None:
         if value != "ascend" and self.flood is None:
             raise ValueError(f"flood_mode {value!r} says what a step under the flood level does: set flood too")
+
+    @schedule.validator
+    def _time_schedule_needs_a_time_budget(self, attribute: attrs.Attribute, value: ScheduleConfig) -> None:
+        if value.over == "time" and value.name != "cosine":
+            raise ValueError(f"schedule.over: time says what {value.name!r} decays over, but only cosine decays: "
+                             "set schedule.name: cosine, or leave over at steps")
+        if value.over == "time" and self.max_minutes is None:
+            raise ValueError("schedule.over: time decays the rate over the wall-clock budget: set max_minutes too")
 
     @schedule.validator
     def _solved_momentum_needs_momentum(self, attribute: attrs.Attribute, value: ScheduleConfig) -> None:

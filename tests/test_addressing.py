@@ -116,7 +116,7 @@ def naive_tardis_logits(part, x, h, memory, usage, previous, penalty, feature=No
     normalised = usage / usage.sum(-1, keepdim=True).clamp_min(1.0) if feature is None else feature
     for b in range(B):
         for i in range(N):
-            slot = torch.cat([part.A[i], memory[b, i]])
+            slot = torch.cat([part.A[i], memory[b, i]]) if part.config.content else part.A[i]
             pre = part.W_h.weight @ h[b] + part.W_x.weight @ x[b] + part.W_x.bias + part.W_m.weight @ slot
             pre = pre + part.w_u * normalised[b, i]
             logits[b, i] = part.a @ torch.tanh(pre) - penalty * previous[b, i]
@@ -145,6 +145,22 @@ def test_tardis_addressing_matches_a_per_slot_loop(feature):
     torch.testing.assert_close(address.weights, torch.softmax(expected, 1))
     torch.testing.assert_close(state["usage"], usage + address.weights)
     assert address.weights[0, 0] < 1e-6 and address.weights[1, 3] < 1e-6  # the penalty forbids re-reading
+
+
+def test_tardis_addressing_without_content_scores_the_address_vectors_alone():
+    """``content: false``: ``W_m`` has the address vectors' columns only, and the scores are
+    the per-slot loop's without ``C_i``, whatever the memory holds."""
+    part = TardisAddressing(TardisAddressingConfig(hard=False, key_size=3, content=False), context())
+    assert part.W_m.weight.shape == (W, 3)
+    x, h = torch.randn(B, D_I), torch.randn(B, D_H)
+    state = {"usage": torch.zeros(B, N), "previous": torch.zeros(B, N)}
+    reads = [address_once(part, x, h, memory, state)[0].weights for memory in (torch.randn(B, N, W), torch.randn(B, N, W))]
+    expected = naive_tardis_logits(part, x, h, None, state["usage"], state["previous"], 0.0)
+    for weights in reads:
+        torch.testing.assert_close(weights, torch.softmax(expected, 1))
+    with_content = TardisAddressing(TardisAddressingConfig(hard=False, key_size=3), context())
+    assert not torch.allclose(*(address_once(with_content, x, h, memory, state)[0].weights
+                                for memory in (torch.randn(B, N, W), torch.randn(B, N, W))))
 
 
 def test_tardis_hard_eval_returns_index_and_tracks_usage():

@@ -36,7 +36,7 @@ def _kernels():
 
 
 def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=True, value="hidden", squash=False,
-            read_output=True, tau=0.7, cell="armin", noise=1.0, usage_feature="share"):
+            read_output=True, tau=0.7, cell="armin", noise=1.0, usage_feature="share", content=True):
     """The armin cell (AwTA), or with ``cell="tardis"`` the tardis cell (TARDIS; ``squash`` and
     ``read_output`` are armin options and are then left out)."""
     cell_options = ({"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output}
@@ -46,7 +46,7 @@ def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=T
         "output_size": 4,
         "cell": cell_options,
         "addressing": {"name": "tardis", "hard": hard, "key_size": KEY, "attention_size": ATTENTION, "usage": usage,
-                       "usage_feature": usage_feature, "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
+                       "usage_feature": usage_feature, "content": content, "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
         "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
         "memory": {"slots": SLOTS, "width": WIDTH, "learned": True, "init": "uniform"},
         "fast": fast,
@@ -187,6 +187,15 @@ def test_the_usage_feature_changes_the_kernels_outputs():
     outputs differ between the share and the counts."""
     share, count = (run_both({"usage_feature": feature}, torch.float64, steps=3 * SLOTS + 1)[1]["y"] for feature in ("share", "count"))
     assert not torch.allclose(share, count)
+
+
+@pytest.mark.parametrize("options", [{"content": False}, {"content": False, "hard": False, "penalty": 100.0},
+                                     {"content": False, "cell": "tardis"}], ids=case_id)
+def test_the_kernel_matches_the_plain_path_without_content_in_the_scores(options):
+    """``content: false``: the kernel scores with zero content columns, the plain path without
+    them; outputs, states and every gradient agree."""
+    plain, kernel = run_both(options, torch.float64, steps=3 * SLOTS + 1)
+    assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
 
 
 @pytest.mark.parametrize("options", [{"hard": False}, {"hard": False, "argmax": True, "usage": False, "penalty": 100.0},

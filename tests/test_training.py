@@ -716,12 +716,44 @@ def test_a_skipped_flood_step_leaves_the_weights_and_the_optimizer_alone(tmp_pat
 
 
 def test_lr_schedules_by_hand():
-    warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, 100)
+    by_steps = lambda step: step / 100  # noqa: E731
+    warm = lr_factor(ScheduleConfig(name="constant", warmup_steps=4), 1.0, by_steps)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    step = lr_factor(ScheduleConfig(name="step", milestones=[10, 20], gamma=0.5), 1.0, 100)
+    step = lr_factor(ScheduleConfig(name="step", milestones=[10, 20], gamma=0.5), 1.0, by_steps)
     assert [step(s) for s in (0, 9, 10, 19, 20, 99)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
-    cosine = lr_factor(ScheduleConfig(name="cosine", min_lr=0.1), 1.0, 100)
+    cosine = lr_factor(ScheduleConfig(name="cosine", min_lr=0.1), 1.0, by_steps)
     assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.55) and cosine(100) == pytest.approx(0.1)
+    # the cosine follows the budget spent, whatever the step; past the budget it stays at min_lr
+    spent = iter([0.5, 1.0, 3.0])
+    cosine = lr_factor(ScheduleConfig(name="cosine", min_lr=0.1), 1.0, lambda step: next(spent))
+    assert [cosine(7) for _ in range(3)] == [pytest.approx(0.55), pytest.approx(0.1), pytest.approx(0.1)]
+
+
+def test_a_cosine_over_time_decays_with_the_wall_clock(tmp_path, monkeypatch):
+    """schedule.over: time: the rate of each step is the cosine of the wall clock spent by
+    the step before, over train.max_minutes, not of the steps (the budget of 100,000 steps
+    would keep a step cosine near its start). A fake clock ticking a second per read."""
+    import types
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr("manntk.training.trainer.time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    recipe = tiny_copy(steps=100_000, max_minutes=1, optimizer={"lr": 0.01}, schedule={"name": "cosine", "over": "time"})
+    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    rows = train_rows(result.run_dir)
+    assert result.stop_reason == "time" and 5 < len(rows) < 60
+    for before, row in zip(rows, rows[1:]):
+        assert row["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * before["time"] / 60)), rel=1e-9)
+    assert rows[0]["lr"] > 0.0099 and rows[-1]["lr"] < 1e-4
+
+
+@pytest.mark.parametrize("schedule, max_minutes, message", [
+    ({"name": "cosine", "over": "time"}, None, "set max_minutes too"),
+    ({"name": "step", "over": "time"}, 5, "only cosine decays"),
+    ({"name": "cosine", "over": "clock"}, 5, "'steps', 'time'"),
+])
+def test_a_schedule_over_time_needs_a_cosine_and_a_time_budget(schedule, max_minutes, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_mapping(tiny_copy(max_minutes=max_minutes, schedule=schedule))
 
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
@@ -809,6 +841,26 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     ddp_losses = [r["loss"] for r in train_rows(tmp_path / "ddp")]
     assert len(ddp_losses) == 4
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
+
+
+def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
+    """A time budget in a job of 2 gloo processes: every process stops at the same step (one
+    that stopped a step early would leave the other waiting in the gradient all-reduce until
+    the timeout), and a cosine over the wall clock (schedule.over: time) decays on rank 0's
+    clock for all. The processes start their clocks apart, each after its own start-up."""
+    recipe = tmp_path / "ddp.yaml"
+    mapping = tiny_copy(batch_size=4, steps=100_000, max_minutes=0.05, schedule={"name": "cosine", "over": "time"})
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(mapping))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = train_rows(tmp_path / "ddp")
+    assert json.loads((tmp_path / "ddp" / "results.json").read_text())["stop_reason"] == "time"
+    assert len(rows) > 5 and rows[0]["lr"] > 0.0099 and rows[-1]["lr"] < 0.001
 
 
 def tiny_lm(tmp_path: Path, **train) -> dict:

@@ -10,7 +10,8 @@ by default normalised to sum to one, see ``usage_feature``)::
     r_t     = w_t^T C
 
 The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
-steer the choice among slots. The cost grows with the number of slots: every step
+steer the choice among slots. With ``content: false`` the ``C_i`` columns of ``W_m`` are
+gone: slots are told apart by their address vectors and usage alone. The cost grows with the number of slots: every step
 projects every slot's content.
 """
 
@@ -52,6 +53,10 @@ class TardisAddressingConfig(HardAddressingConfig):
             ``min(n_t, 1)``, whether the slot has been read (for one-hot reads). A share
             shrinks as ``1/t`` over a sequence, so a slot read once late in a long sequence
             looks almost unread; ``count`` and ``seen`` keep the same size at every step.
+        content: score each slot on its content ``C_i`` too (the paper). ``false``: on its
+            address vector ``A_i`` and usage alone, so that what was written cannot draw a
+            read: an ablation (AwTA's copy runs read the slot just written, whose content is
+            close to the query, docs/results.md).
     """
 
     key_size: int = attrs.field(default=16, validator=positive)
@@ -59,6 +64,7 @@ class TardisAddressingConfig(HardAddressingConfig):
     reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
     usage: bool = True
     usage_feature: UsageFeature = attrs.field(default="share", validator=attrs.validators.in_(get_args(UsageFeature)))
+    content: bool = True
 
 
 class _Prepared(NamedTuple):
@@ -79,11 +85,11 @@ class TardisAddressing(HardAddressing):
             raise ValueError("TARDIS addressing needs memory.slots >= 1")
         size = config.attention_size or context.width
         self.config = config
-        self.slots, self.key_size = context.slots, config.key_size
+        self.slots, self.key_size, self.width = context.slots, config.key_size, context.width
         self.A = nn.Parameter(torch.randn(context.slots, config.key_size) / config.key_size**0.5)
         self.W_h = nn.Linear(context.hidden_size, size, bias=False)
         self.W_x = nn.Linear(context.input_size, size)
-        self.W_m = nn.Linear(config.key_size + context.width, size, bias=False)
+        self.W_m = nn.Linear(config.key_size + (context.width if config.content else 0), size, bias=False)
         self.w_u = nn.Parameter(torch.zeros(size))
         self.a = nn.Parameter(torch.randn(size) / size**0.5)
 
@@ -91,11 +97,19 @@ class TardisAddressing(HardAddressing):
         zeros = torch.zeros(batch_size, self.slots, device=device, dtype=dtype)
         return {"usage": zeros, "previous": zeros.clone()}
 
+    def slot_weights(self) -> tuple[Tensor, Tensor]:
+        """What every step scores the slots with: ``A W_m[:, :key_size]^T`` ``[N, S]``, the
+        address vectors through ``W_m``, and the content columns ``W_m[:, key_size:]``
+        ``[S, D]`` (zeros, a constant, with ``content: false``)."""
+        keys = nn.functional.linear(self.A, self.W_m.weight[:, : self.key_size])
+        if not self.config.content:
+            return keys, self.W_m.weight.new_zeros(self.W_m.out_features, self.width)
+        return keys, self.W_m.weight[:, self.key_size :]
+
     def prepare(self, x: Tensor) -> _Prepared:
         query_x = project_inputs(x, self.W_x.weight, self.W_x.bias)
-        slot_keys = nn.functional.linear(self.A, self.W_m.weight[:, : self.key_size])
         noise = self.chunk_noise((x.shape[1], x.shape[0], self.slots), x)
-        return _Prepared(query_x, slot_keys, self.W_m.weight[:, self.key_size :], RecurrentWeight.of(self.W_h), noise, self.tau())
+        return _Prepared(query_x, *self.slot_weights(), RecurrentWeight.of(self.W_h), noise, self.tau())
 
     def step(
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]

@@ -15,7 +15,8 @@ The addressing's weights enter in the form the kernel uses, computed here once p
 
 - ``W_q = [W_x, W_h]`` and ``b_q`` (``W_x``'s bias): the query ``q = W_q [x_t, h_{t-1}] + b_q``;
 - ``K = A W_m[:, :key_size]^T`` ``[N, S]``: the slots' address vectors through ``W_m``;
-- ``P = W_m[:, key_size:]`` ``[S, D]``: the content columns, applied to ``M_{t-1}`` each step.
+- ``P = W_m[:, key_size:]`` ``[S, D]``: the content columns, applied to ``M_{t-1}`` each step
+  (zeros with ``content: false``).
 
 It covers the ``armin`` cell without layer norm or zoneout (AwTA) and the ``tardis`` cell
 (TARDIS: its weights enter as ``W_all = [W_gates; blockdiag(W_x, W_h, W_r)]``, one product
@@ -223,13 +224,13 @@ class TardisSequence:
         config = addressing.config
         address_gradient = addressing.training or not addressing.hard
         projection = (write.W_v.weight, write.W_v.bias) if isinstance(write.W_v, torch.nn.Linear) else (None, None)
-        key_size = addressing.key_size
         with torch.set_grad_enabled(torch.is_grad_enabled() and address_gradient):  # an argmax read: no gradient, as the discrete path
+            slot_keys, content_weight = addressing.slot_weights()
             address_weights = (
                 torch.cat([addressing.W_x.weight, addressing.W_h.weight], dim=1),
                 addressing.W_x.bias,
-                torch.nn.functional.linear(addressing.A, addressing.W_m.weight[:, :key_size]),
-                addressing.W_m.weight[:, key_size:].contiguous(),
+                slot_keys,
+                content_weight.contiguous(),
                 addressing.w_u,
                 addressing.a,
             )

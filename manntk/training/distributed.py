@@ -65,6 +65,14 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
+    def from_main(self, value: float, device: torch.device) -> float:
+        """Rank 0's ``value`` on every process (``value`` itself in a single process)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.broadcast(tensor, src=0)
+        return float(tensor)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

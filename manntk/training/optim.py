@@ -78,26 +78,32 @@ class ClippedRMSprop(torch.optim.Optimizer):
         return loss
 
 
-def lr_factor(config: ScheduleConfig, base_lr: float, total_steps: int) -> Callable[[int], float]:
-    """The multiplier of the base learning rate at each step (for ``LambdaLR``)."""
+def lr_factor(config: ScheduleConfig, base_lr: float, progress: Callable[[int], float]) -> Callable[[int], float]:
+    """The multiplier of the base learning rate at each step (for ``LambdaLR``).
+
+    ``progress(step)`` is how far the run is through its budget (0 at the start, 1 at the
+    end): the share of its steps or of its wall clock (``schedule.over``). Only ``cosine``
+    reads it; the warm-up and ``step``'s milestones count steps.
+    """
 
     def factor(step: int) -> float:
         warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.name == "step":
             return warmup * config.gamma ** sum(step >= milestone for milestone in config.milestones)
         if config.name == "cosine":
-            progress = min(step / max(total_steps, 1), 1.0)
+            done = min(max(progress(step), 0.0), 1.0)
             floor = config.min_lr / base_lr
-            return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+            return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done)))
         return warmup
 
     return factor
 
 
-def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` following ``config`` over ``total_steps``."""
+def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer,
+                   progress: Callable[[int], float]) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` following ``config``, ``progress(step)`` the share of the budget spent."""
     base_lr = optimizer.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, base_lr, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, base_lr, progress))
 
 
 def scale_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: float) -> None:

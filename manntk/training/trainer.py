@@ -149,7 +149,8 @@ class Trainer:
         if self.replay is not None and not self.task.train_batch(1, train.batch_size).fresh:
             raise ConfigError([f"replay trains on batches again, but task {recipe.task.name!r} carries the recurrent state "
                                "from one batch to the next: it is for tasks with independent batches @ $.train.replay_above"])
-        self.scheduler = make_scheduler(train.schedule, self.optimizer, self.total_steps)
+        self.elapsed = 0.0  # wall clock of the run so far, resumes included: run() keeps it
+        self.scheduler = make_scheduler(train.schedule, self.optimizer, self.budget_spent)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.checkpoints = run_dir / "checkpoints"
         #: how often each of logging, validation and checkpointing happens (steps, wall clock or both)
@@ -171,6 +172,7 @@ class Trainer:
         step, elapsed, state, solved_step = 0, 0.0, None, None
         if resume:
             step, elapsed, state, solved_step = self.restore()
+        self.elapsed = elapsed
         stop_reason = "steps"
         show = self.progress and self.dist.is_main
         lines = show and not sys.stderr.isatty()  # a log file or a pipe: one line per log step, not a bar
@@ -190,6 +192,9 @@ class Trainer:
                 self.replay.offer(index, self.task.summarize(sums)["loss"])
             step += 1
             elapsed = time.perf_counter() - started
+            if train.max_minutes is not None:  # rank 0's clock for all: every process stops, and sets its rate, alike
+                elapsed = self.dist.from_main(elapsed, self.device)
+            self.elapsed = elapsed
             timed = step - first_step - 1  # the first step paid for warm-up: the estimate times the next ones
             if show and timed == 0:
                 timed_from = elapsed
@@ -268,6 +273,14 @@ class Trainer:
             )
         results = self.final_evaluation(step, elapsed, solved_step, stop_reason)
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
+
+    def budget_spent(self, step: int) -> float:
+        """The share of the budget spent after ``step``, which a cosine schedule decays over
+        (``schedule.over``): of the steps, or of ``train.max_minutes`` of wall clock."""
+        train = self.recipe.train
+        if train.schedule.over == "time":
+            return self.elapsed / (60 * train.max_minutes)
+        return step / max(self.total_steps, 1)
 
     def due(self, step: int, last: dict[str, float]) -> dict[str, bool]:
         """Which of ``log``, ``eval`` and ``checkpoint`` happen after ``step``, each by its
