@@ -87,9 +87,10 @@ class ScheduleConfig:
             or ``cosine`` (to ``min_lr`` at the end of the budget, see ``over``).
         over: the budget ``cosine`` decays over: ``steps`` (to the last step,
             ``train.steps`` or ``train.epochs``) or ``time`` (to ``train.max_minutes`` of
-            wall clock, the time already spent before a resume included). ``time`` is
-            for comparisons at equal wall clock, where models that make different
-            numbers of steps in the budget should each end at ``min_lr``.
+            wall clock, the time already spent before a resume included, or to the last
+            step if that comes first). ``time`` is for comparisons at equal wall clock,
+            where models that make different numbers of steps in the budget should each
+            end at ``min_lr``.
         warmup_steps: linear warm-up from 0 over this many steps (any schedule).
         milestones: steps at which ``step`` multiplies the rate by ``gamma``.
         gamma: the factor of ``step``.
@@ -183,7 +184,8 @@ class TrainConfig:
         tbptt: truncated-BPTT length for streamed tasks (language modelling).
         steps: optimizer steps to run (or give ``epochs``).
         epochs: passes over the training data, for tasks with a fixed training set.
-        max_minutes: stop (after a checkpoint) once this much wall-clock time is spent.
+        max_minutes: stop (after a checkpoint) once this much wall-clock time is spent
+            (in a job of several processes, by rank 0's clock: all stop at one step).
         optimizer: the optimizer.
         schedule: the learning-rate schedule.
         clip_norm: clip the gradient's global norm to this value.

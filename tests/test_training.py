@@ -730,20 +730,26 @@ def test_lr_schedules_by_hand():
 
 
 def test_a_cosine_over_time_decays_with_the_wall_clock(tmp_path, monkeypatch):
-    """schedule.over: time: the rate of each step is the cosine of the wall clock spent by
-    the step before, over train.max_minutes, not of the steps (the budget of 100,000 steps
-    would keep a step cosine near its start). A fake clock ticking a second per read."""
+    """schedule.over: time: the rate after each step is the cosine of the wall clock spent,
+    over train.max_minutes, not of the steps (the budget of 100,000 steps would keep a step
+    cosine near its start); where the steps run out first, it follows the steps. A fake
+    clock ticking a second per read."""
     import types
 
     ticks = iter(range(10**9))
     monkeypatch.setattr("manntk.training.trainer.time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    recipe = tiny_copy(steps=100_000, max_minutes=1, optimizer={"lr": 0.01}, schedule={"name": "cosine", "over": "time"})
-    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    cosine = {"name": "cosine", "over": "time"}
+    result = train(recipe_from_mapping(tiny_copy(steps=100_000, max_minutes=1, schedule=cosine)), tmp_path / "time", progress=False)
     rows = train_rows(result.run_dir)
     assert result.stop_reason == "time" and 5 < len(rows) < 60
-    for before, row in zip(rows, rows[1:]):
-        assert row["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * before["time"] / 60)), rel=1e-9)
-    assert rows[0]["lr"] > 0.0099 and rows[-1]["lr"] < 1e-4
+    for row in rows:
+        assert row["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * min(row["time"] / 60, 1))), rel=1e-9, abs=1e-15)
+    assert rows[-1]["lr"] == 0.0
+    result = train(recipe_from_mapping(tiny_copy(steps=20, max_minutes=600, schedule=cosine)), tmp_path / "steps", progress=False)
+    rows = train_rows(result.run_dir)
+    assert result.stop_reason == "steps" and rows[-1]["time"] < 600
+    for row in rows:
+        assert row["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * row["step"] / 20)), rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize("schedule, max_minutes, message", [
@@ -844,10 +850,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
 
 
 def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
-    """A time budget in a job of 2 gloo processes: every process stops at the same step (one
-    that stopped a step early would leave the other waiting in the gradient all-reduce until
-    the timeout), and a cosine over the wall clock (schedule.over: time) decays on rank 0's
-    clock for all. The processes start their clocks apart, each after its own start-up."""
+    """A time budget in a job of 2 gloo processes, each starting its clock after its own
+    start-up: every process stops at the same step (one that stopped a step early would
+    leave the other waiting in the gradient all-reduce until the timeout), and a cosine over
+    the wall clock (schedule.over: time) runs down to near 0 by then (rank 0's rows)."""
     recipe = tmp_path / "ddp.yaml"
     mapping = tiny_copy(batch_size=4, steps=100_000, max_minutes=0.05, schedule={"name": "cosine", "over": "time"})
     import yaml
@@ -860,7 +866,8 @@ def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = train_rows(tmp_path / "ddp")
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["stop_reason"] == "time"
-    assert len(rows) > 5 and rows[0]["lr"] > 0.0099 and rows[-1]["lr"] < 0.001
+    rates = [row["lr"] for row in rows]
+    assert len(rates) > 5 and rates == sorted(rates, reverse=True) and rates[0] > 0.005 > 0.001 > rates[-1]
 
 
 def tiny_lm(tmp_path: Path, **train) -> dict:

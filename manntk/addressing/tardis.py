@@ -10,8 +10,8 @@ by default normalised to sum to one, see ``usage_feature``)::
     r_t     = w_t^T C
 
 The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
-steer the choice among slots. With ``content: false`` the ``C_i`` columns of ``W_m`` are
-gone: slots are told apart by their address vectors and usage alone. The cost grows with the number of slots: every step
+steer the choice among slots. With ``content: false`` the ``C_i`` columns of ``W_m``
+are gone: slots are told apart by their address vectors and usage alone. The cost grows with the number of slots: every step
 projects every slot's content.
 """
 
@@ -70,7 +70,7 @@ class TardisAddressingConfig(HardAddressingConfig):
 class _Prepared(NamedTuple):
     query_x: tuple[Tensor, ...]  # per step [B, S]: W_x x_t + b
     slot_keys: Tensor  # [N, S]: W_m's A part applied to the slot address vectors
-    content_weight: Tensor  # W_m's C columns
+    content_weight: Tensor  # W_m's C columns (zeros with content: false)
     W_h: RecurrentWeight  # h -> query
     noise: Tensor | None
     tau: float | Tensor
@@ -115,7 +115,9 @@ class TardisAddressing(HardAddressing):
         self, prepared: _Prepared, t: int, hidden: Tensor, memory: Tensor, state: dict[str, Tensor]
     ) -> tuple[Address, dict[str, Tensor]]:
         query = prepared.W_h(prepared.query_x[t], hidden)  # [B, S]
-        slots = prepared.slot_keys + nn.functional.linear(memory, prepared.content_weight)  # [B, N, S]
+        slots = prepared.slot_keys  # [N, S], and with the contents [B, N, S]
+        if self.config.content:
+            slots = slots + nn.functional.linear(memory, prepared.content_weight)
         if self.config.usage:
             usage = usage_feature(state["usage"], self.config.usage_feature)
             slots = slots + usage.unsqueeze(-1) * self.w_u

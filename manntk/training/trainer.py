@@ -195,6 +195,7 @@ class Trainer:
             if train.max_minutes is not None:  # rank 0's clock for all: every process stops, and sets its rate, alike
                 elapsed = self.dist.from_main(elapsed, self.device)
             self.elapsed = elapsed
+            self.scheduler.step()  # the next step's rate, from the clock after this one (schedule.over: time)
             timed = step - first_step - 1  # the first step paid for warm-up: the estimate times the next ones
             if show and timed == 0:
                 timed_from = elapsed
@@ -275,12 +276,15 @@ class Trainer:
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
 
     def budget_spent(self, step: int) -> float:
-        """The share of the budget spent after ``step``, which a cosine schedule decays over
-        (``schedule.over``): of the steps, or of ``train.max_minutes`` of wall clock."""
+        """The share of the budget spent after ``step`` steps, which a cosine schedule decays
+        over: of the steps, or with ``schedule.over: time`` of the steps or of
+        ``train.max_minutes`` of wall clock, whichever is further on (the run ends at the
+        first of the two it meets)."""
         train = self.recipe.train
+        spent = step / max(self.total_steps, 1)
         if train.schedule.over == "time":
-            return self.elapsed / (60 * train.max_minutes)
-        return step / max(self.total_steps, 1)
+            spent = max(spent, self.elapsed / (60 * train.max_minutes))
+        return spent
 
     def due(self, step: int, last: dict[str, float]) -> dict[str, bool]:
         """Which of ``log``, ``eval`` and ``checkpoint`` happen after ``step``, each by its
@@ -365,7 +369,6 @@ class Trainer:
             clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        self.scheduler.step()
         if self.average is not None:
             self.average.update()
         return detach_state(state), dict(zip(names, totals.tolist()))
