@@ -619,6 +619,23 @@ def test_train_max_length_lengthens_the_training_sequences_only() -> None:
         assert int(lengths.max()) == longest and int(lengths.min()) >= 1
 
 
+def test_train_min_length_shortens_the_range_of_the_training_sequences_only() -> None:
+    """``train_min_length: 25`` draws training lengths from 25..50 (of 400 uniform draws, none
+    at 25 or none at 50 has probability ~2 (25/26)**400 ~ 3e-7); the validation and test sets
+    keep 1..50, also with a curriculum (whose stages never go under the training minimum)."""
+    from manntk.tasks.algorithmic.plugin import AlgorithmicTask, CopyTaskConfig
+
+    plain = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2))
+    longer = AlgorithmicTask(copy, CopyTaskConfig(validation_batches=2, train_min_length=25))
+    for split in ("valid", "test"):
+        for a, b in zip(plain.eval_batches(split, 100), longer.eval_batches(split, 100)):
+            assert torch.equal(a.inputs, b.inputs)
+    lengths = torch.cat([longer.train_batch(index, 8).mask.sum(dim=1) for index in range(50)])
+    assert (int(lengths.min()), int(lengths.max())) == (25, 50)
+    staged = AlgorithmicTask(copy, CopyTaskConfig(train_min_length=25, curriculum_steps=100))
+    assert int(staged.train_batch(0, 8).mask.sum(dim=1).min()) == 25
+
+
 def test_train_max_length_below_min_length_is_refused() -> None:
     from manntk.tasks.algorithmic import plugin
 
@@ -626,6 +643,10 @@ def test_train_max_length_below_min_length_is_refused() -> None:
         plugin.CopyTaskConfig(min_length=5, train_max_length=4)
     with pytest.raises(ValueError, match=r"train_max_length must be a positive integer, got 6.5"):
         plugin.CopyTaskConfig(train_max_length=6.5)
+    with pytest.raises(ValueError, match=r"train_min_length must be <= max_length \(50\), got 51"):
+        plugin.CopyTaskConfig(train_min_length=51)
+    with pytest.raises(ValueError, match=r"train_min_length must be <= train_max_length \(20\), got 30"):
+        plugin.CopyTaskConfig(train_min_length=30, train_max_length=20)
     assert "train_max_length" not in attrs.fields_dict(plugin.AssociativeRecallTaskConfig)
 
 

@@ -79,6 +79,11 @@ TRAIN_MAX_LENGTH_DOC = """
             rather than at its edge, where they are the rarest training sequences
             (docs/results.md, "NTM-style copy across seeds"); under it, the runs test
             generalisation to longer sequences (Graves et al. 2014, section 4.1).
+        train_min_length: the shortest *training* sequence (the validation and test sets
+            keep ``min_length``); ``None``, the default, trains on ``min_length`` too.
+            Above ``min_length``, more of the training sequences reach the far end of the
+            memory: a length drawn from ``1..50`` uses the k-th stored vector only when it
+            is at least k long, so the last slots are the least trained.
 """
 
 TRAIN_BLANKS_DOC = """
@@ -100,6 +105,14 @@ def share_of_batches(instance: Any, attribute: attrs.Attribute, value: Any) -> N
         raise ValueError(f"{name} is {value!r} but neither train_density nor train_blanks is set: set the data the share draws")
 
 
+def _within_the_training_lengths(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    """attrs validator of ``train_min_length``: at most the longest training sequence."""
+    longest, name = ((instance.train_max_length, "train_max_length") if instance.train_max_length is not None
+                     else (instance.max_length, "max_length"))
+    if value > longest:
+        raise ValueError(f"{type(instance).__name__}.{attribute.name} must be <= {name} ({longest}), got {value!r}")
+
+
 def task_config(generator_config: type) -> type:
     """The recipe config of a task: its generator's options plus the data options (and
     ``train_density`` when the generator has a ``density``)."""
@@ -119,6 +132,8 @@ def task_config(generator_config: type) -> type:
     if "max_length" in attrs.fields_dict(generator_config):
         fields["train_max_length"] = attrs.field(
             default=None, validator=attrs.validators.optional([positive_int, at_least_field("min_length")]), type=int | None)
+        fields["train_min_length"] = attrs.field(
+            default=None, validator=attrs.validators.optional([positive_int, _within_the_training_lengths]), type=int | None)
         doc += TRAIN_MAX_LENGTH_DOC
     if "blanks" in attrs.fields_dict(generator_config):
         fields["train_blanks"] = blanks_field(default=None, type=float | None)
@@ -170,8 +185,11 @@ class AlgorithmicTask(Task):
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
         # the task's own bits at the training lengths (the batches outside train_density_share)
-        self.plain_train_config = config if getattr(config, "train_max_length", None) is None else attrs.evolve(
-            config, max_length=config.train_max_length)
+        self.plain_train_config = attrs.evolve(config, **{
+            name: value for name, value in (("max_length", getattr(config, "train_max_length", None)),
+                                            ("min_length", getattr(config, "train_min_length", None)))
+            if value is not None
+        })
         self.train_config = attrs.evolve(self.plain_train_config, **{
             name: value for name, value in (("density", getattr(config, "train_density", None)),
                                             ("blanks", getattr(config, "train_blanks", None)))
@@ -186,7 +204,7 @@ class AlgorithmicTask(Task):
         """The config training batch ``index`` is drawn with: ``train_density``'s and
         ``train_blanks``' (for the share ``train_density_share`` of the batches, chosen by a first draw from the
         batch's ``generator`` when the share is under 1; the other batches the task's own bits), all
-        at ``train_max_length`` when set, cut to the curriculum's stage
+        at ``train_min_length`` and ``train_max_length`` when set, cut to the curriculum's stage
         ``(index + 1) / curriculum_steps`` until the ramp ends."""
         config = self.train_config
         share = getattr(self.config, "train_density_share", 1.0)
