@@ -850,10 +850,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
 
 
 def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
-    """A time budget in a job of 2 gloo processes, each starting its clock after its own
-    start-up: every process stops at the same step (one that stopped a step early would
-    leave the other waiting in the gradient all-reduce until the timeout), and a cosine over
-    the wall clock (schedule.over: time) runs down to near 0 by then (rank 0's rows)."""
+    """A time budget in a job of 2 gloo processes, which take rank 0's clock by a broadcast
+    at every step: the job ends on time (a process that stopped a step before the other
+    would leave it waiting in the gradient all-reduce until the timeout; whether clocks
+    apart would do that here depends on their skew, so the next test checks that the clock
+    comes from rank 0), and a cosine over the wall clock runs down to near 0 by then."""
     recipe = tmp_path / "ddp.yaml"
     mapping = tiny_copy(batch_size=4, steps=100_000, max_minutes=0.05, schedule={"name": "cosine", "over": "time"})
     import yaml
@@ -868,6 +869,18 @@ def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["stop_reason"] == "time"
     rates = [row["lr"] for row in rows]
     assert len(rates) > 5 and rates == sorted(rates, reverse=True) and rates[0] > 0.005 > 0.001 > rates[-1]
+
+
+def test_the_time_budget_and_a_time_schedule_run_on_rank_0s_clock(tmp_path, monkeypatch):
+    """The trainer takes its clock from ``Distributed.from_main`` (rank 0's, in a job of
+    several processes): a rank 0 whose clock reads 1,000 s ahead ends a 1-minute run after
+    its first step, with the rate of a spent budget."""
+    from manntk.training.distributed import Distributed
+
+    monkeypatch.setattr(Distributed, "from_main", lambda self, value, device: value + 1000.0)
+    recipe = tiny_copy(steps=100_000, max_minutes=1, schedule={"name": "cosine", "over": "time"})
+    result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
+    assert (result.stop_reason, result.step) == ("time", 1) and train_rows(result.run_dir)[-1]["lr"] == 0.0
 
 
 def tiny_lm(tmp_path: Path, **train) -> dict:
