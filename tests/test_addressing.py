@@ -18,8 +18,8 @@ from manntk.sampling import TemperatureSchedule, gumbel_noise, straight_through
 D_I, D_H, N, W, B = 3, 4, 5, 6, 2
 
 
-def context():
-    return BuildContext(input_size=D_I, hidden_size=D_H, slots=N, width=W, registry=default_plugins().registry)
+def context(slots=N):
+    return BuildContext(input_size=D_I, hidden_size=D_H, slots=slots, width=W, registry=default_plugins().registry)
 
 
 def address_once(part, x, h, memory, state=None):
@@ -161,6 +161,20 @@ def test_tardis_addressing_without_content_scores_the_address_vectors_alone():
     with_content = TardisAddressing(TardisAddressingConfig(hard=False, key_size=3), context())
     assert not torch.allclose(*(address_once(with_content, x, h, memory, state)[0].weights
                                 for memory in (torch.randn(B, N, W), torch.randn(B, N, W))))
+
+
+def test_tardis_ordered_keys_start_as_cosines_over_the_slots():
+    """``key_init: ordered``: A[i, k] = sqrt(2/K) cos(pi f_k (i + 1/2) / N), f = 1, 3, 7,
+    19, 49 for N = 50, K = 5 (geometric from 1 to N - 1, rounded), by hand; the first
+    column falls with the slot index. ``normal`` keys are drawn, not ordered."""
+    part = TardisAddressing(TardisAddressingConfig(key_size=5, key_init="ordered"), context(slots=50))
+    for i, k, f in ((0, 0, 1), (7, 1, 3), (20, 2, 7), (33, 3, 19), (49, 4, 49)):
+        assert float(part.A.detach()[i, k]) == pytest.approx(math.sqrt(2 / 5) * math.cos(math.pi * f * (i + 0.5) / 50), abs=1e-6)
+    assert bool((part.A[1:, 0] < part.A[:-1, 0]).all())
+    drawn = TardisAddressing(TardisAddressingConfig(key_size=5), context(slots=50))
+    assert not bool((drawn.A[1:, 0] < drawn.A[:-1, 0]).all())
+    with pytest.raises(ValueError, match="key_init"):
+        TardisAddressingConfig(key_init="sorted")
 
 
 def test_tardis_hard_eval_returns_index_and_tracks_usage():

@@ -17,6 +17,7 @@ projects every slot's content.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, get_args
 
 import attrs
@@ -34,6 +35,9 @@ from manntk.sampling import HardAddressing, HardAddressingConfig
 
 UsageFeature = Literal["share", "count", "seen"]
 """What TARDIS addressing's scores see of the read counts (``TardisAddressingConfig.usage_feature``)."""
+
+KeyInit = Literal["normal", "ordered"]
+"""How TARDIS addressing's slot address vectors start (``TardisAddressingConfig.key_init``)."""
 
 
 @attrs.define
@@ -53,6 +57,14 @@ class TardisAddressingConfig(HardAddressingConfig):
             ``min(n_t, 1)``, whether the slot has been read (for one-hot reads). A share
             shrinks as ``1/t`` over a sequence, so a slot read once late in a long sequence
             looks almost unread; ``count`` and ``seen`` keep the same size at every step.
+        key_init: how the address vectors ``A_i`` start: ``normal`` (independent normal
+            draws, each vector of norm about 1) or ``ordered``, ``key_size`` columns of a
+            discrete cosine transform over the N slots,
+            ``A[i, k] = sqrt(2 / key_size) cos(pi f_k (i + 1/2) / N)`` with frequencies
+            ``f_k`` spaced geometrically from 1 to N - 1: the first falls with the index
+            (an order the reads can use from the start), the last tells neighbours apart.
+            An ablation: with ``normal`` keys the order of the last slots, which fewer
+            training sequences reach, is learned last.
         content: score each slot on its content ``C_i`` too (the paper). ``false``: on its
             address vector ``A_i`` and usage alone, so that what was written cannot draw a
             read: an ablation (AwTA's copy runs read the slot just written, whose content is
@@ -64,6 +76,7 @@ class TardisAddressingConfig(HardAddressingConfig):
     reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
     usage: bool = True
     usage_feature: UsageFeature = attrs.field(default="share", validator=attrs.validators.in_(get_args(UsageFeature)))
+    key_init: KeyInit = attrs.field(default="normal", validator=attrs.validators.in_(get_args(KeyInit)))
     content: bool = True
 
 
@@ -86,7 +99,7 @@ class TardisAddressing(HardAddressing):
         size = config.attention_size or context.width
         self.config = config
         self.slots, self.key_size, self.width = context.slots, config.key_size, context.width
-        self.A = nn.Parameter(torch.randn(context.slots, config.key_size) / config.key_size**0.5)
+        self.A = nn.Parameter(initial_keys(context.slots, config.key_size, config.key_init))
         self.W_h = nn.Linear(context.hidden_size, size, bias=False)
         self.W_x = nn.Linear(context.input_size, size)
         self.W_m = nn.Linear(config.key_size + (context.width if config.content else 0), size, bias=False)
@@ -128,6 +141,16 @@ class TardisAddressing(HardAddressing):
         address = self.sample(logits, prepared.tau, noise)
         weights = address.dense(self.slots, logits.dtype).detach()
         return address, {"usage": state["usage"] + weights, "previous": weights}
+
+
+def initial_keys(slots: int, key_size: int, kind: KeyInit) -> Tensor:
+    """The address vectors ``A`` ``[slots, key_size]`` as ``TardisAddressingConfig.key_init``
+    says they start."""
+    if kind == "normal":
+        return torch.randn(slots, key_size) / key_size**0.5
+    frequency = torch.logspace(0.0, math.log10(max(slots - 1, 1)), key_size, dtype=torch.float64).round()
+    index = torch.arange(slots, dtype=torch.float64).unsqueeze(1) + 0.5
+    return ((2 / key_size) ** 0.5 * torch.cos(torch.pi * frequency * index / slots)).float()
 
 
 def usage_feature(counts: Tensor, form: UsageFeature) -> Tensor:
