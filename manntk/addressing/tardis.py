@@ -11,8 +11,8 @@ by default normalised to sum to one, see ``usage_feature``)::
 
 The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
 steer the choice among slots. With ``content: false`` the ``C_i`` columns of ``W_m``
-are gone: slots are told apart by their address vectors and usage alone. The cost grows with the number of slots: every step
-projects every slot's content.
+are gone: slots are told apart by their address vectors and usage alone. The cost grows
+with the number of slots: every step projects every slot's content.
 """
 
 from __future__ import annotations
