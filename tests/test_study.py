@@ -258,6 +258,19 @@ def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_
     assert "| small | 1 |" in printed and "| soft | 0 (+1 unfinished) |" in printed
 
 
+def test_report_arms_shows_and_plots_only_the_named_arms(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "train.steps=4"]) == 0
+    capsys.readouterr()
+    assert main(["study", "report", str(out), "--arms", "soft", "--plot", str(tmp_path / "soft.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "| soft | 1 |" in printed and "| small |" not in printed and (tmp_path / "soft.png").stat().st_size > 0
+    assert "| small |" in (out / "report.md").read_text()  # the files beside the runs keep every arm
+    assert main(["study", "report", str(out), "--arms", "smal"]) != 0
+    assert "no arm 'smal' (did you mean 'small'?)" in capsys.readouterr().err
+
+
 def test_runs_made_by_other_settings_than_their_arm_now_are_refused_before_anything_runs(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

@@ -22,10 +22,9 @@ from typing import Any, Sequence, TextIO
 
 import yaml
 
-from manntk.config import did_you_mean
 from manntk.study.launch import Job, changed_runs, jobs_of, run_local, run_submitit
 from manntk.study.report import markdown, plot, summarize, write_report
-from manntk.study.spec import Arm, Study, load_study
+from manntk.study.spec import Arm, Study, check_arms, load_study
 
 __all__ = ["Arm", "Job", "Study", "jobs_of", "load_study", "markdown", "plot", "report_study", "run_study"]
 
@@ -73,12 +72,7 @@ def run_study(
     root = Path(root)
     jobs_list = jobs_of(study, root, overrides, threads)
     if arms is not None:
-        names = [arm.name for arm in study.arms]
-        unknown = [name for name in arms if name not in names]
-        if unknown:
-            nearest = did_you_mean(unknown[0], names)
-            hint = f" (did you mean {nearest!r}?)" if nearest else ""
-            raise ValueError(f"study {study.name!r} has no arm {', '.join(map(repr, unknown))}{hint}; its arms: {', '.join(names)}")
+        check_arms(study.name, [arm.name for arm in study.arms], arms)
         jobs_list = [job for job in jobs_list if job.label.split("/")[0] in arms]
     for arm in study.arms:  # every arm's recipe must load before anything runs
         load_recipe(arm.recipe, [*arm.overrides, *study.budget, *overrides])

@@ -32,6 +32,8 @@ def register_commands(commands: argparse._SubParsersAction) -> None:
     report.add_argument("dir", help="the study directory")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     report.add_argument("--plot", metavar="PNG", help="also draw the curves and the ECDF of iterations to solve")
+    report.add_argument("--arms", metavar="A,B", help="show and plot only these arms (comma-separated); "
+                        "report.md, .json and .csv beside the runs still cover every arm")
     report.set_defaults(handler=_report)
 
 
@@ -44,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
         study = study.with_seeds(args.seeds)
     out = Path(args.out or Path("runs") / "studies" / study.name)
-    arms = [name.strip() for name in args.arms.split(",") if name.strip()] if args.arms else None
+    arms = _names(args.arms) if args.arms else None
     try:
         report = run_study(study, out, overrides=args.overrides, jobs=args.jobs, launcher=args.launcher,
                            threads=args.threads, data_root=args.data, arms=arms)
@@ -65,12 +67,20 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from manntk.study import report_study
+    from manntk.study.report import select_arms
 
     try:
         report = report_study(None, args.dir)
-    except FileNotFoundError as error:
+        if args.arms:
+            report = select_arms(report, _names(args.arms))
+    except (FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
     return _show(report, Path(args.dir), as_json=args.json, plot_to=args.plot)
+
+
+def _names(arms: str) -> list[str]:
+    """The arm names of an ``--arms A,B`` option."""
+    return [name.strip() for name in arms.split(",") if name.strip()]
 
 
 def _show(report: dict, root: Path, as_json: bool, plot_to: str | None) -> int:

@@ -25,7 +25,7 @@ import yaml
 
 from manntk.study import stats
 from manntk.study.launch import changed_runs, jobs_of
-from manntk.study.spec import Study
+from manntk.study.spec import Study, check_arms
 
 HIGHER_IS_BETTER = ("accuracy",)
 """Metrics where higher is better (the others are losses), as the built-in tasks report them."""
@@ -196,6 +196,19 @@ def _censored(value: float | None, budget: int | None, digits: int = 0) -> str:
 def _censored_iqr(quantiles: dict[str, float | None], budget: int | None) -> str:
     """``median [q1, q3]`` of censored quantiles, ``>budget`` where too few runs solved."""
     return f"{_censored(quantiles['median'], budget)} [{_censored(quantiles['q1'], budget)}, {_censored(quantiles['q3'], budget)}]"
+
+
+def select_arms(report: dict[str, Any], arms: Sequence[str]) -> dict[str, Any]:
+    """``report`` cut to ``arms`` (in the report's order), with their runs and curves: for
+    reading or plotting a few arms of a large study. The arms keep their figures against
+    the baseline whether or not it is among them."""
+    check_arms(report["study"], [arm["arm"] for arm in report["arms"]], arms)
+    return {
+        **report,
+        "arms": [arm for arm in report["arms"] if arm["arm"] in arms],
+        "runs": [run for run in report["runs"] if run["arm"] in arms],
+        "curves": {key: curve for key, curve in report["curves"].items() if key.split("/seed-")[0] in arms},
+    }
 
 
 def _number(value: float | None, digits: int = 4) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import attrs
 import yaml
 
-from manntk.config import ConfigError
+from manntk.config import ConfigError, did_you_mean
 
 
 @attrs.frozen
@@ -234,3 +234,13 @@ def _budget(value: Any, problems: list[str]) -> tuple[str, ...]:
     if "minutes" in value:
         budget.append(f"train.max_minutes={float(value['minutes'])}")
     return tuple(budget)
+
+
+def check_arms(study: str, names: Sequence[str], arms: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first of ``arms`` that is not among study ``study``'s
+    arm ``names`` (with the nearest name, and every name)."""
+    unknown = [name for name in arms if name not in names]
+    if unknown:
+        nearest = did_you_mean(unknown[0], names)
+        hint = f" (did you mean {nearest!r}?)" if nearest else ""
+        raise ValueError(f"study {study!r} has no arm {', '.join(map(repr, unknown))}{hint}; its arms: {', '.join(names)}")
