@@ -877,7 +877,7 @@ def test_the_time_budget_and_a_time_schedule_run_on_rank_0s_clock(tmp_path, monk
     its first step, with the rate of a spent budget."""
     from manntk.training.distributed import Distributed
 
-    monkeypatch.setattr(Distributed, "from_main", lambda self, value, device: value + 1000.0)
+    monkeypatch.setattr(Distributed, "from_main", lambda self, values, device: [values[0] + 1000.0, *values[1:]])
     recipe = tiny_copy(steps=100_000, max_minutes=1, schedule={"name": "cosine", "over": "time"})
     result = train(recipe_from_mapping(recipe), tmp_path / "run", progress=False)
     assert (result.stop_reason, result.step) == ("time", 1) and train_rows(result.run_dir)[-1]["lr"] == 0.0
@@ -997,24 +997,35 @@ def test_logs_validations_and_checkpoints_by_wall_clock(tmp_path, monkeypatch):
     assert saved[-2:] == [8, 10] and all(step in (3, 4, 7, 8, 10) for step in saved)  # 8: 5 minutes since the start
 
 
-def test_the_duration_decision_is_rank_0s_in_a_job_of_several_processes():
-    """Each process's clock says something else: rank 0's verdict goes to every process, so
-    that all of them validate and save at the same step (the sum of rank 0's flags)."""
+def test_the_clock_and_the_duration_decisions_are_rank_0s_in_a_job_of_several_processes():
+    """Each process's clock says something else (rank 0 started 100 s ago with every interval
+    long overdue, rank 1 5 s ago with every interval just reset): rank 0's elapsed time and
+    verdicts go to every process in one broadcast, so that all validate, save, stop and set
+    their rate at the same step."""
+    import time
+
     from manntk.config import parse_every
     from manntk.training.distributed import Distributed
     from manntk.training.trainer import Trainer
 
-    class OwnShare(Distributed):
-        def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-            return tensor  # this process's share of the sum
+    sent = {}
 
-    for rank in (0, 1):
+    class Broadcast(Distributed):
+        def from_main(self, values: list[float], device: torch.device) -> list[float]:
+            if self.rank == 0:
+                sent["values"] = values
+            return sent["values"]
+
+    seen = []
+    for rank, (ago, last_seen) in ((0, (100.0, -1e9)), (1, (5.0, None))):
         trainer = Trainer.__new__(Trainer)
+        trainer.recipe = recipe_from_mapping(tiny_copy())
         trainer.every = {"log": parse_every(5), "eval": parse_every("1min"), "checkpoint": parse_every([3, "1h"])}
-        trainer.dist, trainer.device = OwnShare(rank=rank, world_size=2), torch.device("cpu")
-        last = dict.fromkeys(trainer.every, -1e9)  # every clock long overdue
-        assert trainer.due(3, last) == ({"log": False, "eval": True, "checkpoint": True} if rank == 0 else
-                                        {"log": False, "eval": False, "checkpoint": False})
+        trainer.dist, trainer.device = Broadcast(rank=rank, world_size=2), torch.device("cpu")
+        now = time.perf_counter()
+        seen.append(trainer.clock(3, now - ago, dict.fromkeys(trainer.every, now if last_seen is None else last_seen)))
+    (elapsed, due), theirs = seen
+    assert theirs == seen[0] and elapsed >= 100.0 and due == {"log": False, "eval": True, "checkpoint": True}
 
 
 def test_the_run_estimate_and_the_cpu_notice(tmp_path, monkeypatch, capsys):

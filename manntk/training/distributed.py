@@ -65,13 +65,13 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
-    def from_main(self, value: float, device: torch.device) -> float:
-        """Rank 0's ``value`` on every process (``value`` itself in a single process)."""
+    def from_main(self, values: list[float], device: torch.device) -> list[float]:
+        """Rank 0's ``values`` on every process (``values`` themselves in a single process)."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.broadcast(tensor, src=0)
-        return float(tensor)
+        return tensor.tolist()
 
     def barrier(self) -> None:
         if self.enabled:

@@ -191,9 +191,7 @@ class Trainer:
             if self.replay is not None and solved_step is not None and not replayed:
                 self.replay.offer(index, self.task.summarize(sums)["loss"])
             step += 1
-            elapsed = time.perf_counter() - started
-            if train.max_minutes is not None:  # rank 0's clock for all: every process stops, and sets its rate, alike
-                elapsed = self.dist.from_main(elapsed, self.device)
+            elapsed, due = self.clock(step, started, last)
             self.elapsed = elapsed
             self.scheduler.step()  # the next step's rate, from the clock after this one (schedule.over: time)
             timed = step - first_step - 1  # the first step paid for warm-up: the estimate times the next ones
@@ -209,7 +207,6 @@ class Trainer:
             if not math.isfinite(sums["loss"]):
                 self.diverged(step, f"the training loss became {sums['loss']}")
             bar.update(1)
-            due = self.due(step, last)
             if due["log"] or step == self.total_steps:
                 seconds = time.perf_counter() - last["log"]
                 row = self.log_train(step, elapsed, window, window_units / max(seconds, 1e-9))
@@ -286,18 +283,21 @@ class Trainer:
             spent = max(spent, self.elapsed / (60 * train.max_minutes))
         return spent
 
-    def due(self, step: int, last: dict[str, float]) -> dict[str, bool]:
-        """Which of ``log``, ``eval`` and ``checkpoint`` happen after ``step``, each by its
-        step count or by the wall clock since ``last`` (``time.perf_counter()``) it happened.
-        In a job of several processes rank 0's clock decides for all, so that every process
-        validates and saves at the same step (each one's clock would not agree)."""
+    def clock(self, step: int, started: float, last: dict[str, float]) -> tuple[float, dict[str, bool]]:
+        """The run's wall clock after ``step`` (``time.perf_counter()`` was ``started`` at its
+        start), and which of ``log``, ``eval`` and ``checkpoint`` happen now, each by its step
+        count or by the time since ``last`` it happened. Where anything goes by the clock (a
+        ``max_minutes`` budget, which also sets a ``schedule.over: time`` rate, or an interval
+        in minutes), rank 0's clock decides for every process of a job, in one broadcast, so
+        that all stop, set their rate, validate and save at the same step (their own clocks,
+        started apart, would not agree)."""
         now = time.perf_counter()
+        elapsed = now - started
         due = {name: every.due(step, now - last[name]) for name, every in self.every.items()}
-        if self.dist.enabled and any(every.seconds is not None for every in self.every.values()):
-            mine = [float(due[name] and self.dist.is_main) for name in self.every]
-            agreed = self.dist.sum(torch.tensor(mine, device=self.device)).tolist()
-            due = {name: verdict > 0 for name, verdict in zip(self.every, agreed)}
-        return due
+        if self.recipe.train.max_minutes is not None or any(every.seconds is not None for every in self.every.values()):
+            agreed = self.dist.from_main([elapsed, *map(float, due.values())], self.device)
+            elapsed, due = agreed[0], {name: verdict > 0 for name, verdict in zip(due, agreed[1:])}
+        return elapsed, due
 
     def estimate(self, step: int, elapsed: float, seconds_per_step: float) -> list[str]:
         """The lines that say how long the rest of the run, after ``step`` and ``elapsed``
