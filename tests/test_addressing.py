@@ -175,6 +175,12 @@ def test_tardis_ordered_keys_start_as_cosines_over_the_slots():
     assert not bool((drawn.A[1:, 0] < drawn.A[:-1, 0]).all())
     with pytest.raises(ValueError, match="key_init"):
         TardisAddressingConfig(key_init="sorted")
+    # rounding the geometric frequencies would repeat some at key_size 16 (1, 1, 2, 2, ...):
+    # each column has its own; more columns than frequencies are refused
+    wide = TardisAddressing(TardisAddressingConfig(key_size=16, key_init="ordered"), context(slots=50)).A.detach()
+    assert len({tuple(column) for column in wide.T.round(decimals=5).tolist()}) == 16
+    with pytest.raises(ValueError, match=r"key_size \(5\) columns its own frequency of 1..slots - 1 \(4\)"):
+        TardisAddressing(TardisAddressingConfig(key_size=5, key_init="ordered"), context(slots=5))
 
 
 def test_tardis_hard_eval_returns_index_and_tracks_usage():

@@ -269,6 +269,8 @@ def test_report_arms_shows_and_plots_only_the_named_arms(tmp_path, capsys):
     assert "| small |" in (out / "report.md").read_text()  # the files beside the runs keep every arm
     assert main(["study", "report", str(out), "--arms", "smal"]) != 0
     assert "no arm 'smal' (did you mean 'small'?)" in capsys.readouterr().err
+    assert main(["study", "report", str(out), "--arms", ","]) != 0
+    assert "--arms names no arm" in capsys.readouterr().err
 
 
 def test_runs_made_by_other_settings_than_their_arm_now_are_refused_before_anything_runs(tmp_path, capsys):

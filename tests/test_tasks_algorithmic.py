@@ -634,6 +634,9 @@ def test_train_min_length_shortens_the_range_of_the_training_sequences_only() ->
     assert (int(lengths.min()), int(lengths.max())) == (25, 50)
     staged = AlgorithmicTask(copy, CopyTaskConfig(train_min_length=25, curriculum_steps=100))
     assert int(staged.train_batch(0, 8).mask.sum(dim=1).min()) == 25
+    # the batches of the task's own bits (outside train_density_share) keep the minimum too
+    mixed = AlgorithmicTask(copy, CopyTaskConfig(train_min_length=25, train_blanks=0.5, train_density_share=0.5))
+    assert int(torch.cat([mixed.train_batch(index, 8).mask.sum(dim=1) for index in range(50)]).min()) == 25
 
 
 def test_train_max_length_below_min_length_is_refused() -> None:

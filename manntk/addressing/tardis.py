@@ -61,8 +61,9 @@ class TardisAddressingConfig(HardAddressingConfig):
             draws, each vector of norm about 1) or ``ordered``, ``key_size`` columns of a
             discrete cosine transform over the N slots,
             ``A[i, k] = sqrt(2 / key_size) cos(pi f_k (i + 1/2) / N)`` with frequencies
-            ``f_k`` spaced geometrically from 1 to N - 1: the first falls with the index
-            (an order the reads can use from the start), the last tells neighbours apart.
+            ``f_k`` spaced geometrically from 1 to N - 1 (distinct; at most N - 1 of them):
+            the first falls with the index (an order the reads can use from the start),
+            the last tells neighbours apart.
             An ablation: with ``normal`` keys the order of the last slots, which fewer
             training sequences reach, is learned last.
         content: score each slot on its content ``C_i`` too (the paper). ``false``: on its
@@ -145,12 +146,20 @@ class TardisAddressing(HardAddressing):
 
 def initial_keys(slots: int, key_size: int, kind: KeyInit) -> Tensor:
     """The address vectors ``A`` ``[slots, key_size]`` as ``TardisAddressingConfig.key_init``
-    says they start."""
+    says they start; ``ordered`` needs ``key_size <= slots - 1`` (the transform's non-zero
+    frequencies, each used once)."""
     if kind == "normal":
         return torch.randn(slots, key_size) / key_size**0.5
-    frequency = torch.logspace(0.0, math.log10(max(slots - 1, 1)), key_size, dtype=torch.float64).round()
+    if key_size > slots - 1:
+        raise ValueError(f"key_init: ordered gives each of the key_size ({key_size}) columns its own frequency "
+                         f"of 1..slots - 1 ({slots - 1}): use a key_size of at most {slots - 1}, or key_init: normal")
+    geometric = torch.logspace(0.0, math.log10(slots - 1), key_size, dtype=torch.float64).round().tolist()
+    frequency = []
+    for column, value in enumerate(geometric):  # rounded up where rounding repeats one, kept under the last
+        low = frequency[-1] + 1 if frequency else 1
+        frequency.append(min(max(value, low), slots - 1 - (key_size - 1 - column)))
     index = torch.arange(slots, dtype=torch.float64).unsqueeze(1) + 0.5
-    return ((2 / key_size) ** 0.5 * torch.cos(torch.pi * frequency * index / slots)).float()
+    return ((2 / key_size) ** 0.5 * torch.cos(torch.pi * torch.tensor(frequency, dtype=torch.float64) * index / slots)).float()
 
 
 def usage_feature(counts: Tensor, form: UsageFeature) -> Tensor:

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
         study = study.with_seeds(args.seeds)
     out = Path(args.out or Path("runs") / "studies" / study.name)
-    arms = _names(args.arms) if args.arms else None
+    arms = _names(args.arms) if args.arms is not None else None
     try:
         report = run_study(study, out, overrides=args.overrides, jobs=args.jobs, launcher=args.launcher,
                            threads=args.threads, data_root=args.data, arms=arms)
@@ -71,16 +71,22 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         report = report_study(None, args.dir)
-        if args.arms:
-            report = select_arms(report, _names(args.arms))
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:
         raise UsageError(str(error)) from None
+    if args.arms is not None:
+        try:
+            report = select_arms(report, _names(args.arms))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     return _show(report, Path(args.dir), as_json=args.json, plot_to=args.plot)
 
 
 def _names(arms: str) -> list[str]:
-    """The arm names of an ``--arms A,B`` option."""
-    return [name.strip() for name in arms.split(",") if name.strip()]
+    """The arm names of an ``--arms A,B`` option (at least one)."""
+    names = [name.strip() for name in arms.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--arms names no arm ({arms!r}): give one or more, comma-separated")
+    return names
 
 
 def _show(report: dict, root: Path, as_json: bool, plot_to: str | None) -> int:

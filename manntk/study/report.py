@@ -199,15 +199,14 @@ def _censored_iqr(quantiles: dict[str, float | None], budget: int | None) -> str
 
 
 def select_arms(report: dict[str, Any], arms: Sequence[str]) -> dict[str, Any]:
-    """``report`` cut to ``arms`` (in the report's order), with their runs and curves: for
-    reading or plotting a few arms of a large study. The arms keep their figures against
-    the baseline whether or not it is among them."""
+    """``report`` cut to ``arms`` (in the report's order) and their runs, for reading or
+    plotting a few arms of a large study (the plot draws the curves of the arms listed).
+    The arms keep their figures against the baseline whether or not it is among them."""
     check_arms(report["study"], [arm["arm"] for arm in report["arms"]], arms)
     return {
         **report,
         "arms": [arm for arm in report["arms"] if arm["arm"] in arms],
         "runs": [run for run in report["runs"] if run["arm"] in arms],
-        "curves": {key: curve for key, curve in report["curves"].items() if key.split("/seed-")[0] in arms},
     }
 
 

@@ -72,7 +72,7 @@ TRAIN_DENSITY_DOC = """
 """
 
 TRAIN_MAX_LENGTH_DOC = """
-    Training option (tasks with a ``max_length``):
+    Training options (tasks with a ``max_length``):
         train_max_length: the longest *training* sequence (the validation and test sets
             keep ``max_length``); ``None``, the default, trains on ``max_length`` too.
             Above ``max_length``, the evaluated lengths lie inside the training range
