@@ -24,9 +24,9 @@ per step, and the gates alpha, beta draw their logistic noise as ``TardisCell.pr
 does), ``tardis`` addressing with
 every option (hard reads: straight-through Gumbel-softmax in training, the argmax slot in
 evaluation, as the engine's discrete path; soft reads; usage on or off, in every
-``usage_feature``; any re-read penalty) and the ``overwrite`` write with every option (``h_t`` or its projection, or
-``value: input_and_hidden``; replacement by slot, argmax or the soft blend;
-fill-empty-first). The numbers are those of the plain path up to float rounding
+``usage_feature``; any re-read penalty) and the ``overwrite`` write with every option
+(``h_t`` or its projection, or ``value: input_and_hidden``; replacement by slot, argmax or
+the soft blend; fill-empty-first). The numbers are those of the plain path up to float rounding
 (``tests/test_tardis_sequence.py`` compares outputs, states and every gradient with it and
 gradchecks the operator in float64).
 

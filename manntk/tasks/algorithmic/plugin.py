@@ -164,6 +164,14 @@ def _summed_per_sequence(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, steps, torch.zeros_like(steps)).sum(dim=1)
 
 
+def _with_training_options(config: Any, options: Any, *names: str) -> Any:
+    """``config`` with each setting of ``names`` replaced by the task option ``train_<name>``
+    of ``options``, where the task has that option and it is set."""
+    return attrs.evolve(config, **{
+        name: value for name in names if (value := getattr(options, f"train_{name}", None)) is not None
+    })
+
+
 class AlgorithmicTask(Task):
     """A task made of a task module (its ``generate``, ``task_lengths`` and
     ``shortened``) and the task's config."""
@@ -185,16 +193,8 @@ class AlgorithmicTask(Task):
         self.input_size, self.output_size = config.input_size, config.output_size
         self.data_seed = run_seed if config.seed is None else config.seed
         # the task's own bits at the training lengths (the batches outside train_density_share)
-        self.plain_train_config = attrs.evolve(config, **{
-            name: value for name, value in (("max_length", getattr(config, "train_max_length", None)),
-                                            ("min_length", getattr(config, "train_min_length", None)))
-            if value is not None
-        })
-        self.train_config = attrs.evolve(self.plain_train_config, **{
-            name: value for name, value in (("density", getattr(config, "train_density", None)),
-                                            ("blanks", getattr(config, "train_blanks", None)))
-            if value is not None
-        })
+        self.plain_train_config = _with_training_options(config, config, "max_length", "min_length")
+        self.train_config = _with_training_options(self.plain_train_config, config, "density", "blanks")
 
     def train_batch(self, index: int, batch_size: int) -> Batch:
         generator = torch.Generator().manual_seed(batch_seed(self.data_seed, index))
