@@ -1071,3 +1071,31 @@ def test_cpu_alternative_must_name_a_shipped_recipe():
     with pytest.raises(ConfigError, match=r"cpu_alternative: 'ptb/armin_500_cpus' is not the name of a shipped recipe; "
                                           r"did you mean 'ptb/armin_500_cpu'"):
         recipe_from_mapping(mapping)
+
+
+@pytest.mark.parametrize("clip_norm, clipped", [(1e-9, 1.0), (1e9, 0.0)])
+def test_training_rows_carry_the_gradient_norm_before_the_clip(tmp_path, monkeypatch, clip_norm, clipped):
+    """With train.clip_norm each training row has the window's mean norm before clipping, as
+    computed independently from the step's gradients, and the share of steps the clip scaled
+    down: all of them under a limit of 1e-9, none under 1e9."""
+    from manntk.training import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.clip_gradients
+
+    def recording_clip(parameters, norm, value):
+        parameters = list(parameters)
+        seen.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in parameters if p.grad is not None]))))
+        return original(parameters, norm, value)
+
+    monkeypatch.setattr(trainer_module, "clip_gradients", recording_clip)
+    result = train(recipe_from_mapping(tiny_copy(steps=4, log_every=2, clip_norm=clip_norm)), tmp_path / "run", progress=False)
+    rows = train_rows(result.run_dir)
+    assert [row["clipped"] for row in rows] == [clipped, clipped]
+    for row, window in zip(rows, (seen[:2], seen[2:])):
+        assert row["grad_norm"] == pytest.approx(sum(window) / 2, rel=1e-5) and row["grad_norm"] > 0
+
+
+def test_without_a_norm_clip_the_training_rows_have_no_gradient_norm(tmp_path):
+    result = train(recipe_from_mapping(tiny_copy(steps=2, clip_norm=None)), tmp_path / "run", progress=False)
+    assert all("grad_norm" not in row and "clipped" not in row for row in train_rows(result.run_dir))

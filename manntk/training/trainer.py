@@ -145,6 +145,7 @@ class Trainer:
         self.average = None if train.ema_decay is None else WeightAverage(self.model, train.ema_decay)
         self.spikes = None if train.skip_spikes is None else SpikeSkipper(train.skip_spikes)
         self.nonfinite_steps = 0
+        self.gradient_norms: list[float] = []  # the log window's norms before clipping (train.clip_norm)
         self.replay = None if train.replay_above is None else Replay(train.replay_above, train.replay_times)
         if self.replay is not None and not self.task.train_batch(1, train.batch_size).fresh:
             raise ConfigError([f"replay trains on batches again, but task {recipe.task.name!r} carries the recurrent state "
@@ -366,7 +367,9 @@ class Trainer:
                 self.nonfinite_steps += 1
             elif self.spikes is not None and self.spikes.skip(gradient_norm(self.model.parameters())):
                 self.optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer leaves the weights and its state alone
-            clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
+            norm = clip_gradients(self.model.parameters(), train.clip_norm, train.clip_value)
+            if norm is not None:
+                self.gradient_norms.append(norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if self.average is not None:
@@ -434,9 +437,22 @@ class Trainer:
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
         row.update(self.model.training_metrics())
         row.update(self.step_counters())
+        row.update(self.gradient_summary())
         if self.metrics is not None:
             self.metrics.write(row)
         return row
+
+    def gradient_summary(self) -> dict[str, float]:
+        """With ``train.clip_norm``: the log window's mean gradient norm before clipping
+        (``grad_norm``) and the share of its steps that the clip scaled down (``clipped``),
+        then a fresh window: how large the gradients run, and whether the clip acts on a few
+        spikes or on every step (where it rescales every update, for SGD and RMSprop the
+        same as a smaller rate)."""
+        norms, self.gradient_norms = self.gradient_norms, []
+        if not norms:
+            return {}
+        limit = self.recipe.train.clip_norm
+        return {"grad_norm": sum(norms) / len(norms), "clipped": sum(norm > limit for norm in norms) / len(norms)}
 
     def validate(self, step: int, elapsed: float, split: str = "valid") -> dict[str, float]:
         """Score ``split`` (the validation split by default; on rank 0, the verdict shared with every rank)."""
