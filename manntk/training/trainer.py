@@ -443,11 +443,11 @@ class Trainer:
         return row
 
     def gradient_summary(self) -> dict[str, float]:
-        """With ``train.clip_norm``: the log window's mean gradient norm before clipping
+        """With ``train.clip_norm``: the log window's mean gradient norm before the norm clip
         (``grad_norm``) and the share of its steps that the clip scaled down (``clipped``),
         then a fresh window: how large the gradients run, and whether the clip acts on a few
-        spikes or on every step (where it rescales every update, for SGD and RMSprop the
-        same as a smaller rate)."""
+        spikes or on every step (for SGD, a clip on every step is a smaller rate; Adam and
+        RMSprop divide most of a steady scale away, but not a varying one)."""
         norms, self.gradient_norms = self.gradient_norms, []
         if not norms:
             return {}
