@@ -83,9 +83,14 @@ class ScheduleConfig:
     """The learning-rate schedule.
 
     Attributes:
-        name: ``constant``, ``step`` (multiply by ``gamma`` at each of ``milestones``)
-            or ``cosine`` (to ``min_lr`` at the end of the budget, see ``over``).
-        over: the budget ``cosine`` decays over: ``steps`` (to the last step,
+        name: ``constant``, ``step`` (multiply by ``gamma`` at each of ``milestones``),
+            ``cosine`` (to ``min_lr`` at the end of the budget, see ``over``) or
+            ``cooldown`` (constant, then a straight line to ``min_lr`` over the last
+            ``cooldown`` share of the budget: the warm-up-stable-decay schedule of Hu et
+            al. 2024 and Hägele et al. 2024, which keeps the full rate for most of a short
+            budget, where a cosine lowers it from the start).
+        cooldown: the share of the budget ``cooldown`` decays over, at its end.
+        over: the budget ``cosine`` and ``cooldown`` decay over: ``steps`` (to the last step,
             ``train.steps`` or ``train.epochs``) or ``time`` (to ``train.max_minutes`` of
             wall clock, the time already spent before a resume included, or to the last
             step if that comes first). ``time`` is for comparisons at equal wall clock,
@@ -94,7 +99,7 @@ class ScheduleConfig:
         warmup_steps: linear warm-up from 0 over this many steps (any schedule).
         milestones: steps at which ``step`` multiplies the rate by ``gamma``.
         gamma: the factor of ``step``.
-        min_lr: the final rate of ``cosine``.
+        min_lr: the final rate of ``cosine`` and ``cooldown``.
         solved_gamma: multiply the rate by this once, when the run first solves its task
             (validation and test under the threshold) and goes on training
             (``stop_when_solved: false``); 1 keeps it. A smaller step size once solved
@@ -135,7 +140,9 @@ class ScheduleConfig:
         approach_gamma: the factor of ``approach_at``.
     """
 
-    name: Literal["constant", "step", "cosine"] = attrs.field(default="constant", validator=_in(("constant", "step", "cosine")))
+    name: Literal["constant", "step", "cosine", "cooldown"] = attrs.field(
+        default="constant", validator=_in(("constant", "step", "cosine", "cooldown")))
+    cooldown: float = attrs.field(default=0.2, validator=[positive, probability])
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
     milestones: list[int] = attrs.field(factory=list)
     gamma: float = attrs.field(default=0.1, validator=positive)
@@ -298,9 +305,9 @@ class TrainConfig:
 
     @schedule.validator
     def _time_schedule_needs_a_time_budget(self, attribute: attrs.Attribute, value: ScheduleConfig) -> None:
-        if value.over == "time" and value.name != "cosine":
-            raise ValueError(f"schedule.over: time says what {value.name!r} decays over, but only cosine decays: "
-                             "set schedule.name: cosine, or leave over at steps")
+        if value.over == "time" and value.name not in ("cosine", "cooldown"):
+            raise ValueError(f"schedule.over: time says what {value.name!r} decays over, but only cosine and cooldown "
+                             "decay: set schedule.name: cosine or cooldown, or leave over at steps")
         if value.over == "time" and self.max_minutes is None:
             raise ValueError("schedule.over: time decays the rate over the wall-clock budget: set max_minutes too")
 

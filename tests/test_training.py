@@ -727,6 +727,11 @@ def test_lr_schedules_by_hand():
     spent = iter([0.5, 1.0, 3.0])
     cosine = lr_factor(ScheduleConfig(name="cosine", min_lr=0.1), 1.0, lambda step: next(spent))
     assert [cosine(7) for _ in range(3)] == [pytest.approx(0.55), pytest.approx(0.1), pytest.approx(0.1)]
+    # cooldown: the full rate to 80% of the budget, then a straight line to min_lr at its end
+    cooldown = lr_factor(ScheduleConfig(name="cooldown", cooldown=0.2, min_lr=0.1), 1.0, by_steps)
+    assert [cooldown(s) for s in (0, 50, 80)] == [1.0, 1.0, pytest.approx(1.0)]
+    assert cooldown(90) == pytest.approx(0.55) and cooldown(95) == pytest.approx(0.325) and cooldown(100) == pytest.approx(0.1)
+    assert cooldown(300) == pytest.approx(0.1)
 
 
 def test_a_cosine_over_time_decays_with_the_wall_clock(tmp_path, monkeypatch):
@@ -754,10 +759,12 @@ def test_a_cosine_over_time_decays_with_the_wall_clock(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("schedule, max_minutes, message", [
     ({"name": "cosine", "over": "time"}, None, "set max_minutes too"),
-    ({"name": "step", "over": "time"}, 5, "only cosine decays"),
+    ({"name": "step", "over": "time"}, 5, "only cosine and cooldown decay"),
+    ({"name": "cooldown", "cooldown": 0.0}, None, "cooldown"),
+    ({"name": "cooldown", "cooldown": 1.5}, None, "cooldown"),
     ({"name": "cosine", "over": "clock"}, 5, "'steps', 'time'"),
 ])
-def test_a_schedule_over_time_needs_a_cosine_and_a_time_budget(schedule, max_minutes, message):
+def test_a_schedule_over_time_needs_a_decay_and_a_time_budget(schedule, max_minutes, message):
     with pytest.raises(ConfigError, match=message):
         recipe_from_mapping(tiny_copy(max_minutes=max_minutes, schedule=schedule))
 

@@ -83,17 +83,20 @@ def lr_factor(config: ScheduleConfig, base_lr: float, progress: Callable[[int], 
 
     ``progress(step)`` is how far the run is through its budget (0 at the start, 1 at the
     end): the share of its steps or of its wall clock (``schedule.over``). Only ``cosine``
-    reads it; the warm-up and ``step``'s milestones count steps.
+    and ``cooldown`` read it; the warm-up and ``step``'s milestones count steps.
     """
+    floor = config.min_lr / base_lr
 
     def factor(step: int) -> float:
         warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.name == "step":
             return warmup * config.gamma ** sum(step >= milestone for milestone in config.milestones)
+        done = min(max(progress(step), 0.0), 1.0)
         if config.name == "cosine":
-            done = min(max(progress(step), 0.0), 1.0)
-            floor = config.min_lr / base_lr
             return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done)))
+        if config.name == "cooldown":
+            left = min(1.0, (1 - done) / config.cooldown)
+            return warmup * (floor + (1 - floor) * left)
         return warmup
 
     return factor

@@ -274,8 +274,8 @@ class Trainer:
         return TrainResult(self.run_dir, step, results, solved_step, elapsed, stop_reason)
 
     def budget_spent(self, step: int) -> float:
-        """The share of the budget spent after ``step`` steps, which a cosine schedule decays
-        over: of the steps, or with ``schedule.over: time`` of the steps or of
+        """The share of the budget spent after ``step`` steps, which a cosine or cooldown
+        schedule decays over: of the steps, or with ``schedule.over: time`` of the steps or of
         ``train.max_minutes`` of wall clock, whichever is further on (the run ends at the
         first of the two it meets)."""
         train = self.recipe.train
