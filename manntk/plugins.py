@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "manntk.tools.demo",
     "manntk.tools.inspect_memory",
     "manntk.tools.plot",
+    "manntk.tools.read_sources",
     "manntk.tools.runs",
     "manntk.study.commands",
 )

@@ -149,7 +149,7 @@ def test_a_command_that_fails_to_register_breaks_no_other_command():
     assert [failure.error for failure in plugins.failures] == ["register_commands: RuntimeError: no parser today"]
 
 
-@pytest.mark.parametrize("tool", ["bench", "demo", "inspect", "plot", "runs", "study"])
+@pytest.mark.parametrize("tool", ["bench", "demo", "inspect", "plot", "reads", "runs", "study"])
 def test_the_tools_are_commands_of_their_own_plugins(tool):
     plugins = load_plugins(entry_points_too=False)
     cli.build_parser(plugins)

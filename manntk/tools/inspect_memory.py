@@ -70,6 +70,25 @@ class Inspection:
     data: dict[str, Any]
 
 
+def load_trained(run_dir: str | Path, device: str = "cpu", data_root: str | None = None) -> tuple[Any, Any, Any, Path]:
+    """The recipe, task and model of a run, the model holding the weights its latest
+    checkpoint was judged by (the weight average where the run keeps one), in evaluation
+    mode on ``device`` (``cpu``, ``cuda`` or ``auto``); and that checkpoint's path."""
+    from manntk.build import build_experiment
+    from manntk.recipe import load_recipe
+    from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
+    from manntk.training.distributed import pick_device
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    target = pick_device(device)
+    task, model = build_experiment(recipe, data_root)
+    checkpoint = latest_checkpoint(run_dir)
+    model.load_state_dict(load_judged_weights(checkpoint, target))
+    model.to(target).eval()
+    return recipe, task, model, checkpoint
+
+
 def take_example(task: Any, split: str, index: int, batch_size: int, steps: int | None = None) -> Example:
     """Example ``index`` of ``split``, cut to its real length (and to ``steps`` when given).
 
@@ -188,18 +207,11 @@ def inspect_run(
     Returns:
         The paths written and the numbers.
     """
-    from manntk.build import build_experiment
-    from manntk.recipe import load_recipe
-    from manntk.training.checkpoint import latest_checkpoint, load_judged_weights
-    from manntk.training.distributed import pick_device
+    from manntk.training.checkpoint import write_text_atomic
 
     run_dir = Path(run_dir)
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    target = pick_device(device)
-    task, model = build_experiment(recipe, data_root)
-    checkpoint = latest_checkpoint(run_dir)
-    model.load_state_dict(load_judged_weights(checkpoint, target))
-    model.to(target).eval()
+    recipe, task, model, checkpoint = load_trained(run_dir, device, data_root)
+    target = next(model.parameters()).device
     if steps is None and task.tokens:
         steps = DEFAULT_TEXT_STEPS
     example = take_example(task, split, index, recipe.eval.batch_size, steps)
@@ -234,7 +246,7 @@ def inspect_run(
     folder = Path(out) if out is not None else run_dir
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "inspect.json"
-    json_path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(data) + "\n")
     png = draw(data, example, probs[0], folder / "inspect.png")
     return Inspection(png, json_path, data)
 
