@@ -129,7 +129,9 @@ def read_summary(run_dir: str | Path, *, split: str = "test", layer: int = 0, de
             outputs, _ = model(batch.inputs.to(device_of_model))
         read, write = trace.get(f"layer{layer}.read"), trace.get(f"layer{layer}.write")
         if read is None or write is None or read.shape[-1] == 0:
-            raise UsageError(f"layer {layer} of the model of {run_dir} has no memory to read from")
+            with_memory = sorted(key.split(".")[0] for key, value in trace.items() if key.endswith(".read") and value.shape[-1])
+            raise UsageError(f"layer {layer} of the model of {run_dir} has no memory to read from "
+                             f"(layers with one: {', '.join(with_memory) or 'none'})")
         sources = read_sources(read.float().cpu(), write.float().cpu())
         count_reads(batch.inputs, batch.targets, batch.mask, outputs.float().cpu(), sources, tallies)
     return {
