@@ -56,11 +56,21 @@ def test_count_reads_by_hand():
     count_reads(inputs, targets, mask, outputs, sources, tallies)
     positions = {key: shares(row) for key, row in tallies["by_position"].items()}
     assert positions[0] == {"steps": 1, "from_target": 1.0, "from_previous_step": 0.0, "from_unwritten": 0.0, "right": 1.0,
-                            "wrong_read_elsewhere": None}
+                            "from_target_at_lag": [1.0, 0.0, 0.0], "wrong_read_elsewhere": None}
     assert positions[1]["from_previous_step"] == 1.0 and positions[1]["from_target"] == 0.0
     assert positions[2]["from_unwritten"] == 1.0 and positions[2]["right"] == 0.0 and positions[2]["wrong_read_elsewhere"] == 1.0
     length = shares(tallies["by_length"][3])
     assert length["steps"] == 3 and length["from_target"] == pytest.approx(1 / 3, abs=1e-5) and length["right"] == pytest.approx(2 / 3, abs=1e-5)
+
+    # reading one step ahead: the read at step t comes from the step that showed step t+1's
+    # target, so each answer's bits were read at the step before it (lag 1); with no lag
+    # allowed, none of them counts as read from its target's step
+    ahead = torch.tensor([[-1], [-1], [0], [1], [2], [-1]])
+    for max_lag, expected in ((2, [0.0, 1.0, 0.0]), (0, [0.0])):
+        tallies = {"by_position": defaultdict(Counter), "by_length": defaultdict(Counter)}
+        count_reads(inputs, targets, mask, outputs, ahead, tallies, max_lag)
+        total = shares(sum(tallies["by_position"].values(), Counter()), max_lag)
+        assert total["from_target_at_lag"] == expected and total["from_target"] == sum(expected)
 
 
 def source_by_loop(read_slots: list[int], write_slots: list[int], t: int) -> int:
@@ -92,15 +102,20 @@ def test_reads_over_a_split_match_a_count_example_by_example(run, tmp_path, caps
         read_slots = trace["layer0.read"][:, 0].argmax(-1).tolist()
         write_slots = trace["layer0.write"][:, 0].argmax(-1).tolist()
         for t in example.mask[0].nonzero().flatten().tolist():
-            source = source_by_loop(read_slots, write_slots, t)
             expected["steps"] += 1
-            expected["from_target"] += source >= 0 and bool(torch.equal(example.inputs[0, source, :3], example.targets[0, t]))
-            expected["from_previous_step"] += source == t - 1
+            for lag in range(3):  # the read at t, t - 1 or t - 2 (the default --max-lag 2)
+                source = source_by_loop(read_slots, write_slots, t - lag)
+                if source >= 0 and torch.equal(example.inputs[0, source, :3], example.targets[0, t]):
+                    expected["from_target"] += 1
+                    expected[f"lag{lag}"] += 1
+                    break
+            expected["from_previous_step"] += source_by_loop(read_slots, write_slots, t) == t - 1
             expected["right"] += bool(((outputs[0, t] > 0) == (example.targets[0, t] > 0.5)).all())
     totals = data["totals"]
     assert totals["steps"] == expected["steps"] == sum(row["steps"] for row in data["by_length"].values())
     for name in ("from_target", "from_previous_step", "right"):
         assert totals[name] == pytest.approx(expected[name] / expected["steps"], abs=1e-5), name
+    assert totals["from_target_at_lag"] == pytest.approx([expected[f"lag{lag}"] / expected["steps"] for lag in range(3)], abs=1e-5)
     assert set(data["by_length"]) <= {"3", "4"} and set(data["by_position"]) <= {"0", "1", "2", "3"}
 
 
@@ -114,3 +129,5 @@ def test_reads_needs_a_memory_and_a_run(tmp_path, capsys):
     assert "layer 1 of the model" in (error := capsys.readouterr().err) and "(layers with one: layer0)" in error
     assert main(["reads", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert main(["reads", str(armin), "--max-lag", "-1"]) == 2
+    assert "--max-lag must be >= 0, got -1" in capsys.readouterr().err

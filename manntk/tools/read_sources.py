@@ -10,13 +10,18 @@ weights; a read at step ``t`` sees the memory of step ``t - 1``, so the source i
 ``t``), or none when that slot was not written in the sequence.
 
 For tasks whose targets are bit vectors that were shown in the input (copy, repeat copy,
-associative recall, priority sort: the input's leading channels), a read **from the
-target's step** is one whose source step showed exactly the bits this step must answer.
-Counted per output position (the scored step's place in its sequence's output phase) and
-per output length (the sequence's scored steps), beside the share of reads from the step
-just before (``age`` 1) and from slots not yet written, and whether each answer was right
-(every bit on the right side of 0.5). The numbers go to ``reads.json`` and the picture of
-them by output position to ``reads.png``.
+associative recall, priority sort: the input's leading channels), an answer is read **from
+the target's step** when the read at its step, or at one of the ``max_lag`` steps before
+it, has a source step that showed exactly the bits this step must answer; the smallest
+such distance is the answer's **lag**. A model may read a slot a step or two before it
+answers from it and carry it in its state (AwTA's copy runs read the next slot while they
+answer from the last), which a lag of 0 alone would count as a wrong read. Counted per
+output position (the scored step's place in its sequence's output phase) and per output
+length (the sequence's scored steps): the share of answers read from the target's step
+(and at each lag), of reads at the answer's step from the step just before it and from
+slots not yet written, and of answers right (every bit on the right side of 0.5); and of
+the wrong answers, the share not read from the target's step at any lag. The numbers go
+to ``reads.json`` and the picture of them by output position to ``reads.png``.
 
 A vector that occurs twice in a sequence makes a read of either occurrence count as from
 the target's step (at 6 random bits, a 1-in-64 chance per pair).
@@ -39,7 +44,10 @@ from manntk.tools.inspect_memory import DIGITS, load_trained
 from manntk.trace import tracing
 
 SHARES = ("from_target", "from_previous_step", "from_unwritten", "right")
-"""The shares of the scored steps counted per output position and length."""
+"""The shares of the scored steps counted per output position and length (and
+``from_target_at_lag`` per lag)."""
+MAX_LAG = 2
+"""How many steps before its answer a read may come by default (``--max-lag``)."""
 
 
 def read_sources(read: Tensor, write: Tensor) -> Tensor:
@@ -69,10 +77,11 @@ def read_sources(read: Tensor, write: Tensor) -> Tensor:
 
 
 def count_reads(inputs: Tensor, targets: Tensor, mask: Tensor, outputs: Tensor, sources: Tensor,
-                tallies: dict[str, dict[int, Counter]]) -> None:
+                tallies: dict[str, dict[int, Counter]], max_lag: int = MAX_LAG) -> None:
     """Add one batch's scored steps to ``tallies``: per output position (``by_position``)
     and per output length (``by_length``), the scored ``steps``, those counted by each of
-    ``SHARES``, and the wrong answers not read from the target's step (``wrong_elsewhere``).
+    ``SHARES``, those read from the target's step at each lag (``lag0``, ``lag1``, ...), and
+    the wrong answers not read from the target's step (``wrong_elsewhere``).
 
     Args:
         inputs: ``[B, T, C]``, the bits shown in the leading channels.
@@ -80,35 +89,40 @@ def count_reads(inputs: Tensor, targets: Tensor, mask: Tensor, outputs: Tensor, 
         mask: ``[B, T]`` bool, the scored steps.
         outputs: ``[B, T, W]`` logits.
         sources: ``[T, B]`` from [`read_sources`][manntk.tools.read_sources.read_sources].
+        max_lag: the most steps before its answer a read counts for it.
     """
     shown = inputs[..., : targets.shape[-1]]
     right = ((outputs > 0) == (targets > 0.5)).all(-1)
     for b in range(mask.shape[0]):
         scored = mask[b].nonzero().flatten().tolist()
         for position, t in enumerate(scored):
+            lag = next((d for d in range(min(max_lag, t) + 1)
+                        if sources[t - d, b] >= 0 and torch.equal(shown[b, int(sources[t - d, b])], targets[b, t])), None)
             source = int(sources[t, b])
-            from_target = source >= 0 and torch.equal(shown[b, source], targets[b, t])
-            counts = Counter(steps=1, from_target=from_target, from_previous_step=source == t - 1,
+            counts = Counter(steps=1, from_target=lag is not None, from_previous_step=source == t - 1,
                              from_unwritten=source < 0, right=bool(right[b, t]),
-                             wrong_elsewhere=not right[b, t] and not from_target)
+                             wrong_elsewhere=not right[b, t] and lag is None)
+            if lag is not None:
+                counts[f"lag{lag}"] = 1
             tallies["by_position"][position].update(counts)
             tallies["by_length"][len(scored)].update(counts)
 
 
-def shares(counts: Counter) -> dict[str, Any]:
-    """``counts`` as ``steps`` and the share of them for each of ``SHARES``, and
-    ``wrong_read_elsewhere``: of the wrong answers, the share not read from the target's
-    step (``None`` when none was wrong)."""
+def shares(counts: Counter, max_lag: int = MAX_LAG) -> dict[str, Any]:
+    """``counts`` as ``steps`` and the share of them for each of ``SHARES``, at each lag
+    0..``max_lag`` (``from_target_at_lag``), and ``wrong_read_elsewhere``: of the wrong
+    answers, the share not read from the target's step (``None`` when none was wrong)."""
     steps = counts["steps"]
     wrong = steps - counts["right"]
     row: dict[str, Any] = {"steps": steps}
     row.update({name: round(counts[name] / steps, DIGITS) for name in SHARES})
+    row["from_target_at_lag"] = [round(counts[f"lag{lag}"] / steps, DIGITS) for lag in range(max_lag + 1)]
     row["wrong_read_elsewhere"] = round(counts["wrong_elsewhere"] / wrong, DIGITS) if wrong else None
     return row
 
 
-def read_summary(run_dir: str | Path, *, split: str = "test", layer: int = 0, device: str = "cpu",
-                 data_root: str | None = None) -> dict[str, Any]:
+def read_summary(run_dir: str | Path, *, split: str = "test", layer: int = 0, max_lag: int = MAX_LAG,
+                 device: str = "cpu", data_root: str | None = None) -> dict[str, Any]:
     """Run the trained model of ``run_dir`` over ``split`` and count where its answers'
     reads came from (the module's docstring says what is counted).
 
@@ -133,7 +147,7 @@ def read_summary(run_dir: str | Path, *, split: str = "test", layer: int = 0, de
             raise UsageError(f"layer {layer} of the model of {run_dir} has no memory to read from "
                              f"(layers with one: {', '.join(with_memory) or 'none'})")
         sources = read_sources(read.float().cpu(), write.float().cpu())
-        count_reads(batch.inputs, batch.targets, batch.mask, outputs.float().cpu(), sources, tallies)
+        count_reads(batch.inputs, batch.targets, batch.mask, outputs.float().cpu(), sources, tallies, max_lag)
     return {
         "run": str(run_dir),
         "recipe": recipe.name,
@@ -141,9 +155,10 @@ def read_summary(run_dir: str | Path, *, split: str = "test", layer: int = 0, de
         "checkpoint": checkpoint.name,
         "split": split,
         "layer": layer,
-        "totals": shares(sum(tallies["by_position"].values(), Counter())),
-        "by_position": {key: shares(row) for key, row in sorted(tallies["by_position"].items())},
-        "by_length": {key: shares(row) for key, row in sorted(tallies["by_length"].items())},
+        "max_lag": max_lag,
+        "totals": shares(sum(tallies["by_position"].values(), Counter()), max_lag),
+        "by_position": {key: shares(row, max_lag) for key, row in sorted(tallies["by_position"].items())},
+        "by_length": {key: shares(row, max_lag) for key, row in sorted(tallies["by_length"].items())},
     }
 
 
@@ -154,8 +169,9 @@ def draw_reads(summary: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     positions = list(summary["by_position"])
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
-    labels = {"from_target": "read from the target's step", "from_previous_step": "read from the step before",
-              "from_unwritten": "read from an unwritten slot", "right": "answer right"}
+    labels = {"from_target": f"read from the target's step (lag 0-{summary['max_lag']})",
+              "from_previous_step": "read from the step before", "from_unwritten": "read from an unwritten slot",
+              "right": "answer right"}
     for name, label in labels.items():
         top.plot([p + 1 for p in positions], [summary["by_position"][p][name] for p in positions], label=label)
     top.set_ylim(-0.02, 1.02)
@@ -179,6 +195,8 @@ def register_commands(commands: argparse._SubParsersAction) -> None:
     reads.add_argument("run", help="run directory")
     reads.add_argument("--split", default="test", help="split to count over (default: test)")
     reads.add_argument("--layer", type=int, default=0, help="which layer's memory (default: 0)")
+    reads.add_argument("--max-lag", type=int, default=MAX_LAG,
+                       help=f"the most steps before its answer a read may come (default: {MAX_LAG})")
     reads.add_argument("--out", help="folder for reads.png and reads.json (default: the run directory)")
     reads.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
     reads.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
@@ -190,14 +208,18 @@ def _reads(args: argparse.Namespace) -> int:
 
     if not (Path(args.run) / "recipe.yaml").exists():
         raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
-    summary = read_summary(args.run, split=args.split, layer=args.layer, device=args.device, data_root=args.data)
+    if args.max_lag < 0:
+        raise UsageError(f"--max-lag must be >= 0, got {args.max_lag}")
+    summary = read_summary(args.run, split=args.split, layer=args.layer, max_lag=args.max_lag, device=args.device,
+                           data_root=args.data)
     folder = Path(args.out) if args.out is not None else Path(args.run)
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "reads.json"
     write_text_atomic(json_path, json.dumps(summary) + "\n")
     png = draw_reads(summary, folder / "reads.png")
     totals = summary["totals"]
-    print(f"{totals['steps']} answers: {totals['from_target']:.3f} read from the target's step, "
+    lags = ", ".join(f"{share:.3f} at lag {lag}" for lag, share in enumerate(totals["from_target_at_lag"]))
+    print(f"{totals['steps']} answers: {totals['from_target']:.3f} read from the target's step ({lags}); reads at the answer's step: "
           f"{totals['from_previous_step']:.3f} from the step before, {totals['from_unwritten']:.3f} from unwritten slots; "
           f"{totals['right']:.3f} right, and of the wrong ones {_share(totals['wrong_read_elsewhere'])} read elsewhere")
     print(f"wrote {png} and {json_path}")
