@@ -395,19 +395,30 @@ def draw(data: dict[str, Any], example: Example, probs: Tensor, path: Path) -> P
 def register_commands(commands: argparse._SubParsersAction) -> None:
     """``manntk inspect``."""
     inspect = commands.add_parser("inspect", help="draw what a trained model's memory did on one example (PNG + JSON)")
-    inspect.add_argument("run", help="run directory")
+    add_run_arguments(inspect, "inspect.png and inspect.json")
     inspect.add_argument("--split", default="valid", help="split to take the example from (default: valid)")
     inspect.add_argument("--index", type=int, default=0, help="which example of the split (default: 0)")
     inspect.add_argument("--steps", type=int, help="show at most this many steps (language models: 100 by default)")
-    inspect.add_argument("--out", help="folder for inspect.png and inspect.json (default: the run directory)")
-    inspect.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
-    inspect.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     inspect.set_defaults(handler=_inspect)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, written: str) -> None:
+    """The arguments of a command that loads a trained run: the run directory, ``--out``
+    (the folder for what it writes, ``written``), ``--data`` and ``--device``."""
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--out", help=f"folder for {written} (default: the run directory)")
+    parser.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+
+
+def require_run(run: str) -> None:
+    """Raise ``UsageError`` unless ``run`` is a run directory (holds ``recipe.yaml``)."""
+    if not (Path(run) / "recipe.yaml").exists():
+        raise UsageError(f"{run} is not a run directory (no recipe.yaml)")
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    if not (Path(args.run) / "recipe.yaml").exists():
-        raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
+    require_run(args.run)
     try:
         result = inspect_run(args.run, split=args.split, index=args.index, out=args.out, steps=args.steps,
                              device=args.device, data_root=args.data)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from manntk.config import UsageError
 from manntk.hookspecs import hookimpl
-from manntk.tools.inspect_memory import DIGITS, load_trained
+from manntk.tools.inspect_memory import DIGITS, add_run_arguments, load_trained, require_run
 from manntk.trace import tracing
 
 SHARES = ("from_target", "from_previous_step", "from_unwritten", "right")
@@ -192,22 +192,18 @@ def draw_reads(summary: dict[str, Any], path: Path) -> Path:
 def register_commands(commands: argparse._SubParsersAction) -> None:
     """``manntk reads``."""
     reads = commands.add_parser("reads", help="count where a trained model's answers were read from, over a split (PNG + JSON)")
-    reads.add_argument("run", help="run directory")
+    add_run_arguments(reads, "reads.png and reads.json")
     reads.add_argument("--split", default="test", help="split to count over (default: test)")
     reads.add_argument("--layer", type=int, default=0, help="which layer's memory (default: 0)")
     reads.add_argument("--max-lag", type=int, default=MAX_LAG,
                        help=f"the most steps before its answer a read may come (default: {MAX_LAG})")
-    reads.add_argument("--out", help="folder for reads.png and reads.json (default: the run directory)")
-    reads.add_argument("--data", help="data folder to look in first (also: $MANNTK_DATA)")
-    reads.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     reads.set_defaults(handler=_reads)
 
 
 def _reads(args: argparse.Namespace) -> int:
     from manntk.training.checkpoint import write_text_atomic
 
-    if not (Path(args.run) / "recipe.yaml").exists():
-        raise UsageError(f"{args.run} is not a run directory (no recipe.yaml)")
+    require_run(args.run)
     if args.max_lag < 0:
         raise UsageError(f"--max-lag must be >= 0, got {args.max_lag}")
     summary = read_summary(args.run, split=args.split, layer=args.layer, max_lag=args.max_lag, device=args.device,
