@@ -13,7 +13,7 @@ from manntk.build import build_experiment
 from manntk.cli import main
 from manntk.recipe import load_recipe, recipe_from_mapping
 from manntk.tools.inspect_memory import take_example
-from manntk.tools.read_sources import count_reads, read_sources, shares
+from manntk.tools.read_sources import count_reads, reaches, read_sources, shares
 from manntk.trace import tracing
 from manntk.training import train
 from manntk.training.checkpoint import latest_checkpoint, load_weights
@@ -55,8 +55,8 @@ def test_count_reads_by_hand():
     tallies = {"by_position": defaultdict(Counter), "by_length": defaultdict(Counter)}
     count_reads(inputs, targets, mask, outputs, sources, tallies)
     positions = {key: shares(row) for key, row in tallies["by_position"].items()}
-    assert positions[0] == {"steps": 1, "from_target": 1.0, "from_previous_step": 0.0, "from_unwritten": 0.0, "right": 1.0,
-                            "from_target_at_lag": [1.0, 0.0, 0.0], "wrong_read_elsewhere": None}
+    assert positions[0] == {"steps": 1, "from_target": 1.0, "through_writes": 1.0, "from_previous_step": 0.0, "from_unwritten": 0.0,
+                            "right": 1.0, "from_target_at_lag": [1.0, 0.0, 0.0], "wrong_read_elsewhere": None}
     assert positions[1]["from_previous_step"] == 1.0 and positions[1]["from_target"] == 0.0
     assert positions[2]["from_unwritten"] == 1.0 and positions[2]["right"] == 0.0 and positions[2]["wrong_read_elsewhere"] == 1.0
     length = shares(tallies["by_length"][3])
@@ -71,6 +71,19 @@ def test_count_reads_by_hand():
         count_reads(inputs, targets, mask, outputs, ahead, tallies, max_lag)
         total = shares(sum(tallies["by_position"].values(), Counter()), max_lag)
         assert total["from_target_at_lag"] == expected and total["from_target"] == sum(expected)
+
+
+def test_reaches_through_slots_written_in_the_output_phase():
+    """Step 0 shows v, step 1 shows w; steps 2 and 3 answer v. Step 2 reads step 0's slot;
+    step 3 reads the slot step 2 wrote (step 2 showed nothing), which carries step 2's read."""
+    v, w = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    shown = torch.stack([v, w, torch.zeros(2), torch.zeros(2)])
+    sources = torch.tensor([-1, -1, 0, 2])
+    assert reaches(sources, shown, v, 2, hops=False) and reaches(sources, shown, v, 2, hops=True)
+    assert not reaches(sources, shown, v, 3, hops=False) and reaches(sources, shown, v, 3, hops=True)
+    # a walk stops at a step that showed other bits, and at an unwritten slot
+    assert not reaches(torch.tensor([-1, -1, 1, 2]), shown, v, 3, hops=True)
+    assert not reaches(torch.tensor([-1, -1, -1, 2]), shown, v, 3, hops=True)
 
 
 def source_by_loop(read_slots: list[int], write_slots: list[int], t: int) -> int:
@@ -115,6 +128,7 @@ def test_reads_over_a_split_match_a_count_example_by_example(run, tmp_path, caps
     assert totals["steps"] == expected["steps"] == sum(row["steps"] for row in data["by_length"].values())
     for name in ("from_target", "from_previous_step", "right"):
         assert totals[name] == pytest.approx(expected[name] / expected["steps"], abs=1e-5), name
+    assert totals["through_writes"] >= totals["from_target"]  # the direct reads, and more
     assert totals["from_target_at_lag"] == pytest.approx([expected[f"lag{lag}"] / expected["steps"] for lag in range(3)], abs=1e-5)
     assert set(data["by_length"]) <= {"3", "4"} and set(data["by_position"]) <= {"0", "1", "2", "3"}
 

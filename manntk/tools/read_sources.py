@@ -20,8 +20,12 @@ output position (the scored step's place in its sequence's output phase) and per
 length (the sequence's scored steps): the share of answers read from the target's step
 (and at each lag), of reads at the answer's step from the step just before it and from
 slots not yet written, and of answers right (every bit on the right side of 0.5); and of
-the wrong answers, the share not read from the target's step at any lag. The numbers go
-to ``reads.json`` and the picture of them by output position to ``reads.png``.
+the wrong answers, the share not read from the target's step at any lag. A model may also
+write what it read into a fresh slot and read that copy later (NTM-style repeat copy reads
+its second repetition from the slots it wrote during the first): ``through_writes`` counts
+the answers whose read reaches the target's step directly or through slots written at
+steps that showed nothing. The numbers go to ``reads.json`` and the picture of them by
+output position to ``reads.png``.
 
 A vector that occurs twice in a sequence makes a read of either occurrence count as from
 the target's step (at 6 random bits, a 1-in-64 chance per pair).
@@ -43,7 +47,7 @@ from manntk.hookspecs import hookimpl
 from manntk.tools.inspect_memory import DIGITS, add_run_arguments, load_trained, require_run
 from manntk.trace import tracing
 
-SHARES = ("from_target", "from_previous_step", "from_unwritten", "right")
+SHARES = ("from_target", "through_writes", "from_previous_step", "from_unwritten", "right")
 """The shares of the scored steps counted per output position and length (and
 ``from_target_at_lag`` per lag)."""
 MAX_LAG = 2
@@ -96,16 +100,38 @@ def count_reads(inputs: Tensor, targets: Tensor, mask: Tensor, outputs: Tensor, 
     for b in range(mask.shape[0]):
         scored = mask[b].nonzero().flatten().tolist()
         for position, t in enumerate(scored):
-            lag = next((d for d in range(min(max_lag, t) + 1)
-                        if sources[t - d, b] >= 0 and torch.equal(shown[b, int(sources[t - d, b])], targets[b, t])), None)
+            reads = range(t, max(t - max_lag, 0) - 1, -1)  # the read at the answer's step, then the ones before
+            lag = next((t - u for u in reads if reaches(sources[:, b], shown[b], targets[b, t], u, hops=False)), None)
+            through = lag is not None or any(reaches(sources[:, b], shown[b], targets[b, t], u, hops=True) for u in reads)
             source = int(sources[t, b])
-            counts = Counter(steps=1, from_target=lag is not None, from_previous_step=source == t - 1,
+            counts = Counter(steps=1, from_target=lag is not None, through_writes=through, from_previous_step=source == t - 1,
                              from_unwritten=source < 0, right=bool(right[b, t]),
                              wrong_elsewhere=not right[b, t] and lag is None)
             if lag is not None:
                 counts[f"lag{lag}"] = 1
             tallies["by_position"][position].update(counts)
             tallies["by_length"][len(scored)].update(counts)
+
+
+def reaches(sources: Tensor, shown: Tensor, target: Tensor, step: int, hops: bool) -> bool:
+    """Whether the read at ``step`` came from a step that showed ``target``: its source
+    directly, or with ``hops`` through sources that showed nothing (all zeros in the
+    target's channels: steps of the output phase, whose written state carries what they
+    read), each hop to the source of that step's own read.
+
+    Args:
+        sources: ``[T]`` one sequence's source steps (-1: unwritten).
+        shown: ``[T, W]`` the bits each step showed.
+        target: ``[W]`` the bits to answer.
+    """
+    source = int(sources[step])
+    while source >= 0:
+        if torch.equal(shown[source], target):
+            return True
+        if not hops or shown[source].any():
+            return False
+        source = int(sources[source])  # sources only point back in time: the walk ends
+    return False
 
 
 def shares(counts: Counter, max_lag: int = MAX_LAG) -> dict[str, Any]:
@@ -170,6 +196,7 @@ def draw_reads(summary: dict[str, Any], path: Path) -> Path:
     positions = list(summary["by_position"])
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, height_ratios=[3, 1])
     labels = {"from_target": f"read from the target's step (lag 0-{summary['max_lag']})",
+              "through_writes": "... or through slots written in the output phase",
               "from_previous_step": "read from the step before", "from_unwritten": "read from an unwritten slot",
               "right": "answer right"}
     for name, label in labels.items():
@@ -215,7 +242,8 @@ def _reads(args: argparse.Namespace) -> int:
     png = draw_reads(summary, folder / "reads.png")
     totals = summary["totals"]
     lags = ", ".join(f"{share:.3f} at lag {lag}" for lag, share in enumerate(totals["from_target_at_lag"]))
-    print(f"{totals['steps']} answers: {totals['from_target']:.3f} read from the target's step ({lags}); reads at the answer's step: "
+    print(f"{totals['steps']} answers: {totals['from_target']:.3f} read from the target's step ({lags}), "
+          f"{totals['through_writes']:.3f} directly or through slots written in the output phase; reads at the answer's step: "
           f"{totals['from_previous_step']:.3f} from the step before, {totals['from_unwritten']:.3f} from unwritten slots; "
           f"{totals['right']:.3f} right, and of the wrong ones {_share(totals['wrong_read_elsewhere'])} read elsewhere")
     print(f"wrote {png} and {json_path}")
