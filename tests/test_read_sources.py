@@ -133,15 +133,14 @@ def test_reads_over_a_split_match_a_count_example_by_example(run, tmp_path, caps
     assert set(data["by_length"]) <= {"3", "4"} and set(data["by_position"]) <= {"0", "1", "2", "3"}
 
 
-def test_reads_needs_a_memory_and_a_run(tmp_path, capsys):
+def test_reads_needs_a_memory_and_a_run(run, tmp_path, capsys):
     lstm = train(recipe_from_mapping(tiny_copy("tiny-lstm", cell={"name": "lstm", "hidden_size": 8}, addressing={"name": "none"},
                                                write={"name": "none"})), tmp_path / "lstm", progress=False).run_dir
     assert main(["reads", str(lstm)]) == 2
     assert "has no memory to read from (layers with one: none)" in capsys.readouterr().err
-    armin = train(recipe_from_mapping(tiny_copy()), tmp_path / "armin", progress=False).run_dir
-    assert main(["reads", str(armin), "--layer", "1"]) == 2
+    assert main(["reads", str(run), "--layer", "1"]) == 2
     assert "layer 1 of the model" in (error := capsys.readouterr().err) and "(layers with one: layer0)" in error
     assert main(["reads", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
-    assert main(["reads", str(armin), "--max-lag", "-1"]) == 2
+    assert main(["reads", str(run), "--max-lag", "-1"]) == 2
     assert "--max-lag must be >= 0, got -1" in capsys.readouterr().err

@@ -91,13 +91,13 @@ def lr_factor(config: ScheduleConfig, base_lr: float, progress: Callable[[int], 
         warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         if config.name == "step":
             return warmup * config.gamma ** sum(step >= milestone for milestone in config.milestones)
+        if config.name == "constant":
+            return warmup
         done = min(max(progress(step), 0.0), 1.0)
         if config.name == "cosine":
             return warmup * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done)))
-        if config.name == "cooldown":
-            left = min(1.0, (1 - done) / config.cooldown)
-            return warmup * (floor + (1 - floor) * left)
-        return warmup
+        left = min(1.0, (1 - done) / config.cooldown)  # cooldown
+        return warmup * (floor + (1 - floor) * left)
 
     return factor
 
