@@ -19,6 +19,7 @@ from manntk.training import train
 from manntk.training.checkpoint import latest_checkpoint, load_weights
 
 from tests.test_plot_inspect import png_size, tiny_copy
+from tests.test_training import tiny_lm
 
 
 def one_hot(slots: list[int | None], n: int) -> torch.Tensor:
@@ -144,3 +145,10 @@ def test_reads_needs_a_memory_and_a_run(run, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["reads", str(run), "--max-lag", "-1"]) == 2
     assert "--max-lag must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_reads_refuses_answers_that_are_not_bit_vectors(tmp_path, capsys):
+    """A character language model answers with token ids, which no input step shows as bits."""
+    lm = train(recipe_from_mapping(tiny_lm(tmp_path, steps=2)), tmp_path / "lm", progress=False).run_dir
+    assert main(["reads", str(lm), "--split", "valid"]) == 2
+    assert "counts answers that are bit vectors; task 'char_lm' has other targets" in capsys.readouterr().err
