@@ -111,14 +111,18 @@ def test_schedule_step_drives_the_temperature():
 
 
 def naive_tardis_logits(part, x, h, memory, usage, previous, penalty, feature=None):
-    """``feature``: the usage the scores see, by hand (default: the share of the reads)."""
+    """``feature``: the usage the scores see, by hand (default: the share of the reads); with
+    ``usage_scope: all`` every slot's pre-activation gets ``W_u`` times the whole row of it."""
     logits = torch.zeros(B, N)
     normalised = usage / usage.sum(-1, keepdim=True).clamp_min(1.0) if feature is None else feature
     for b in range(B):
         for i in range(N):
             slot = torch.cat([part.A[i], memory[b, i]]) if part.config.content else part.A[i]
             pre = part.W_h.weight @ h[b] + part.W_x.weight @ x[b] + part.W_x.bias + part.W_m.weight @ slot
-            pre = pre + part.w_u * normalised[b, i]
+            if part.config.usage_scope == "all":
+                pre = pre + sum(part.w_u[:, j] * normalised[b, j] for j in range(N))
+            else:
+                pre = pre + part.w_u * normalised[b, i]
             logits[b, i] = part.a @ torch.tanh(pre) - penalty * previous[b, i]
     return logits
 
@@ -128,12 +132,14 @@ USAGE_FEATURES = {
     "share": [[0.75, 0, 0.25, 0, 0], [0, 0, 0, 0.5, 0.5]],
     "count": [[3.0, 0, 1, 0, 0], [0, 0, 0, 2, 2]],
     "seen": [[1.0, 0, 1, 0, 0], [0, 0, 0, 1, 1]],
+    "l2": [[3 / 10**0.5, 0, 1 / 10**0.5, 0, 0], [0, 0, 0, 0.5**0.5, 0.5**0.5]],
 }
 
 
+@pytest.mark.parametrize("scope", ["slot", "all"])
 @pytest.mark.parametrize("feature", USAGE_FEATURES)
-def test_tardis_addressing_matches_a_per_slot_loop(feature):
-    config = TardisAddressingConfig(hard=False, key_size=3, reread_penalty=100.0, usage_feature=feature)
+def test_tardis_addressing_matches_a_per_slot_loop(feature, scope):
+    config = TardisAddressingConfig(hard=False, key_size=3, reread_penalty=100.0, usage_feature=feature, usage_scope=scope)
     part = TardisAddressing(config, context())
     with torch.no_grad():
         part.w_u.normal_()

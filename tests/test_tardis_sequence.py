@@ -36,7 +36,7 @@ def _kernels():
 
 
 def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=True, value="hidden", squash=False,
-            read_output=True, tau=0.7, cell="armin", noise=1.0, usage_feature="share", content=True):
+            read_output=True, tau=0.7, cell="armin", noise=1.0, usage_feature="share", usage_scope="slot", content=True):
     """The armin cell (AwTA), or with ``cell="tardis"`` the tardis cell (TARDIS; ``squash`` and
     ``read_output`` are armin options and are then left out)."""
     cell_options = ({"name": "armin", "hidden_size": HIDDEN, "squash_state": squash, "forget_bias": 0.5, "read_output": read_output}
@@ -46,7 +46,7 @@ def mapping(fast: bool, hard=True, usage=True, penalty=0.0, argmax=False, fill=T
         "output_size": 4,
         "cell": cell_options,
         "addressing": {"name": "tardis", "hard": hard, "key_size": KEY, "attention_size": ATTENTION, "usage": usage,
-                       "usage_feature": usage_feature, "content": content, "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
+                       "usage_feature": usage_feature, "usage_scope": usage_scope, "content": content, "reread_penalty": penalty, "temperature": {"start": tau, "end": tau}, "noise": noise},
         "write": {"name": "overwrite", "argmax": argmax, "fill_empty_first": fill, "value": value, "projection": True},
         "memory": {"slots": SLOTS, "width": WIDTH, "learned": True, "init": "uniform"},
         "fast": fast,
@@ -173,20 +173,27 @@ def test_the_kernel_matches_the_plain_path_with_scaled_or_no_noise(options):
 
 
 @pytest.mark.parametrize("options", [{"usage_feature": "count"}, {"usage_feature": "seen", "penalty": 100.0},
-                                     {"usage_feature": "count", "hard": False}, {"usage_feature": "seen", "cell": "tardis"}],
+                                     {"usage_feature": "count", "hard": False}, {"usage_feature": "seen", "cell": "tardis"},
+                                     {"usage_feature": "l2"}, {"usage_feature": "l2", "cell": "tardis", "hard": False},
+                                     {"usage_scope": "all", "usage_feature": "l2", "penalty": 100.0},
+                                     {"usage_scope": "all", "hard": False},
+                                     {"usage_scope": "all", "usage_feature": "seen", "cell": "tardis", "penalty": 100.0},
+                                     {"usage_scope": "all", "usage_feature": "l2", "cell": "tardis", "hard": False}],
                          ids=case_id)
 def test_the_kernel_matches_the_plain_path_with_every_usage_feature(options):
-    """The usage as read counts or as whether a slot was read, instead of the share of the
-    reads (the array above runs the share)."""
+    """The usage as read counts, as whether a slot was read or L2-normalised, instead of the
+    share of the reads (the array above runs the share), and seen whole by every slot's score
+    (``usage_scope: all``)."""
     plain, kernel = run_both(options, torch.float64, steps=3 * SLOTS + 1)
     assert_same(plain, kernel, torch.float64, steps=3 * SLOTS + 1)
 
 
 def test_the_usage_feature_changes_the_kernels_outputs():
     """The cases above would pass if both paths ignored ``usage_feature``: here the kernel's
-    outputs differ between the share and the counts."""
-    share, count = (run_both({"usage_feature": feature}, torch.float64, steps=3 * SLOTS + 1)[1]["y"] for feature in ("share", "count"))
-    assert not torch.allclose(share, count)
+    outputs differ between the share, the counts and their L2 normalisation."""
+    share, count, l2 = (run_both({"usage_feature": feature}, torch.float64, steps=3 * SLOTS + 1)[1]["y"]
+                        for feature in ("share", "count", "l2"))
+    assert not torch.allclose(share, count) and not torch.allclose(share, l2) and not torch.allclose(count, l2)
 
 
 @pytest.mark.parametrize("options", [{"content": False}, {"content": False, "hard": False, "penalty": 100.0},
@@ -207,10 +214,13 @@ def test_the_kernel_matches_the_plain_path_in_float32(options):
     assert_same(plain, kernel, torch.float32)
 
 
-@pytest.mark.parametrize("steps, usage, penalty, fill", [(5, 0, 0.0, True), (5, 0, 0.0, False), (1, 1, 1.5, False), (1, 2, 1.5, False)])
-def test_the_operator_passes_gradcheck(steps, usage, penalty, fill):
+@pytest.mark.parametrize("steps, usage, penalty, fill, usage_all", [(5, 0, 0.0, True, False), (5, 0, 0.0, False, False), (1, 1, 1.5, False, False),
+                                                                (1, 2, 1.5, False, False), (1, 4, 1.5, False, False), (1, 4, 1.5, False, True),
+                                                                (1, 1, 0.0, True, True)])
+def test_the_operator_passes_gradcheck(steps, usage, penalty, fill, usage_all):
     """The autograd node itself, in float64, against finite differences (``usage``: the
-    kernels' code, 0 none, 1 the share, 2 the counts), with soft reads
+    kernels' code, 0 none, 1 the share, 2 the counts, 4 L2-normalised; ``usage_all``: ``w_u``
+    ``[S, N]``, every slot's score seeing the whole usage), with soft reads
     and argmax writes: the composition whose gradient is the true derivative. (Hard reads
     are straight-through and the blend's write weights are detached, by design; so are the
     usage and the previous read weights carried to the next step, as on the plain path,
@@ -224,7 +234,8 @@ def test_the_operator_passes_gradcheck(steps, usage, penalty, fill):
 
     B, N, D, d_i, d_h, S = 2, 3, 2, 2, 3, 4
     weights = (
-        tensor(S, d_i + d_h), tensor(S), tensor(N, S), tensor(S, D), tensor(S, grad=usage != 0), tensor(S),
+        tensor(S, d_i + d_h), tensor(S), tensor(N, S), tensor(S, D),
+        tensor(S, N, grad=usage != 0) if usage_all else tensor(S, grad=usage != 0), tensor(S),
         tensor(d_h + D, d_i + d_h + D), tensor(d_h + D), tensor(4 * d_h + D, d_i + d_h + D), tensor(4 * d_h + D),
         tensor(D, d_i + d_h), tensor(D),
     )

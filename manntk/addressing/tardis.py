@@ -10,7 +10,9 @@ by default normalised to sum to one, see ``usage_feature``)::
     r_t     = w_t^T C
 
 The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
-steer the choice among slots. With ``content: false`` the ``C_i`` columns of ``W_m``
+steer the choice among slots. With ``usage_scope: all`` (the ARMIN authors' code) every
+slot's score sees the whole usage vector instead, through a matrix ``W_u`` ``[S, N]`` added
+to the query: ``tanh(W_h h_{t-1} + W_x x_t + W_u u_t + W_m [A_i ; C_i])``. With ``content: false`` the ``C_i`` columns of ``W_m``
 are gone: slots are told apart by their address vectors and usage alone. The cost grows
 with the number of slots: every step projects every slot's content.
 """
@@ -33,8 +35,11 @@ from manntk.parts import Address
 from manntk.sampling import HardAddressing, HardAddressingConfig
 
 
-UsageFeature = Literal["share", "count", "seen"]
+UsageFeature = Literal["share", "count", "seen", "l2"]
 """What TARDIS addressing's scores see of the read counts (``TardisAddressingConfig.usage_feature``)."""
+
+UsageScope = Literal["slot", "all"]
+"""Which slots' usage each slot's score sees (``TardisAddressingConfig.usage_scope``)."""
 
 KeyInit = Literal["normal", "ordered"]
 """How TARDIS addressing's slot address vectors start (``TardisAddressingConfig.key_init``)."""
@@ -56,7 +61,16 @@ class TardisAddressingConfig(HardAddressingConfig):
             TARDIS paper's normalised usage; the default); ``count``, ``n_t`` itself; ``seen``,
             ``min(n_t, 1)``, whether the slot has been read (for one-hot reads). A share
             shrinks as ``1/t`` over a sequence, so a slot read once late in a long sequence
-            looks almost unread; ``count`` and ``seen`` keep the same size at every step.
+            looks almost unread; ``count`` and ``seen`` keep the same size at every step;
+            ``l2``, ``n_t / max(||n_t||_2, 1e-12)`` (the ARMIN authors' AwTA and TARDIS code,
+            ``F.normalize``).
+        usage_scope: ``slot``, slot i's score sees its own usage ``u_t[i]`` through the
+            vector ``w_u`` (the TARDIS paper); ``all``, every slot's score sees the whole
+            ``u_t`` through a matrix ``W_u`` ``[S, N]`` added to the query (the ARMIN
+            authors' code). With ``all`` the scores can tell which slots were read, so
+            "the slot after the last one read" is a rule the scores can hold (a column of
+            ``W_u`` for slot j can raise slot j + 1 and lower slot j) rather than one the
+            query must carry as a position in ``h``.
         key_init: how the address vectors ``A_i`` start: ``normal`` (independent normal
             draws, each vector of norm about 1) or ``ordered``, ``key_size`` columns of a
             discrete cosine transform over the N slots,
@@ -77,6 +91,7 @@ class TardisAddressingConfig(HardAddressingConfig):
     reread_penalty: float = attrs.field(default=0.0, validator=non_negative)
     usage: bool = True
     usage_feature: UsageFeature = attrs.field(default="share", validator=attrs.validators.in_(get_args(UsageFeature)))
+    usage_scope: UsageScope = attrs.field(default="slot", validator=attrs.validators.in_(get_args(UsageScope)))
     key_init: KeyInit = attrs.field(default="normal", validator=attrs.validators.in_(get_args(KeyInit)))
     content: bool = True
 
@@ -91,7 +106,8 @@ class _Prepared(NamedTuple):
 
 
 class TardisAddressing(HardAddressing):
-    """TARDIS addressing; parameters ``A`` (slot keys), ``W_h``, ``W_x``, ``W_m``, ``w_u``, ``a``."""
+    """TARDIS addressing; parameters ``A`` (slot keys), ``W_h``, ``W_x``, ``W_m``, ``w_u``
+    (``[S]``, or ``[S, N]`` with ``usage_scope: all``), ``a``."""
 
     def __init__(self, config: TardisAddressingConfig, context: BuildContext) -> None:
         super().__init__(config)
@@ -104,7 +120,7 @@ class TardisAddressing(HardAddressing):
         self.W_h = nn.Linear(context.hidden_size, size, bias=False)
         self.W_x = nn.Linear(context.input_size, size)
         self.W_m = nn.Linear(config.key_size + (context.width if config.content else 0), size, bias=False)
-        self.w_u = nn.Parameter(torch.zeros(size))
+        self.w_u = nn.Parameter(torch.zeros(size, context.slots) if config.usage_scope == "all" else torch.zeros(size))
         self.a = nn.Parameter(torch.randn(size) / size**0.5)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -134,7 +150,10 @@ class TardisAddressing(HardAddressing):
             slots = slots + nn.functional.linear(memory, prepared.content_weight)
         if self.config.usage:
             usage = usage_feature(state["usage"], self.config.usage_feature)
-            slots = slots + usage.unsqueeze(-1) * self.w_u
+            if self.config.usage_scope == "all":
+                query = query + usage @ self.w_u.t()
+            else:
+                slots = slots + usage.unsqueeze(-1) * self.w_u
         logits = torch.tanh(query.unsqueeze(1) + slots) @ self.a  # [B, N]
         if self.config.reread_penalty:
             logits = logits - self.config.reread_penalty * state["previous"]
@@ -169,6 +188,8 @@ def usage_feature(counts: Tensor, form: UsageFeature) -> Tensor:
         return counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
     if form == "count":
         return counts
+    if form == "l2":
+        return nn.functional.normalize(counts, dim=-1)
     return counts.clamp_max(1.0)
 
 

@@ -5,6 +5,7 @@
 //   q     = W_q [x_t, h_{t-1}] + b_q                      ([W_x, W_h], the query)
 //   u     = the usage feature of the read counts (usage_feature below; none without usage)
 //   z_i   = a . tanh(q + K_i + P M_{t-1,i} + u_i w_u) - penalty * previous_i (+ Gumbel noise)
+//           (w_u [S, N], usage_scope all: q + w_u u in place of q + u_i w_u, every slot seeing all of u)
 //   p     = softmax(z / tau)
 //   r_t   = p . M_{t-1}            (hard: M_{t-1}[argmax z], straight-through in backward)
 //   o_t, h_t = the ARMIN cell (armin_rows.h) of [x_t, h_{t-1}, r_t]
@@ -77,7 +78,8 @@ void softmax_row(const T* __restrict__ z, T* __restrict__ p, int64_t n, T tau) {
 
 // The usage feature u of one row from its read counts, by usage_form (tardis_sequence.py's
 // USAGE_FORMS): 1, each slot's share of the reads, counts / max(sum counts, 1); 2, the counts;
-// 3, min(counts, 1), whether the slot has been read. 0 (no usage) never calls it.
+// 3, min(counts, 1), whether the slot has been read; 4, counts / max(||counts||_2, 1e-12) (F.normalize).
+// 0 (no usage) never calls it.
 template <typename T>
 void usage_feature(const T* __restrict__ counts, T* __restrict__ u, int64_t N, int64_t usage_form) {
   if (usage_form == 1) {
@@ -87,9 +89,18 @@ void usage_feature(const T* __restrict__ counts, T* __restrict__ u, int64_t N, i
     for (int64_t j = 0; j < N; ++j) u[j] = counts[j] / total;
   } else if (usage_form == 2) {
     for (int64_t j = 0; j < N; ++j) u[j] = counts[j];
+  } else if (usage_form == 4) {
+    const T norm = std::max(std::sqrt(dot(counts, counts, N)), T(1e-12));
+    for (int64_t j = 0; j < N; ++j) u[j] = counts[j] / norm;
   } else {
     for (int64_t j = 0; j < N; ++j) u[j] = std::min(counts[j], T(1));
   }
+}
+
+// usage_scope all: the whole usage row u [N] enters the query through w_u [S, N], q += w_u u.
+template <typename T>
+void add_usage_to_query(const T* __restrict__ wu, const T* __restrict__ u, T* __restrict__ q, int64_t S, int64_t N) {
+  for (int64_t j = 0; j < S; ++j) q[j] += dot(wu + j * N, u, N);
 }
 
 // One slot's score: th = tanh(q + k + c + u w_u) (stored), returns a . th.
@@ -141,8 +152,8 @@ std::vector<at::Tensor> tardis_sequence_forward(
     const std::optional<at::Tensor>& b_v_, double tau, double forget_bias, bool squash, bool read_output, bool hard,
     bool argmax_write, bool fill, int64_t usage_form, double penalty, bool keep, bool in_place) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
-  const bool project = W_v.defined(), usage = usage_form != 0;
-  TORCH_CHECK(usage_form >= 0 && usage_form <= 3, "tardis sequence: usage_form must be 0-3, got ", usage_form);
+  const bool project = W_v.defined(), usage = usage_form != 0, usage_all = usage && w_u.dim() == 2;
+  TORCH_CHECK(usage_form >= 0 && usage_form <= 4, "tardis sequence: usage_form must be 0-4, got ", usage_form);
   TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "tardis sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "tardis sequence: x must be a contiguous CPU tensor");
   TORCH_CHECK(m0.dim() == 3, "tardis sequence: the memory must be [B, N, D], got ", m0.sizes());
@@ -178,7 +189,8 @@ std::vector<at::Tensor> tardis_sequence_forward(
                   filled0.sizes() == at::IntArrayRef({B}),
               "tardis sequence: filled must be a contiguous int64 CPU tensor of ", B, " values, got ", filled0.sizes());
   TORCH_CHECK(W_q.dim() == 2 && W_q.size(1) == di + dh && b_q.numel() == S && keys.sizes() == at::IntArrayRef({N, S}) &&
-                  P.sizes() == at::IntArrayRef({S, D}) && w_u.numel() == S && a.numel() == S,
+                  P.sizes() == at::IntArrayRef({S, D}) &&
+                  (w_u.dim() == 2 ? w_u.sizes() == at::IntArrayRef({S, N}) : w_u.numel() == S) && a.numel() == S,
               "tardis sequence: W_q ", W_q.sizes(), ", the slot keys ", keys.sizes(), " or P ", P.sizes(), " do not fit ", N,
               " slots of width ", D, ", inputs ", di, " and hidden ", dh);
   if (noise.has_value()) {
@@ -236,10 +248,12 @@ std::vector<at::Tensor> tardis_sequence_forward(
         const T_* usage_b = pused + b * N;
         T_* ub = usage ? pu + (krow0 + b) * N : nullptr;
         if (usage) usage_feature(usage_b, ub, N, usage_form);
+        if (usage_all) add_usage_to_query(pwu, ub, qb, S, N);
+        const bool per_slot = usage && !usage_all;
         T_* zb = pz + b * N;
         T_* thb = pth + (krow0 + b) * N * S;
         for (int64_t j = 0; j < N; ++j) {
-          zb[j] = score_row(qb, pkeys + j * S, pc + (b * N + j) * S, pwu, usage ? ub[j] : T_(0), usage, pa, thb + j * S, S);
+          zb[j] = score_row(qb, pkeys + j * S, pc + (b * N + j) * S, pwu, per_slot ? ub[j] : T_(0), per_slot, pa, thb + j * S, S);
         }
         T_* prevb = pprev + b * N;
         if (penalty != 0) {
@@ -315,14 +329,14 @@ std::vector<at::Tensor> tardis_sequence_forward(
 // Backward: the gradients of x, h_0, M_0 and of W_q, b_q, the slot keys, P, w_u, a, W_ig, b_ig, W_go, b_go, W_v,
 // b_v. address_gradient false: the address passes no gradient (an argmax read in evaluation), so the scores' weights
 // get none (empty tensors), as on the engine's discrete path. d_out, d_h and d_m are the gradients of out, h_T and M_T
-// (zeros when undefined); m_last is M_T (the forward's memory output).
+// (zeros when undefined); m_last is M_T (the forward's memory output); usage_all: w_u was [S, N] (usage_scope all).
 std::vector<at::Tensor> tardis_sequence_backward(
     const std::optional<at::Tensor>& d_out_, const std::optional<at::Tensor>& d_h_, const std::optional<at::Tensor>& d_m_,
     const at::Tensor& m_last, const at::Tensor& W_q, const at::Tensor& P, const at::Tensor& a, const at::Tensor& W_ig,
     const at::Tensor& W_go, const std::optional<at::Tensor>& W_v_, const at::Tensor& xhr, const at::Tensor& xg,
     const at::Tensor& sg, const at::Tensor& act, const at::Tensor& vin, const at::Tensor& p, const at::Tensor& index,
     const at::Tensor& slot, const at::Tensor& kept, const at::Tensor& history, const at::Tensor& th, const at::Tensor& u,
-    double tau, bool squash, bool read_output, bool hard, bool address_gradient) {
+    double tau, bool squash, bool read_output, bool hard, bool address_gradient, bool usage_all) {
   const int64_t T = xhr.size(0), B = xhr.size(1), K = xhr.size(2), N = m_last.size(1), D = m_last.size(2);
   const int64_t dr = D, dh = W_ig.size(0) - dr, di = K - dh - dr, G = act.size(2), Kv = vin.size(2), dvx = Kv - dh;
   const int64_t O = dh + (read_output ? dr : 0), S = W_q.size(0);
@@ -454,7 +468,8 @@ std::vector<at::Tensor> tardis_sequence_backward(
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
     da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    if (usage && usage_all) dw_u = manntk_products::mm(flat(dq).t(), u.view({rows_all, N}));
+    if (usage && !usage_all) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
   }
   auto dW_ig = manntk_products::mm(flat(dig).t(), flat(xhr));
   auto dW_go = manntk_products::mm(flat(dgo).t(), flat(xg));
@@ -529,8 +544,8 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
     double gate_temperature, bool hard, bool argmax_write, bool fill, int64_t usage_form, double penalty, bool keep,
     bool in_place) {
   const at::Tensor W_v = W_v_.value_or(at::Tensor()), b_v = b_v_.value_or(at::Tensor());
-  const bool project = W_v.defined(), usage = usage_form != 0;
-  TORCH_CHECK(usage_form >= 0 && usage_form <= 3, "tardis sequence: usage_form must be 0-3, got ", usage_form);
+  const bool project = W_v.defined(), usage = usage_form != 0, usage_all = usage && w_u.dim() == 2;
+  TORCH_CHECK(usage_form >= 0 && usage_form <= 4, "tardis sequence: usage_form must be 0-4, got ", usage_form);
   TORCH_CHECK(x.dim() == 3 && x.size(0) > 0, "tardis sequence: x must be [T, B, d_i] with T > 0, got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "tardis sequence: x must be a contiguous CPU tensor");
   TORCH_CHECK(m0.dim() == 3, "tardis sequence: the memory must be [B, N, D], got ", m0.sizes());
@@ -564,7 +579,8 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
                   filled0.sizes() == at::IntArrayRef({B}),
               "tardis sequence: filled must be a contiguous int64 CPU tensor of ", B, " values, got ", filled0.sizes());
   TORCH_CHECK(W_q.dim() == 2 && W_q.size(1) == di + dh && b_q.numel() == S && keys.sizes() == at::IntArrayRef({N, S}) &&
-                  P.sizes() == at::IntArrayRef({S, D}) && w_u.numel() == S && a.numel() == S,
+                  P.sizes() == at::IntArrayRef({S, D}) &&
+                  (w_u.dim() == 2 ? w_u.sizes() == at::IntArrayRef({S, N}) : w_u.numel() == S) && a.numel() == S,
               "tardis sequence: W_q ", W_q.sizes(), ", the slot keys ", keys.sizes(), " or P ", P.sizes(), " do not fit ", N,
               " slots of width ", D, ", inputs ", di, " and hidden ", dh);
   if (noise.has_value()) {
@@ -625,10 +641,12 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
         const T_* usage_b = pused + b * N;
         T_* ub = usage ? pu + (krow0 + b) * N : nullptr;
         if (usage) usage_feature(usage_b, ub, N, usage_form);
+        if (usage_all) add_usage_to_query(pwu, ub, qb, S, N);
+        const bool per_slot = usage && !usage_all;
         T_* zb = pz + b * N;
         T_* thb = pth + (krow0 + b) * N * S;
         for (int64_t j = 0; j < N; ++j) {
-          zb[j] = score_row(qb, pkeys + j * S, pc + (b * N + j) * S, pwu, usage ? ub[j] : T_(0), usage, pa, thb + j * S, S);
+          zb[j] = score_row(qb, pkeys + j * S, pc + (b * N + j) * S, pwu, per_slot ? ub[j] : T_(0), per_slot, pa, thb + j * S, S);
         }
         T_* prevb = pprev + b * N;
         if (penalty != 0) {
@@ -701,14 +719,15 @@ std::vector<at::Tensor> tardis_cell_sequence_forward(
 }
 
 // Backward of tardis_cell_sequence_forward: the gradients of x, h_0, c_0, M_0, W_q, b_q, the slot keys, P, w_u, a,
-// W_all, b_all, W_v, b_v (address_gradient false: empty ones for the scores' weights).
+// W_all, b_all, W_v, b_v (address_gradient false: empty ones for the scores' weights; usage_all as tardis_sequence_backward).
 std::vector<at::Tensor> tardis_cell_sequence_backward(
     const std::optional<at::Tensor>& d_out_, const std::optional<at::Tensor>& d_h_, const std::optional<at::Tensor>& d_c_,
     const std::optional<at::Tensor>& d_m_, const at::Tensor& m_last, const at::Tensor& c0, const at::Tensor& W_q,
     const at::Tensor& P, const at::Tensor& a, const at::Tensor& W_all, const std::optional<at::Tensor>& W_v_,
     const at::Tensor& xhr, const at::Tensor& act, const at::Tensor& cs, const at::Tensor& vin, const at::Tensor& p,
     const at::Tensor& index, const at::Tensor& slot, const at::Tensor& kept, const at::Tensor& history,
-    const at::Tensor& th, const at::Tensor& u, double tau, double gate_temperature, bool hard, bool address_gradient) {
+    const at::Tensor& th, const at::Tensor& u, double tau, double gate_temperature, bool hard, bool address_gradient,
+    bool usage_all) {
   const int64_t T = xhr.size(0), B = xhr.size(1), K = xhr.size(2), N = m_last.size(1), D = m_last.size(2);
   const int64_t G = W_all.size(0), dh = (G - 2) / 6, dr = D, di = K - dh - dr, Kv = vin.size(2), dvx = Kv - dh;
   const int64_t O = dh + dr, S = W_q.size(0);
@@ -830,7 +849,8 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
     da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    if (usage && usage_all) dw_u = manntk_products::mm(flat(dq).t(), u.view({rows_all, N}));
+    if (usage && !usage_all) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
   }
   auto dW_all = manntk_products::mm(flat(dact).t(), flat(xhr));
   auto dW_v = project ? manntk_products::mm(flat(dv).t(), flat(vin)) : none;
@@ -850,7 +870,7 @@ TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("tardis_sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_m, Tensor m_last, Tensor W_q, Tensor P, "
         "Tensor a, Tensor W_ig, Tensor W_go, Tensor? W_v, Tensor xhr, Tensor xg, Tensor sg, Tensor act, Tensor vin, "
         "Tensor p, Tensor index, Tensor slot, Tensor kept, Tensor history, Tensor th, Tensor u, float tau, bool squash, "
-        "bool read_output, bool hard, bool address_gradient) -> Tensor[]",
+        "bool read_output, bool hard, bool address_gradient, bool usage_all) -> Tensor[]",
         &tardis_sequence_backward);
   m.def("tardis_cell_sequence_forward(Tensor x, Tensor h0, Tensor c0, Tensor m0, Tensor filled0, Tensor usage0, "
         "Tensor previous0, Tensor? noise, Tensor? cell_noise, Tensor W_q, Tensor b_q, Tensor keys, Tensor P, Tensor w_u, "
@@ -861,6 +881,6 @@ TORCH_LIBRARY_FRAGMENT(manntk_armin_fused, m) {
   m.def("tardis_cell_sequence_backward(Tensor? d_out, Tensor? d_h, Tensor? d_c, Tensor? d_m, Tensor m_last, Tensor c0, "
         "Tensor W_q, Tensor P, Tensor a, Tensor W_all, Tensor? W_v, Tensor xhr, Tensor act, Tensor cs, Tensor vin, "
         "Tensor p, Tensor index, Tensor slot, Tensor kept, Tensor history, Tensor th, Tensor u, float tau, "
-        "float gate_temperature, bool hard, bool address_gradient) -> Tensor[]",
+        "float gate_temperature, bool hard, bool address_gradient, bool usage_all) -> Tensor[]",
         &tardis_cell_sequence_backward);
 }

@@ -24,7 +24,8 @@ per step, and the gates alpha, beta draw their logistic noise as ``TardisCell.pr
 does), ``tardis`` addressing with
 every option (hard reads: straight-through Gumbel-softmax in training, the argmax slot in
 evaluation, as the engine's discrete path; soft reads; usage on or off, in every
-``usage_feature``; any re-read penalty) and the ``overwrite`` write with every option
+``usage_feature`` and ``usage_scope``, the kernels telling the scope by ``w_u``'s shape, ``[S]``
+or ``[S, N]``; any re-read penalty) and the ``overwrite`` write with every option
 (``h_t`` or its projection, or ``value: input_and_hidden``; replacement by slot, argmax or
 the soft blend; fill-empty-first). The numbers are those of the plain path up to float rounding
 (``tests/test_tardis_sequence.py`` compares outputs, states and every gradient with it and
@@ -66,7 +67,7 @@ class Options(NamedTuple):
     address_gradient: bool
 
 
-USAGE_FORMS = {"share": 1, "count": 2, "seen": 3}
+USAGE_FORMS = {"share": 1, "count": 2, "seen": 3, "l2": 4}
 """The kernels' code of each ``usage_feature`` (0: no usage)."""
 
 
@@ -90,7 +91,7 @@ class _TardisSequence(torch.autograd.Function):
         W_q, _, _, P, _, a, W_ig, _, W_go, _, W_v, _ = weights
         out, h, memory, filled, usage, previous, *saved = extension().tardis_sequence_forward(
             x, h0, m0, filled0, usage0, previous0, noise, *weights, *options[:-1], keep, in_place)
-        ctx.options = options
+        ctx.options, ctx.usage_all = options, weights[4].dim() == 2  # w_u [S, N]: usage_scope all
         if keep:  # a copy of M_T of its own: the caller may change the returned state in place before backward
             ctx.save_for_backward(memory.clone(), W_q, P, a, W_ig, W_go, W_v, *saved)
         ctx.mark_non_differentiable(filled, usage, previous)
@@ -103,7 +104,8 @@ class _TardisSequence(torch.autograd.Function):
         memory, W_q, P, a, W_ig, W_go, W_v, *saved = ctx.saved_tensors
         options: Options = ctx.options
         grads = extension().tardis_sequence_backward(d_out, d_h, d_memory, memory, W_q, P, a, W_ig, W_go, W_v, *saved, options.tau,
-                                                     options.squash, options.read_output, options.hard, options.address_gradient)
+                                                     options.squash, options.read_output, options.hard, options.address_gradient,
+                                                     ctx.usage_all)
         d_x, d_h0, d_m0, *d_address, d_W_ig, d_b_ig, d_W_go, d_b_go, d_W_v, d_b_v = grads
         if not options.address_gradient:  # an argmax read: the scores' weights get no gradient, as on the discrete path
             d_address = [None] * 6
@@ -143,7 +145,7 @@ class _TardisCellSequence(torch.autograd.Function):
         W_q, _, _, P, _, a, W_all, _, W_v, _ = weights
         out, h, c, memory, filled, usage, previous, *saved = extension().tardis_cell_sequence_forward(
             x, h0, c0, m0, filled0, usage0, previous0, noise, cell_noise, *weights, *options[:-1], keep, in_place)
-        ctx.options = options
+        ctx.options, ctx.usage_all = options, weights[4].dim() == 2
         if keep:  # copies of their own: the caller may change the state in place before backward
             ctx.save_for_backward(memory.clone(), c0.clone(), W_q, P, a, W_all, W_v, *saved)
         ctx.mark_non_differentiable(filled, usage, previous)
@@ -158,7 +160,7 @@ class _TardisCellSequence(torch.autograd.Function):
         options: CellOptions = ctx.options
         grads = extension().tardis_cell_sequence_backward(d_out, d_h, d_c, d_memory, memory, c0, W_q, P, a, W_all, W_v, *saved,
                                                           options.tau, options.gate_temperature, options.hard,
-                                                          options.address_gradient)
+                                                          options.address_gradient, ctx.usage_all)
         d_x, d_h0, d_c0, d_m0, *d_address, d_W_all, d_b_all, d_W_v, d_b_v = grads
         if not options.address_gradient:
             d_address = [None] * 6
