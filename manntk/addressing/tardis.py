@@ -12,9 +12,10 @@ by default normalised to sum to one, see ``usage_feature``)::
 The usage enters per slot (``w_u`` is a vector scaled by slot i's usage), so it can
 steer the choice among slots. With ``usage_scope: all`` (the ARMIN authors' code) every
 slot's score sees the whole usage vector instead, through a matrix ``W_u`` ``[S, N]`` added
-to the query: ``tanh(W_h h_{t-1} + W_x x_t + W_u u_t + W_m [A_i ; C_i])``. With ``content: false`` the ``C_i`` columns of ``W_m``
-are gone: slots are told apart by their address vectors and usage alone. The cost grows
-with the number of slots: every step projects every slot's content.
+to the query: ``tanh(W_h h_{t-1} + W_x x_t + W_u u_t + W_m [A_i ; C_i])``. With
+``content: false`` the ``C_i`` columns of ``W_m`` are gone: slots are told apart by their
+address vectors and usage alone. The cost grows with the number of slots: every step
+projects every slot's content.
 """
 
 from __future__ import annotations
