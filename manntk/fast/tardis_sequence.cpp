@@ -468,8 +468,10 @@ std::vector<at::Tensor> tardis_sequence_backward(
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
     da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage && usage_all) dw_u = manntk_products::mm(flat(dq).t(), u.view({rows_all, N}));
-    if (usage && !usage_all) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    if (usage) {  // w_u [S, N] adds to the query (its gradient dq), w_u [S] to each slot's pre-activation (dpre)
+      dw_u = usage_all ? manntk_products::mm(flat(dq).t(), u.view({rows_all, N}))
+                       : manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    }
   }
   auto dW_ig = manntk_products::mm(flat(dig).t(), flat(xhr));
   auto dW_go = manntk_products::mm(flat(dgo).t(), flat(xg));
@@ -849,8 +851,10 @@ std::vector<at::Tensor> tardis_cell_sequence_backward(
     db_q = at::sum(flat(dq), 0);
     dkeys = at::sum(dpre.view({rows_all, N * S}), 0).view({N, S});
     da = manntk_products::mm(dz.view({1, rows_all * N}), th.view({rows_all * N, S})).view({S});
-    if (usage && usage_all) dw_u = manntk_products::mm(flat(dq).t(), u.view({rows_all, N}));
-    if (usage && !usage_all) dw_u = manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    if (usage) {  // w_u [S, N] adds to the query (its gradient dq), w_u [S] to each slot's pre-activation (dpre)
+      dw_u = usage_all ? manntk_products::mm(flat(dq).t(), u.view({rows_all, N}))
+                       : manntk_products::mm(u.view({1, rows_all * N}), dpre.view({rows_all * N, S})).view({S});
+    }
   }
   auto dW_all = manntk_products::mm(flat(dact).t(), flat(xhr));
   auto dW_v = project ? manntk_products::mm(flat(dv).t(), flat(vin)) : none;
