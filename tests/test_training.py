@@ -1106,3 +1106,53 @@ def test_training_rows_carry_the_gradient_norm_before_the_clip(tmp_path, monkeyp
 def test_without_a_norm_clip_the_training_rows_have_no_gradient_norm(tmp_path):
     result = train(recipe_from_mapping(tiny_copy(steps=2, clip_norm=None)), tmp_path / "run", progress=False)
     assert all("grad_norm" not in row and "clipped" not in row for row in train_rows(result.run_dir))
+
+
+def test_a_run_without_progress_starts_again_from_fresh_weights(tmp_path, monkeypatch):
+    """schedule.restart_after 4 (progress: 10 % better than the last progress): validations
+    0.5 (the mark), 0.46 (better, not by 10 %), 1.5 (a regress: rolled back, rate halved),
+    0.45 (six steps since the mark): at step 8 the run starts again with fresh weights from
+    restart_seed(seed, 1), an empty optimizer state, the average on the fresh weights and the
+    schedule's rate; then 0.6 (the new attempt's mark), 0.58, 0.58: again at step 14. A run
+    resumed from step 12 keeps the mark and the restarts and starts again at 14 too."""
+    from manntk.build import build_experiment
+    from manntk.training import checkpoint as ckpt
+    from manntk.training import trainer as trainer_module
+
+    verdicts = [{"bce": value, "solved": 0.0} for value in (0.5, 0.46, 1.5, 0.45, 0.6, 0.58, 0.58)]
+    started = []
+    original = trainer_module.Trainer.start_again
+
+    def recording_start_again(self, step):
+        original(self, step)
+        started.append((step, weights(self.model), weights(self.average.averaged), dict(self.optimizer.state)))
+
+    monkeypatch.setattr(trainer_module.Trainer, "start_again", recording_start_again)
+    schedule = {"restart_after": 4, "relapse_gamma": 0.5, "regress_ratio": 2.0}
+    recipe = recipe_from_mapping(tiny_copy(steps=14, eval_every=2, checkpoint_every=4, stop_when_solved=False, seed=5,
+                                           ema_decay=0.5, schedule=schedule))
+    script_validations(monkeypatch, verdicts, {"bce": 0.5, "solved": 0.0})
+    result = train(recipe, tmp_path / "run", progress=False)
+    assert [step for step, *_ in started] == [8, 14]
+    assert json.loads((result.run_dir / "results.json").read_text())["restarts"] == [8, 14]
+    assert [r["lr"] for r in train_rows(result.run_dir)] == pytest.approx([0.01] * 6 + [0.005] * 2 + [0.01] * 6)
+    torch.manual_seed(recipe.train.seed)
+    _, initial = build_experiment(recipe)
+    for restart, (_, model, average, optimizer_state) in enumerate(started, start=1):
+        torch.manual_seed(trainer_module.restart_seed(recipe.train.seed, restart))
+        _, fresh = build_experiment(recipe)
+        for name, tensor in fresh.state_dict().items():
+            torch.testing.assert_close(model[name], tensor, rtol=0, atol=0)
+            torch.testing.assert_close(average[name], tensor, rtol=0, atol=0)
+        assert optimizer_state == {}
+        assert any(not torch.equal(tensor, initial.state_dict()[name]) for name, tensor in fresh.state_dict().items())
+    resumed = tmp_path / "resumed"
+    shutil.copytree(result.run_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / ckpt.checkpoint_name(14))
+    (resumed / "checkpoints" / "latest").write_text(ckpt.checkpoint_name(12) + "\n")
+    script_validations(monkeypatch, verdicts[-1:], {"bce": 0.5, "solved": 0.0})
+    train(recipe, resumed, resume=True, progress=False)
+    assert json.loads((resumed / "results.json").read_text())["restarts"] == [8, 14]
+    script_validations(monkeypatch, verdicts, {"bce": 0.5, "solved": 0.0})
+    without = train(recipe_from_mapping(tiny_copy(steps=14, eval_every=2, stop_when_solved=False)), tmp_path / "without", progress=False)
+    assert json.loads((without.run_dir / "results.json").read_text())["restarts"] == []

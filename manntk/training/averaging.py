@@ -47,6 +47,13 @@ class WeightAverage:
         self._copied_pairs = [(average, trained) for average, trained in pairs if not average.is_floating_point()]
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Start the average again from the trained model's current weights (a restart)."""
+        for average, trained in self._averaged_pairs + self._copied_pairs:
+            average.copy_(trained)
+        self.updates = 0  # the next update is the first again: a copy
+
+    @torch.no_grad()
     def update(self) -> None:
         """Fold the trained model's current weights into the average (after an optimizer step)."""
         self.updates += 1

@@ -118,6 +118,14 @@ def scale_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: fl
         group["lr"] *= factor
 
 
+def reset_learning_rate(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Undo every ``scale_learning_rate``: the base rates back at the optimizer's initial
+    ones, and the current rates the schedule's at the scheduler's step."""
+    scheduler.base_lrs = [group["initial_lr"] for group in scheduler.optimizer.param_groups]
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
 def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
     """Set the momentum of every parameter group from now on: ``momentum`` where the
     optimizer has one (RMSprop, SGD), the first beta where it has betas (Adam). In the

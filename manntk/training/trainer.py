@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
 from manntk import __version__
-from manntk.build import build_experiment, check_memory_fits
+from manntk.build import build_experiment, build_model, check_memory_fits, model_config_for
 from manntk.config import ConfigError, parse_every
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
@@ -42,7 +43,7 @@ from manntk.training.distributed import Distributed, pick_device
 from manntk.training.estimate import ESTIMATE_SECONDS, ESTIMATE_STEPS, describe_machine, estimate_lines
 from manntk.training.evaluate import autocast, evaluate, flush_subnormals
 from manntk.training.metrics import MetricsLog
-from manntk.training.optim import clip_gradients, gradient_norm, gradients_finite, make_optimizer, make_scheduler, scale_learning_rate, set_momentum
+from manntk.training.optim import clip_gradients, gradient_norm, gradients_finite, make_optimizer, make_scheduler, reset_learning_rate, scale_learning_rate, set_momentum
 from manntk.training.ownership import RunLock, check_new_run_dir, point_latest, resolve_run_dir
 from manntk.training.replay import Replay
 from manntk.training.signals import StopOnSignals, TrainingInterrupted
@@ -159,6 +160,8 @@ class Trainer:
         self.best: dict[str, float] | None = None  # the best validation so far: its step and metric
         self.relapses = 0  # validations after the first solved one that were not solved
         self.regressions = 0  # validations before the first solved one that rolled back (schedule.regress_ratio)
+        self.restarts: list[int] = []  # the steps at which the run started again (schedule.restart_after)
+        self.mark: dict[str, float] | None = None  # the attempt's last validation that counted as progress
         self.metrics: MetricsLog | None = None  # opened by run(): building a trainer writes nothing
 
     # -- the loop ---------------------------------------------------------------------
@@ -222,6 +225,7 @@ class Trainer:
             saved = False
             if due["eval"]:
                 valid = self.validate(step, elapsed)
+                restarted = False
                 if valid.get("solved") and solved_step is None and self.test_agrees(step, elapsed):
                     solved_step = step
                     if train.stop_when_solved:
@@ -238,9 +242,12 @@ class Trainer:
                 elif solved_step is None and self.regressed(valid):
                     self.regressions += 1
                     self.roll_back(step, f"{self.task.metric} more than x{train.schedule.regress_ratio:g} off the best")
+                elif solved_step is None and self.stalled(step, valid):
+                    self.start_again(step)
+                    restarted = True  # this validation judged the weights given up: no best of the new attempt
                 elif solved_step is None and self.first_near(valid):  # closing in: smaller steps (schedule.approach_at)
                     scale_learning_rate(self.scheduler, train.schedule.approach_gamma)
-                if self.improves(valid):
+                if not restarted and self.improves(valid):
                     self.best = {"step": step, self.task.metric: valid[self.task.metric]}
                     self.save(step, elapsed, state, solved_step)
                     saved = True
@@ -397,7 +404,8 @@ class Trainer:
         summary = {
             "step": step, "seconds": seconds, "solved_step": solved_step, "stop_reason": stop_reason, **extra,
             "seeds": {"model": self.recipe.train.seed, "data": self.task.data_seed}, "metrics": metrics,
-            "best": self.best, "relapses": self.relapses, "regressions": self.regressions, **self.step_counters(),
+            "best": self.best, "relapses": self.relapses, "regressions": self.regressions, "restarts": self.restarts,
+            **self.step_counters(),
         }
         if solved is not None:
             summary["solved"] = solved
@@ -504,6 +512,7 @@ class Trainer:
             ckpt.finish(self.checkpoints, step, {
                 "step": step, "elapsed": elapsed, "solved_step": solved_step, "world_size": self.dist.world_size,
                 "best": self.best, "relapses": self.relapses, "regressions": self.regressions,
+                "restarts": self.restarts, "mark": self.mark,
                 "average_updates": None if self.average is None else self.average.updates,
                 "spikes": None if self.spikes is None else self.spikes.state_dict(), "nonfinite_steps": self.nonfinite_steps,
                 "replay": None if self.replay is None else self.replay.state_dict(),
@@ -546,6 +555,41 @@ class Trainer:
         scale_learning_rate(self.scheduler, factor)
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {step:,}: {why}: back to step {self.best['step']:,}'s weights, rate x{factor:g}", file=sys.stderr)
+
+    def stalled(self, step: int, valid: dict[str, float]) -> bool:
+        """Whether ``schedule.restart_after`` steps have passed since the attempt's last
+        progress (never, without one). A validation is progress when it beats the last
+        progress by ``schedule.restart_margin`` of its size (the attempt's first validation
+        is); it then becomes the mark the next ones are held to."""
+        schedule, value = self.recipe.train.schedule, valid.get(self.task.metric)
+        if schedule.restart_after is None or value is None or not math.isfinite(value):
+            return False
+        if self.mark is not None:
+            mark = self.mark[self.task.metric]
+            if not self.beats(value, mark + schedule.restart_margin * abs(mark) * (1 if self.task.higher_is_better else -1)):
+                return step - self.mark["step"] >= schedule.restart_after
+        self.mark = {"step": step, self.task.metric: value}
+        return False
+
+    def start_again(self, step: int) -> None:
+        """Start the run again at ``step`` (``schedule.restart_after``): fresh weights, drawn
+        from ``train.seed`` and the number of restarts (the same in every process of a job,
+        and the random stream of training untouched), an empty optimizer state, the weight
+        average from the fresh weights, the rate back at the schedule's, no best and no mark;
+        the step count, data and schedule go on."""
+        self.restarts.append(step)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(restart_seed(self.recipe.train.seed, len(self.restarts)))
+            fresh = build_model(model_config_for(self.recipe.model, self.task), self.plugins)
+        self.model.load_state_dict(fresh.state_dict())
+        self.optimizer.state.clear()
+        reset_learning_rate(self.scheduler)
+        if self.average is not None:
+            self.average.reset()
+        self.best = self.mark = None
+        if self.dist.is_main and self.progress:
+            tqdm.write(f"step {step:,}: no progress in {self.recipe.train.schedule.restart_after:,} steps: "
+                       f"starting again from fresh weights (restart {len(self.restarts)})", file=sys.stderr)
 
     def rollback_factor(self) -> float:
         """What a rollback multiplies the rate by: ``schedule.relapse_gamma``, cut so that
@@ -596,7 +640,15 @@ class Trainer:
             self.metrics.truncate_after(step)
         self.best, self.relapses = trainer_state.get("best"), trainer_state.get("relapses", 0)
         self.regressions = trainer_state.get("regressions", 0)
+        self.restarts, self.mark = trainer_state.get("restarts", []), trainer_state.get("mark")
         return step, trainer_state["elapsed"], state, trainer_state["solved_step"]
+
+
+def restart_seed(seed: int, restarts: int) -> int:
+    """The seed of the fresh weights of restart number ``restarts`` (from 1) of a run with
+    ``train.seed`` ``seed``: the two mixed by numpy's ``SeedSequence``, so that neighbouring
+    seeds and restarts draw unrelated weights."""
+    return int(np.random.SeedSequence([seed, restarts]).generate_state(1)[0])
 
 
 def git_state(folder: Path, timeout: float = 5.0) -> dict[str, Any]:
