@@ -192,12 +192,12 @@ OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", 
                                   "train.schedule.solved_momentum", "train.flood", "train.nonfinite_gradients",
                                   "task.train_density", "task.train_blanks", "task.train_max_length"},
                 ("copy", "awta"): {"train.ema_decay"},
-                ("copy", "armin"): {"train.schedule.regress_ratio", "train.schedule.relapse_gamma"}}
+                ("copy", "armin"): {"train.schedule.regress_ratio", "train.schedule.relapse_gamma", "train.schedule.restart_after"}}
 """Training settings a model's recipe may change from the shared protocol, each chosen from
 runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse, its flooding,
 its rate and momentum once solved, its skipped overflows and its training data: studies/ntm_copy_seeds.yaml; AwTA
-copy's weight average: studies/tardis_copy_reads.yaml; ARMIN copy's regress rollback:
-studies/armin_copy_seeds.yaml). The other models are compared with ARMIN's recipe, so ARMIN's own
+copy's weight average: studies/tardis_copy_reads.yaml; ARMIN copy's regress rollback and its
+restart on a plateau: studies/armin_copy_seeds.yaml). The other models are compared with ARMIN's recipe, so ARMIN's own
 settings may differ in each of them."""
 
 
