@@ -1112,9 +1112,10 @@ def test_a_run_without_progress_starts_again_from_fresh_weights(tmp_path, monkey
     """schedule.restart_after 4 (progress: 10 % better than the last progress): validations
     0.5 (the mark), 0.46 (better, not by 10 %), 1.5 (a regress: rolled back, rate halved),
     0.45 (six steps since the mark): at step 8 the run starts again with fresh weights from
-    restart_seed(seed, 1), an empty optimizer state, the average on the fresh weights and the
-    schedule's rate; then 0.6 (the new attempt's mark), 0.58, 0.58: again at step 14. A run
-    resumed from step 12 keeps the mark and the restarts and starts again at 14 too."""
+    restart_seed(seed, 1), an empty optimizer state, the average on the fresh weights, the
+    spike skipper warming up again and the schedule's rate; then 0.6 (the new attempt's
+    mark), 0.58, 0.58: again at step 14. A run resumed from step 12 keeps the mark and the
+    restarts and starts again at 14 too."""
     from manntk.build import build_experiment
     from manntk.training import checkpoint as ckpt
     from manntk.training import trainer as trainer_module
@@ -1125,12 +1126,13 @@ def test_a_run_without_progress_starts_again_from_fresh_weights(tmp_path, monkey
 
     def recording_start_again(self, step):
         original(self, step)
+        assert (self.spikes.steps, self.spikes.log_average) == (0, None)  # the old attempt's norms forgotten
         started.append((step, weights(self.model), weights(self.average.averaged), dict(self.optimizer.state)))
 
     monkeypatch.setattr(trainer_module.Trainer, "start_again", recording_start_again)
     schedule = {"restart_after": 4, "relapse_gamma": 0.5, "regress_ratio": 2.0}
     recipe = recipe_from_mapping(tiny_copy(steps=14, eval_every=2, checkpoint_every=4, stop_when_solved=False, seed=5,
-                                           ema_decay=0.5, schedule=schedule))
+                                           ema_decay=0.5, skip_spikes=1e6, schedule=schedule))
     script_validations(monkeypatch, verdicts, {"bce": 0.5, "solved": 0.0})
     result = train(recipe, tmp_path / "run", progress=False)
     assert [step for step, *_ in started] == [8, 14]

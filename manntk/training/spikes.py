@@ -64,6 +64,11 @@ class SpikeSkipper:
         """The geometric moving average of the recent norms."""
         return None if self.log_average is None else math.exp(self.log_average)
 
+    def start_over(self) -> None:
+        """Forget the recent norms and warm up again (a run started again from fresh
+        weights, whose gradients are not the old ones'); the count of skipped steps stays."""
+        self.log_average, self.steps = None, 0
+
     def skip(self, norm: float) -> bool:
         """Whether the step with gradient norm ``norm`` is a spike; updates the average."""
         if not math.isfinite(norm):

@@ -575,8 +575,9 @@ class Trainer:
         """Start the run again at ``step`` (``schedule.restart_after``): fresh weights, drawn
         from ``train.seed`` and the number of restarts (the same in every process of a job,
         and the random stream of training untouched), an empty optimizer state, the weight
-        average from the fresh weights, the rate back at the schedule's, no best and no mark;
-        the step count, data and schedule go on."""
+        average from the fresh weights, the rate back at the schedule's, the spike skipper's
+        average of recent norms forgotten, no best and no mark; the step count, data and
+        schedule go on."""
         self.restarts.append(step)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(restart_seed(self.recipe.train.seed, len(self.restarts)))
@@ -586,6 +587,8 @@ class Trainer:
         reset_learning_rate(self.scheduler)
         if self.average is not None:
             self.average.reset()
+        if self.spikes is not None:
+            self.spikes.start_over()
         self.best = self.mark = None
         if self.dist.is_main and self.progress:
             tqdm.write(f"step {step:,}: no progress in {self.recipe.train.schedule.restart_after:,} steps: "
