@@ -138,19 +138,20 @@ class ScheduleConfig:
             threshold lands there with a sequence still wrong, and tends to relapse).
             ``null`` (the default): no such drop.
         approach_gamma: the factor of ``approach_at``.
-        restart_after: before the run has solved, when this many steps have passed since a
-            validation last beat the best of the current attempt by ``restart_margin``, start
-            again: fresh weights (drawn from ``train.seed`` and the number of restarts so
+        restart_after: before the run has solved, when this many steps have passed since the
+            current attempt's last progress (its first validation, or one better than the
+            last progress by ``restart_margin``), start again: fresh weights (drawn from ``train.seed`` and the number of restarts so
             far), a fresh optimizer state and weight average, the rate back at the
             schedule's; the step count, the schedule's position, the data and the budget go
             on. For runs stuck on a plateau that neither more steps nor a rollback leaves
             (three of 60 ARMIN copy seeds: one output position wrong, the loss flat at a
             gradient norm of 0.01 from 15k to 72k steps, docs/results.md). The steps to
             solve count every attempt. ``null`` (the default): never.
-        restart_margin: how much better than the attempt's best a validation must be to
-            count as progress for ``restart_after``: under ``(1 - margin)`` times the best
-            (over ``(1 + margin)`` times it where higher is better), so that a metric
-            drifting in its fourth digit on a plateau does not put the restart off.
+        restart_margin: how much better than the last progress a validation must be to
+            count as progress for ``restart_after``: under ``(1 - margin)`` times it (over
+            ``(1 + margin)`` times it where higher is better; by ``margin`` of its magnitude
+            for a negative metric), so that a metric drifting in its fourth digit on a
+            plateau does not put the restart off.
     """
 
     name: Literal["constant", "step", "cosine", "cooldown"] = attrs.field(
