@@ -258,6 +258,19 @@ def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_
     assert "| small | 1 |" in printed and "| soft | 0 (+1 unfinished) |" in printed
 
 
+def test_a_later_run_with_fewer_seeds_keeps_the_earlier_runs_in_the_report(tmp_path, capsys):
+    """Seeds 0-1 of one arm, then --seeds 1 of the other into the same directory: the saved
+    study file and the report still cover seed 1 of the first arm (the union of the seeds)."""
+    path = write_study(tmp_path, seeds=2)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "--arms", "small", "train.steps=4"]) == 0
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out), "--arms", "soft", "--seeds", "1", "train.steps=4"]) == 0
+    printed = capsys.readouterr().out.split("\n")
+    assert yaml.safe_load((out / "study.yaml").read_text())["seeds"] == [0, 1]
+    assert any(line.startswith("| small | 2 |") for line in printed[-40:])
+    assert any(line.startswith("| soft | 1 (+1 unfinished) |") for line in printed[-40:])
+
+
 def test_report_arms_shows_and_plots_only_the_named_arms(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

@@ -68,6 +68,7 @@ def run_study(
             with the settings that differ), before anything runs.
     """
     from manntk.recipe import load_recipe
+    from manntk.training.checkpoint import write_text_atomic
 
     root = Path(root)
     jobs_list = jobs_of(study, root, overrides, threads)
@@ -78,7 +79,9 @@ def run_study(
         load_recipe(arm.recipe, [*arm.overrides, *study.budget, *overrides])
     _refuse_changed_runs(jobs_list)
     root.mkdir(parents=True, exist_ok=True)
-    (root / STUDY_FILE).write_text(yaml.safe_dump(_study_mapping(study, overrides), sort_keys=False), encoding="utf-8")
+    saved = _study_mapping(study, overrides)
+    saved["seeds"] = sorted(set(saved["seeds"]) | set(_saved_seeds(root)))  # a run with fewer seeds hides no earlier run
+    write_text_atomic(root / STUDY_FILE, yaml.safe_dump(saved, sort_keys=False))
     if launcher == "submitit":
         run_submitit(jobs_list, root / ".submitit", data_root=data_root, cluster=cluster, out=out)
     elif launcher == "local":
@@ -116,6 +119,13 @@ def report_study(study: Study | None, root: str | Path) -> dict[str, Any]:
     report = summarize(study, root)
     write_report(report, root)
     return report
+
+
+def _saved_seeds(root: Path) -> list[int]:
+    """The seeds of the study file already in ``root`` (none when there is none): the runs
+    made so far, which the report must go on covering whatever seeds the next run names."""
+    saved = root / STUDY_FILE
+    return list(yaml.safe_load(saved.read_text(encoding="utf-8")).get("seeds") or []) if saved.exists() else []
 
 
 def _study_mapping(study: Study, overrides: Sequence[str]) -> dict[str, Any]:

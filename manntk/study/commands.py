@@ -56,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as error:
         raise UsageError(str(error)) from None
     status = _show(report, out, as_json=False, plot_to=args.plot)
-    unfinished = [f"{run['arm']}/seed-{run['seed']}" for run in report["runs"]
-                  if not run["finished"] and (arms is None or run["arm"] in arms)]  # of the arms that ran
+    unfinished = [f"{run['arm']}/seed-{run['seed']}" for run in report["runs"]  # of the arms and seeds that ran
+                  if not run["finished"] and (arms is None or run["arm"] in arms) and run["seed"] in study.seeds]
     if unfinished:  # a run that failed: the study is not done, and the exit status says so
         print(f"{len(unfinished)} run(s) did not finish ({', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''}): "
               f"see their train.log; running the study again retries them", file=sys.stderr)
