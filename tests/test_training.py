@@ -856,6 +856,31 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
 
 
+def test_ddp_processes_take_rank_0s_validation_and_start_again_together(tmp_path):
+    """Validations every 2 steps in a job of 2 gloo processes: each that improves saves a
+    best checkpoint, which every process must join (they once waited for each other there
+    for ever, only rank 0 knowing the metric), and a restart (schedule.restart_after 2, a rate
+    too small for progress) gives every process the same fresh weights at step 4: the losses
+    equal one process's with the same global batch, the restart included."""
+    import yaml
+
+    recipe = tmp_path / "ddp.yaml"
+    mapping = tiny_copy(batch_size=4, steps=6, eval_every=2, checkpoint_every=1000, stop_when_solved=False,
+                        optimizer={"lr": 1e-9}, schedule={"restart_after": 2})
+    mapping["model"] = {**mapping["model"], "cell": {"name": "lstm", "hidden_size": 8}, "addressing": {"name": "ntm"},
+                        "write": {"name": "erase_add"}}
+    recipe.write_text(yaml.safe_dump(mapping))
+    single = train(recipe_from_mapping(mapping), tmp_path / "single", progress=False).run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for run in (single, tmp_path / "ddp"):
+        assert json.loads((run / "results.json").read_text())["restarts"] == [4]
+    assert [r["loss"] for r in train_rows(tmp_path / "ddp")] == pytest.approx([r["loss"] for r in train_rows(single)], rel=1e-4)
+
+
 def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
     """A time budget in a job of 2 gloo processes, which take rank 0's clock by a broadcast
     at every step: the job ends on time (a process that stopped a step before the other

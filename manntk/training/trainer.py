@@ -463,13 +463,17 @@ class Trainer:
         return {"grad_norm": sum(norms) / len(norms), "clipped": sum(norm > limit for norm in norms) / len(norms)}
 
     def validate(self, step: int, elapsed: float, split: str = "valid") -> dict[str, float]:
-        """Score ``split`` (the validation split by default; on rank 0, the verdict shared with every rank)."""
+        """Score ``split`` (the validation split by default) on rank 0. Every rank gets rank
+        0's metric and verdict, since what follows from them (a best checkpoint, a rollback,
+        a restart) is done by all processes together."""
         result: dict[str, float] = {}
         if self.dist.is_main:
             result = evaluate(self.judged, self.task, split, self.recipe.eval.batch_size, self.device, self.recipe.train.precision)
             self.metrics.write({"step": step, "split": split, "time": round(elapsed, 3), **result})
-        solved = self.dist.sum(torch.tensor([float(result.get("solved", 0.0))], device=self.device))
-        result["solved"] = float(solved.item() > 0)
+        metric, solved = self.dist.from_main([result.get(self.task.metric, math.nan), result.get("solved", 0.0)], self.device)
+        if not self.dist.is_main and not math.isnan(metric):
+            result[self.task.metric] = metric
+        result["solved"] = float(solved > 0)
         return result
 
     def final_evaluation(self, step: int, elapsed: float, solved_step: int | None, stop_reason: str) -> dict[str, dict[str, float]]:
