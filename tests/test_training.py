@@ -834,24 +834,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
-    """Same global batch: 2 gloo processes with 2 rows each == 1 process with 4 rows."""
-    recipe = tmp_path / "ddp.yaml"
-    mapping = tiny_copy(batch_size=4, steps=4)
-    mapping["model"]["cell"] = {"name": "lstm", "hidden_size": 8}
-    mapping["model"]["addressing"] = {"name": "ntm"}
-    mapping["model"]["write"] = {"name": "erase_add"}
+def train_on_two_processes(mapping: dict, folder: Path, timeout: float = 240) -> Path:
+    """Train the recipe ``mapping`` under torchrun, 2 gloo processes of one thread each, in
+    ``folder / "ddp"``; returns that run directory (the job must succeed)."""
     import yaml
 
+    recipe = folder / "ddp.yaml"
     recipe.write_text(yaml.safe_dump(mapping))
-    single = train(recipe_from_mapping(mapping), tmp_path / "single", progress=False).run_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+               "-m", "manntk", "train", str(recipe), "--run-dir", str(folder / "ddp"), "--no-progress"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return folder / "ddp"
+
+
+def without_sampling(mapping: dict) -> dict:
+    """``mapping`` with an LSTM, NTM addressing and erase-add writes: no sampled reads, whose
+    noise differs between processes, so that a job's losses can equal one process's."""
+    model = {**mapping["model"], "cell": {"name": "lstm", "hidden_size": 8}, "addressing": {"name": "ntm"}, "write": {"name": "erase_add"}}
+    return {**mapping, "model": model}
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    """Same global batch: 2 gloo processes with 2 rows each == 1 process with 4 rows."""
+    mapping = without_sampling(tiny_copy(batch_size=4, steps=4))
+    single = train(recipe_from_mapping(mapping), tmp_path / "single", progress=False).run_dir
+    ddp = train_on_two_processes(mapping, tmp_path)
     single_losses = [r["loss"] for r in train_rows(single)]
-    ddp_losses = [r["loss"] for r in train_rows(tmp_path / "ddp")]
+    ddp_losses = [r["loss"] for r in train_rows(ddp)]
     assert len(ddp_losses) == 4
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
 
@@ -862,23 +873,13 @@ def test_ddp_processes_take_rank_0s_validation_and_start_again_together(tmp_path
     for ever, only rank 0 knowing the metric), and a restart (schedule.restart_after 2, a rate
     too small for progress) gives every process the same fresh weights at step 4: the losses
     equal one process's with the same global batch, the restart included."""
-    import yaml
-
-    recipe = tmp_path / "ddp.yaml"
-    mapping = tiny_copy(batch_size=4, steps=6, eval_every=2, checkpoint_every=1000, stop_when_solved=False,
-                        optimizer={"lr": 1e-9}, schedule={"restart_after": 2})
-    mapping["model"] = {**mapping["model"], "cell": {"name": "lstm", "hidden_size": 8}, "addressing": {"name": "ntm"},
-                        "write": {"name": "erase_add"}}
-    recipe.write_text(yaml.safe_dump(mapping))
+    mapping = without_sampling(tiny_copy(batch_size=4, steps=6, eval_every=2, checkpoint_every=1000, stop_when_solved=False,
+                                         optimizer={"lr": 1e-9}, schedule={"restart_after": 2}))
     single = train(recipe_from_mapping(mapping), tmp_path / "single", progress=False).run_dir
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    for run in (single, tmp_path / "ddp"):
+    ddp = train_on_two_processes(mapping, tmp_path)
+    for run in (single, ddp):
         assert json.loads((run / "results.json").read_text())["restarts"] == [4]
-    assert [r["loss"] for r in train_rows(tmp_path / "ddp")] == pytest.approx([r["loss"] for r in train_rows(single)], rel=1e-4)
+    assert [r["loss"] for r in train_rows(ddp)] == pytest.approx([r["loss"] for r in train_rows(single)], rel=1e-4)
 
 
 def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
@@ -887,18 +888,10 @@ def test_ddp_processes_stop_on_rank_0s_clock(tmp_path):
     would leave it waiting in the gradient all-reduce until the timeout; whether clocks
     apart would do that here depends on their skew, so the next test checks that the clock
     comes from rank 0), and a cosine over the wall clock runs down to near 0 by then."""
-    recipe = tmp_path / "ddp.yaml"
     mapping = tiny_copy(batch_size=4, steps=100_000, max_minutes=0.05, schedule={"name": "cosine", "over": "time"})
-    import yaml
-
-    recipe.write_text(yaml.safe_dump(mapping))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "manntk", "train", str(recipe), "--run-dir", str(tmp_path / "ddp"), "--no-progress"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = train_rows(tmp_path / "ddp")
-    assert json.loads((tmp_path / "ddp" / "results.json").read_text())["stop_reason"] == "time"
+    ddp = train_on_two_processes(mapping, tmp_path, timeout=120)
+    rows = train_rows(ddp)
+    assert json.loads((ddp / "results.json").read_text())["stop_reason"] == "time"
     rates = [row["lr"] for row in rows]
     assert len(rates) > 5 and rates == sorted(rates, reverse=True) and rates[0] > 0.005 > 0.001 > rates[-1]
 
