@@ -271,6 +271,34 @@ def test_a_later_run_with_fewer_seeds_keeps_the_earlier_runs_in_the_report(tmp_p
     assert any(line.startswith("| soft | 1 (+1 unfinished) |") for line in printed[-40:])
 
 
+def test_sigterm_to_a_study_stops_its_running_trainings_with_a_checkpoint(tmp_path):
+    """``kill`` (SIGTERM, a scheduler's stop) of ``manntk study run`` ends the training it
+    runs as Ctrl-C does: the training checkpoints and stops before the study exits (130),
+    rather than running on alone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_study(tmp_path, seeds=1)
+    out = tmp_path / "out"
+    run = out / "soft" / "seed-0"
+    command = [sys.executable, "-m", "manntk", "study", "run", str(path), "--jobs", "1", "--out", str(out), "--arms", "soft",
+               "train.steps=100000", "train.log_every=1"]
+    study = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 130, err
+    assert "stopping the running trainings" in err
+    log = (run / "train.log").read_text()
+    assert "stopped: SIGTERM at step" in log and f"--resume {run}" in log  # the training took the signal and saved
+    assert (run / "checkpoints" / "latest").exists() and not (run / "results.json").exists()
+
+
 def test_report_arms_shows_and_plots_only_the_named_arms(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

@@ -12,13 +12,16 @@ would otherwise count silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, TextIO
+from typing import TYPE_CHECKING, Iterator, Sequence, TextIO
 
 import attrs
 from tqdm import tqdm
@@ -149,21 +152,22 @@ def run_local(jobs: Sequence[Job], parallel: int, data_root: str | None = None, 
     statuses: dict[str, int] = {}
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                log = _prepare(job)
-                running.append((job, start_command(job.command(data_root), log, env), time.monotonic()))
-            time.sleep(0.2)
-            for item in list(running):
-                job, process, started = item
-                code = process.poll()
-                if code is None:
-                    continue
-                running.remove(item)
-                statuses[job.label] = code
-                bar.update(1)
-                bar.write(_finished_line(job, code, time.monotonic() - started), file=out)
+        with _sigterm_as_interrupt():  # a scheduler's stop ends the trainings as Ctrl-C does
+            while pending or running:
+                while pending and len(running) < parallel:
+                    job = pending.pop(0)
+                    log = _prepare(job)
+                    running.append((job, start_command(job.command(data_root), log, env), time.monotonic()))
+                time.sleep(0.2)
+                for item in list(running):
+                    job, process, started = item
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    running.remove(item)
+                    statuses[job.label] = code
+                    bar.update(1)
+                    bar.write(_finished_line(job, code, time.monotonic() - started), file=out)
     except KeyboardInterrupt:
         bar.write("interrupted: stopping the running trainings (they checkpoint); run the study again to resume", file=out)
         for _, process, _ in running:
@@ -178,6 +182,25 @@ def run_local(jobs: Sequence[Job], parallel: int, data_root: str | None = None, 
     finally:
         bar.close()
     return statuses
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does (in the main thread,
+    where Python lets a handler be set; elsewhere nothing changes), so that a study stopped
+    by a scheduler or ``kill`` stops its running trainings too instead of leaving them on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_submitit(jobs: Sequence[Job], folder: Path, data_root: str | None = None, cluster: str | None = None,
