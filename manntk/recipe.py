@@ -140,10 +140,10 @@ class ScheduleConfig:
         approach_gamma: the factor of ``approach_at``.
         restart_after: before the run has solved, when this many steps have passed since the
             current attempt's last progress (its first validation, or one better than the
-            last progress by ``restart_margin``), start again: fresh weights (drawn from ``train.seed`` and the number of restarts so
-            far), a fresh optimizer state and weight average, the rate back at the
-            schedule's; the step count, the schedule's position, the data and the budget go
-            on. For runs stuck on a plateau that neither more steps nor a rollback leaves
+            last progress by ``restart_margin``), start again: fresh weights (drawn from
+            ``train.seed`` and the number of restarts so far), a fresh optimizer state and
+            weight average, the rate back at the schedule's; the step count, the schedule's
+            position, the data and the budget go on. For runs stuck on a plateau that neither more steps nor a rollback leaves
             (three of 60 ARMIN copy seeds: one output position wrong, the loss flat at a
             gradient norm of 0.01 from 15k to 72k steps, docs/results.md). The steps to
             solve count every attempt. ``null`` (the default): never.

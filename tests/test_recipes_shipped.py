@@ -197,8 +197,8 @@ OWN_TRAINING = {("copy", "ntm"): {"train.optimizer.name", "train.optimizer.lr", 
 runs across seeds (the NTM-style copy recipe's RMSprop, its rollback on a relapse, its flooding,
 its rate and momentum once solved, its skipped overflows and its training data: studies/ntm_copy_seeds.yaml; AwTA
 copy's weight average: studies/tardis_copy_reads.yaml; ARMIN copy's regress rollback and its
-restart on a plateau: studies/armin_copy_seeds.yaml). The other models are compared with ARMIN's recipe, so ARMIN's own
-settings may differ in each of them."""
+restart on a plateau: studies/armin_copy_seeds.yaml). The other models are compared with
+ARMIN's recipe, so ARMIN's own settings may differ in each of them."""
 
 
 @pytest.mark.parametrize("task", ["copy", "repeat_copy", "associative_recall", "priority_sort"])
