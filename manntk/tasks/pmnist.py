@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -21,6 +20,7 @@ from torch.nn import functional as F
 from manntk.config import non_negative
 from manntk.data.mnist import load_mnist
 from manntk.hookspecs import hookimpl
+from manntk.seeding import mixed_seed
 from manntk.tasks.base import Batch, Task, TaskContext
 
 PIXELS = 28 * 28
@@ -77,7 +77,7 @@ class PMnist(Task):
         if per_epoch == 0:
             raise ValueError(f"train.batch_size {batch_size} is larger than the {len(self.labels['train'])} training images")
         epoch, position = divmod(index, per_epoch)
-        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        seed = mixed_seed(self.seed, epoch)
         order = torch.randperm(len(self.labels["train"]), generator=torch.Generator().manual_seed(seed))
         chosen = order[position * batch_size : (position + 1) * batch_size]
         return self._batch(self.images["train"][chosen], self.labels["train"][chosen])

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from manntk.build import build_experiment, build_model, check_memory_fits, model
 from manntk.config import ConfigError, parse_every
 from manntk.plugins import Plugins, default_plugins
 from manntk.recipe import Recipe, recipe_to_mapping
+from manntk.seeding import mixed_seed
 from manntk.state import State, detach_state
 from manntk.tasks.base import Task
 from manntk.training import checkpoint as ckpt
@@ -655,7 +655,7 @@ def restart_seed(seed: int, restarts: int) -> int:
     """The seed of the fresh weights of restart number ``restarts`` (from 1) of a run with
     ``train.seed`` ``seed``: the two mixed by numpy's ``SeedSequence``, so that neighbouring
     seeds and restarts draw unrelated weights."""
-    return int(np.random.SeedSequence([seed, restarts]).generate_state(1)[0])
+    return mixed_seed(seed, restarts)
 
 
 def git_state(folder: Path, timeout: float = 5.0) -> dict[str, Any]:

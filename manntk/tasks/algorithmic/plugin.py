@@ -18,13 +18,13 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from manntk.config import positive
 from manntk.hookspecs import hookimpl
+from manntk.seeding import mixed_seed
 from manntk.tasks.algorithmic import associative_recall, copy, priority_sort, repeat_copy
 from manntk.tasks.algorithmic.batch import (
     SOLVED_BCE_THRESHOLD,
@@ -146,7 +146,7 @@ def task_config(generator_config: type) -> type:
 
 def batch_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for training batch ``index`` of a run seeded ``seed``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return mixed_seed(seed, index, bits=63)
 
 
 LENGTH_SEPARATOR = "@"
