@@ -249,6 +249,34 @@ def test_a_run_that_diverged_counts_as_an_unsolved_finished_run_and_is_not_retri
     assert [arm["diverged"] for arm in report["arms"]] == [0, 1]
 
 
+def test_restarts_are_counted_in_the_report_and_drawn_on_the_curves(tmp_path, monkeypatch, capsys):
+    """An arm whose rate is too small to make progress starts again (restart_after 10 steps)
+    and an arm that learns does not: the report counts the restarted runs per arm and lists
+    each run's restart steps as results.json has them, and the run's plot draws a line at
+    each of them."""
+    pytest.importorskip("matplotlib")
+    from manntk.tools import plot as plot_module
+
+    arms = {"soft": {}, "stuck": {"overrides": ["train.optimizer.lr=0.000000000001", "train.schedule.restart_after=10"]}}
+    path = write_study(tmp_path, seeds=1, arms=arms)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    restarts = json.loads((out / "stuck" / "seed-0" / "results.json").read_text())["restarts"]
+    assert restarts and json.loads((out / "soft" / "seed-0" / "results.json").read_text())["restarts"] == []
+    report = report_study(None, out)
+    assert {arm["arm"]: arm["restarted"] for arm in report["arms"]} == {"soft": 0, "stuck": 1}
+    assert {run["arm"]: run["restarts"] for run in report["runs"]} == {"soft": [], "stuck": restarts}
+    assert "| relapsed | restarted | commit |" in printed and "restarted = runs that started again" in printed
+    assert (out / "report.csv").read_text().splitlines()[1].split(",")[-2] == "0"  # soft's restarted column
+
+    drawn = []
+    monkeypatch.setattr(plot_module, "save_figure", lambda figure, out: drawn.append(figure) or out)
+    plot_module.plot_runs([out / "stuck" / "seed-0"], tmp_path / "stuck.png", x="step")
+    vertical = [line.get_xdata()[0] for line in drawn[0].axes[0].lines if len(set(line.get_xdata())) == 1 and line.get_linestyle() == ":"]
+    assert vertical == restarts
+
+
 def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1)
     out = tmp_path / "out"

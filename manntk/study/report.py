@@ -51,6 +51,7 @@ class RunSummary:
     commit: str | None = None
     stays_solved_step: int | None = None
     diverged: str | None = None
+    restarts: tuple[int, ...] = ()
 
 
 def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSummary, str | None]:
@@ -83,6 +84,7 @@ def read_run(path: Path, arm: str, seed: int, metric: str | None) -> tuple[RunSu
         solved, solved_step if solved else None, solved_seconds, final, tuple(zip(steps, values)),
         results.get("relapses") if results else None, run_commit(path),
         _stays_solved_step(run, solved_step) if solved else None, results.get("diverged") if results else None,
+        tuple(step for step, _ in run.restarts()),
     ), metric
 
 
@@ -164,6 +166,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
             "final": {"median": median, "q1": q1, "q3": q3, "mean": mean, "std": std},
             "relapsed": sum(1 for r in finished if r.relapses),
             "diverged": sum(1 for r in finished if r.diverged),
+            "restarted": sum(1 for r in finished if r.restarts),
             "commits": sorted({r.commit for r in mine if r.commit}),
             "changed": sum(1 for r in mine if f"{r.arm}/seed-{r.seed}" in changed),
         }
@@ -177,7 +180,7 @@ def summarize(study: Study, root: Path) -> dict[str, Any]:
         "runs": [{"arm": r.arm, "seed": r.seed, "finished": r.finished, "steps": r.steps, "solved": r.solved,
                   "solved_step": r.solved_step, "stays_solved_step": r.stays_solved_step, "final": r.final, "relapses": r.relapses,
                   "commit": r.commit, "path": str(r.path), "changed_settings": changed.get(f"{r.arm}/seed-{r.seed}", []),
-                  "diverged": r.diverged}
+                  "diverged": r.diverged, "restarts": list(r.restarts)}
                  for r in runs],
         "curves": {r.arm + f"/seed-{r.seed}": [list(point) for point in r.curve] for r in runs if r.curve},
     }
@@ -221,8 +224,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Study {report['study']}: {metric} ({'higher' if report['higher_is_better'] else 'lower'} is better), "
         f"baseline {report['baseline']}, seeds {', '.join(map(str, report['seeds']))}",
         "",
-        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | solved to the end from: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] | relapsed | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| arm | n | solved | rate [95% CI] | iterations to solve: median [IQR] | solved to the end from: median [IQR] | seconds to solve: median | final {metric}: median [IQR] | mean ± std | vs baseline: mean diff [95% CI] | relapsed | restarted | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in report["arms"]:
         budget = arm["budget"]
@@ -244,12 +247,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {arm['arm']} | {arm['n']}{pending} | {solved} | {rate} | {iterations} | {stays} | {seconds} | "
             f"{_number(final['median'])} [{_number(final['q1'])}, {_number(final['q3'])}] | "
-            f"{_number(final['mean'])} ± {_number(final['std'])} | {vs} | {arm['relapsed']} | {', '.join(arm['commits']) or '—'} |"
+            f"{_number(final['mean'])} ± {_number(final['std'])} | {vs} | {arm['relapsed']} | {arm['restarted']} | {', '.join(arm['commits']) or '—'} |"
         )
     lines += ["", "Unsolved runs are censored at the budget (`>budget`); final = the test split's metric "
               "(validation when there is no test split); the difference is arm - baseline over the seeds both ran; "
               "relapsed = runs with a validation above the threshold after they had solved (solved = solved at the end), "
               "and solved to the end from = the validation from which every later one was solved; "
+              "restarted = runs that started again from fresh weights after a plateau (`train.schedule.restart_after`); "
               "commit = the code the runs started from (`+dirty`: with uncommitted changes)."]
     changed = [run for run in report["runs"] if run["changed_settings"]]
     if changed:
@@ -271,7 +275,7 @@ def csv_text(report: dict[str, Any]) -> str:
     columns = ["arm", "n", "unfinished", "budget", "solved", "solve_rate", "solve_rate_ci95_low", "solve_rate_ci95_high",
                "iterations_q1", "iterations_median", "iterations_q3", "solved_to_the_end_from_median", "seconds_median", "final_median", "final_q1",
                "final_q3", "final_mean", "final_std", "vs_baseline_mean_difference", "vs_baseline_ci95_low", "vs_baseline_ci95_high",
-               "relapsed", "commits"]
+               "relapsed", "restarted", "commits"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for arm in report["arms"]:
@@ -285,7 +289,7 @@ def csv_text(report: dict[str, Any]) -> str:
             "solved_to_the_end_from_median": (arm["solved_to_the_end_from"] or {}).get("median"),
             "seconds_median": seconds.get("median"), **{f"final_{k}": v for k, v in arm["final"].items()},
             "vs_baseline_mean_difference": vs["mean_difference"], "vs_baseline_ci95_low": vs["ci95"][0], "vs_baseline_ci95_high": vs["ci95"][1],
-            "relapsed": arm["relapsed"], "commits": " ".join(arm["commits"]),
+            "relapsed": arm["relapsed"], "restarted": arm["restarted"], "commits": " ".join(arm["commits"]),
         })
     return buffer.getvalue()
 

@@ -4,8 +4,9 @@ benchmark report (``manntk bench --plot PNG``).
 Each run directory holds ``metrics.jsonl`` (rows with ``step``, ``split``, ``time`` and the
 task's metrics), ``recipe.yaml`` (whose ``name`` labels the run) and, once finished,
 ``results.json``. One figure shows every run: the training curve (lightly smoothed, the raw
-values faint behind it) and the validation points, against optimizer steps and against
-wall-clock training time (two panels by default).
+values faint behind it), the validation points, a star where it solved and a dotted line
+where it started again from fresh weights, against optimizer steps and against wall-clock
+training time (two panels by default).
 
 A benchmark report's sweeps ([`manntk.tools.bench`][manntk.tools.bench]: one model and mode measured at
 several slot counts N, or hidden sizes, with all else equal) are drawn as time and memory
@@ -86,6 +87,16 @@ class RunCurves:
     def metrics(self) -> set[str]:
         """Names of the numeric columns of the rows."""
         return {key for row in self.rows for key, value in row.items() if _number(value) is not None}
+
+    def restarts(self) -> list[tuple[int, float]]:
+        """The steps at which the run started again from fresh weights
+        (``train.schedule.restart_after``; ``results.json`` lists them once the run finished),
+        each with the training time of the first row at or after it."""
+        marks = []
+        for step in (self.results or {}).get("restarts") or []:
+            later = [row for row in self.rows if int(row.get("step", 0)) >= step] or self.rows[-1:]
+            marks.append((int(step), float(later[0].get("time", 0.0)) if later else 0.0))
+        return marks
 
 
 def _number(value: Any) -> float | None:
@@ -241,6 +252,8 @@ def plot_runs(
                 axis.plot(train_x, smooth(train_values), color=color, linewidth=1.6, marker="." if len(train_values) == 1 else None)
             if valid_values:
                 axis.plot(valid_x, valid_values, color=color, linestyle="--", linewidth=0.9, marker="o", markersize=3.5)
+            for step, seconds in run.restarts():
+                axis.axvline(step if kind == "step" else seconds / divisor, color=color, linestyle=":", linewidth=1.2)
             if solved is not None and solved in valid_steps:
                 where = valid_steps.index(solved)
                 axis.plot([valid_x[where]], [valid_values[where]], marker="*", markersize=14, color=color,
@@ -267,6 +280,9 @@ def plot_runs(
     if any(run.results and run.results.get("solved_step") is not None for run in curves):
         handles.append(Line2D([], [], marker="*", markersize=11, color="grey", markeredgecolor="black", linestyle="none"))
         names.append("solved")
+    if any(run.restarts() for run in curves):
+        handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=1.2))
+        names.append("restart (fresh weights)")
     figure.suptitle(title or f"{metric}: {len(curves)} run{'s' if len(curves) > 1 else ''}", fontsize=12)
     figure.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 4),
                   fontsize=9, frameon=False)
