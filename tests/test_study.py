@@ -273,7 +273,7 @@ def test_restarts_are_counted_in_the_report_and_drawn_on_the_curves(tmp_path, mo
     drawn = []
     monkeypatch.setattr(plot_module, "save_figure", lambda figure, out: drawn.append(figure) or out)
     plot_module.plot_runs([out / "stuck" / "seed-0"], tmp_path / "stuck.png", x="step")
-    vertical = [line.get_xdata()[0] for line in drawn[0].axes[0].lines if len(set(line.get_xdata())) == 1 and line.get_linestyle() == ":"]
+    vertical = [line.get_xdata()[0] for line in drawn[0].axes[0].lines if len(set(line.get_xdata())) == 1 and line.get_linestyle() == "-."]
     assert vertical == restarts
 
 

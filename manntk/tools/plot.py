@@ -4,7 +4,7 @@ benchmark report (``manntk bench --plot PNG``).
 Each run directory holds ``metrics.jsonl`` (rows with ``step``, ``split``, ``time`` and the
 task's metrics), ``recipe.yaml`` (whose ``name`` labels the run) and, once finished,
 ``results.json``. One figure shows every run: the training curve (lightly smoothed, the raw
-values faint behind it), the validation points, a star where it solved and a dotted line
+values faint behind it), the validation points, a star where it solved and a dash-dotted line
 where it started again from fresh weights, against optimizer steps and against wall-clock
 training time (two panels by default).
 
@@ -19,6 +19,7 @@ so no display is needed, and written through a temporary name and a rename.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -147,12 +148,17 @@ def headline_metric(runs: Sequence[RunCurves]) -> str:
     return "loss"
 
 
-def smooth(values: Sequence[float], weight: float | None = None) -> list[float]:
-    """An exponential moving average, bias-corrected; light by default (~3% of the points)."""
+def smooth(values: Sequence[float], weight: float | None = None, breaks: Sequence[int] = ()) -> list[float]:
+    """An exponential moving average, bias-corrected; light by default (~3% of the points).
+    The average starts over at each index in ``breaks`` (a restart from fresh weights), so
+    that it does not carry the old weights' losses past the restart."""
     if not values:
         return []
     if weight is None:
         weight = min(0.9, max(0.0, 1.0 - 1.0 / max(1.0, len(values) / 30.0)))
+    if breaks:
+        bounds = [0, *breaks, len(values)]
+        return [v for start, end in zip(bounds, bounds[1:]) for v in smooth(values[start:end], weight)]
     result, average, norm = [], 0.0, 0.0
     for value in values:
         average = weight * average + (1.0 - weight) * value
@@ -243,17 +249,18 @@ def plot_runs(
         positive = positive and all(v > 0 for v in train_values + valid_values)
         span += train_values + valid_values
         solved = (run.results or {}).get("solved_step")
+        breaks = [bisect.bisect_right(train_steps, step) for step, _ in run.restarts()]
         for axis, kind in zip(axes, axes_kinds):
             train_x = train_steps if kind == "step" else [t / divisor for t in train_times]
             valid_x = valid_steps if kind == "step" else [t / divisor for t in valid_times]
             if train_values:
                 if len(train_values) > 20:
                     axis.plot(train_x, train_values, color=color, alpha=0.18, linewidth=0.8)
-                axis.plot(train_x, smooth(train_values), color=color, linewidth=1.6, marker="." if len(train_values) == 1 else None)
+                axis.plot(train_x, smooth(train_values, breaks=breaks), color=color, linewidth=1.6, marker="." if len(train_values) == 1 else None)
             if valid_values:
                 axis.plot(valid_x, valid_values, color=color, linestyle="--", linewidth=0.9, marker="o", markersize=3.5)
             for step, seconds in run.restarts():
-                axis.axvline(step if kind == "step" else seconds / divisor, color=color, linestyle=":", linewidth=1.2)
+                axis.axvline(step if kind == "step" else seconds / divisor, color=color, linestyle="-.", linewidth=1.1)
             if solved is not None and solved in valid_steps:
                 where = valid_steps.index(solved)
                 axis.plot([valid_x[where]], [valid_values[where]], marker="*", markersize=14, color=color,
@@ -281,7 +288,7 @@ def plot_runs(
         handles.append(Line2D([], [], marker="*", markersize=11, color="grey", markeredgecolor="black", linestyle="none"))
         names.append("solved")
     if any(run.restarts() for run in curves):
-        handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=1.2))
+        handles.append(Line2D([], [], color="grey", linestyle="-.", linewidth=1.1))
         names.append("restart (fresh weights)")
     figure.suptitle(title or f"{metric}: {len(curves)} run{'s' if len(curves) > 1 else ''}", fontsize=12)
     figure.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 4),
