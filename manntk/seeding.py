@@ -13,8 +13,8 @@ def mixed_seed(*parts: int, bits: Literal[32, 63] = 32) -> int:
     ``SeedSequence``, so that neighbouring seeds or counters give unrelated streams (seeding
     a generator with ``seed + index`` would give run 1's batch 0 to run 0's batch 1).
 
-    63 bits fill ``torch.Generator.manual_seed`` without sign trouble; 32 bits are the first
-    word of the same sequence (the one numpy's own generators take)."""
+    32 bits are the sequence's first 32-bit word; 63 bits its first 64-bit word shifted right
+    by one, which ``torch.Generator.manual_seed`` takes without sign trouble."""
     sequence = np.random.SeedSequence(list(parts))
     if bits == 32:
         return int(sequence.generate_state(1)[0])
