@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import attrs
 import pytest
 import yaml
 
@@ -269,6 +270,13 @@ def test_restarts_are_counted_in_the_report_and_drawn_on_the_curves(tmp_path, mo
     assert {run["arm"]: run["restarts"] for run in report["runs"]} == {"soft": [], "stuck": restarts}
     assert "| relapsed | restarted | commit |" in printed and "restarted = runs that started again" in printed
     assert (out / "report.csv").read_text().splitlines()[1].split(",")[-2] == "0"  # soft's restarted column
+
+    # while a run has no results.json, its training rows' restart counts place the restarts
+    # (those with a training row after them: here all but one at the last step)
+    running = plot_module.load_run(out / "stuck" / "seed-0")
+    last_row = max(row["step"] for row in running.rows if row["split"] == "train")
+    shown = [step for step in restarts if step < last_row]
+    assert shown and [step for step, _ in attrs.evolve(running, results=None).restarts()] == shown
 
     drawn = []
     monkeypatch.setattr(plot_module, "save_figure", lambda figure, out: drawn.append(figure) or out)

@@ -85,16 +85,29 @@ class RunCurves:
             steps, times, values = steps + final[0][-1:], times + final[1][-1:], values + final[2][-1:]
         return steps, times, values
 
+    def _restarts_in_rows(self) -> list[int]:
+        """A running run's restarts: each training row whose ``restarts`` count went up follows
+        a restart decided at the last validation before it (a restart shows from the next
+        training row on)."""
+        validations = [int(row["step"]) for row in self.rows if row.get("split") == "valid"]
+        found: list[int] = []
+        for row in self.rows:
+            while row.get("split") == "train" and int(row.get("restarts", 0)) > len(found):
+                before = [step for step in validations if step < int(row["step"])]
+                found.append(before[-1] if before else int(row["step"]))
+        return found
+
     def metrics(self) -> set[str]:
         """Names of the numeric columns of the rows."""
         return {key for row in self.rows for key, value in row.items() if _number(value) is not None}
 
     def restarts(self) -> list[tuple[int, float]]:
         """The steps at which the run started again from fresh weights
-        (``train.schedule.restart_after``; ``results.json`` lists them once the run finished),
-        each with the training time of the first row at or after it."""
+        (``train.schedule.restart_after``), each with the training time of the first row at or
+        after it: from ``results.json`` once the run finished, else from the training rows."""
+        listed = (self.results or {}).get("restarts")
         marks = []
-        for step in (self.results or {}).get("restarts") or []:
+        for step in self._restarts_in_rows() if listed is None else listed:
             later = [row for row in self.rows if int(row.get("step", 0)) >= step] or self.rows[-1:]
             marks.append((int(step), float(later[0].get("time", 0.0)) if later else 0.0))
         return marks

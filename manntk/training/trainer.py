@@ -445,6 +445,8 @@ class Trainer:
                f"{self.task.unit}_per_s": units_per_s, "lr": self.scheduler.get_last_lr()[0]}
         row.update(self.model.training_metrics())
         row.update(self.step_counters())
+        if self.recipe.train.schedule.restart_after is not None:
+            row["restarts"] = len(self.restarts)  # so that a plot of a running run finds its restarts
         row.update(self.gradient_summary())
         if self.metrics is not None:
             self.metrics.write(row)
