@@ -84,6 +84,7 @@ def test_the_smoothed_curve_is_a_bias_corrected_average_that_starts_over_at_a_re
     assert smooth([0.0, 2.0], 0.5) == pytest.approx([0.0, 4 / 3])
     assert smooth([0.0, 2.0, 2.0], 0.5, breaks=[1]) == pytest.approx([0.0, 2.0, 2.0])
     assert smooth([1.0, 1.0, 3.0, 3.0], 0.5)[2] < 3.0  # without the break the old losses hold it down
+    assert smooth([1.0, 1.0, 3.0, 3.0], 0.5, breaks=[2]) == pytest.approx([1.0, 1.0, 3.0, 3.0])
 
 
 def test_inspect_draws_memory_and_matches_the_trace(runs, tmp_path, capsys):

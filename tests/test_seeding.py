@@ -16,8 +16,15 @@ def test_mixed_seeds_are_the_first_words_of_numpys_seed_sequence(parts):
     assert mixed_seed(*parts, bits=63) == first_64 >> 1
 
 
+def test_the_seeds_of_every_run_so_far_stay_the_same():
+    """Every recorded run's data stream and restarts come from these numbers (written down
+    with numpy 2.4): a numpy or a change that gave others would make no run reproducible."""
+    assert (mixed_seed(0, 0), mixed_seed(0, 0, bits=63)) == (2968811710, 7896617691693857887)
+    assert (mixed_seed(7, 3), mixed_seed(7, 3, bits=63)) == (3466196061, 2530781778362038830)
+
+
 def test_neighbouring_seeds_and_counters_give_unrelated_seeds():
-    seeds = {mixed_seed(seed, counter, bits=bits) for seed in range(20) for counter in range(20) for bits in (32, 63)}
-    assert len(seeds) == 800
-    assert all(0 <= seed < 2**63 for seed in seeds)
+    for bits in (32, 63):
+        seeds = {mixed_seed(seed, counter, bits=bits) for seed in range(20) for counter in range(20)}
+        assert len(seeds) == 400 and all(0 <= seed < 2**bits for seed in seeds)
     assert mixed_seed(0, 1) != mixed_seed(1, 0)  # not a function of seed + counter

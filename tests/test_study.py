@@ -258,7 +258,8 @@ def test_restarts_are_counted_in_the_report_and_drawn_on_the_curves(tmp_path, mo
     pytest.importorskip("matplotlib")
     from manntk.tools import plot as plot_module
 
-    arms = {"soft": {}, "stuck": {"overrides": ["train.optimizer.lr=0.000000000001", "train.schedule.restart_after=10"]}}
+    arms = {"soft": {}, "stuck": {"overrides": ["train.optimizer.lr=0.000000000001", "train.schedule.restart_after=10",
+                                 "train.log_every=1"]}}
     path = write_study(tmp_path, seeds=1, arms=arms)
     out = tmp_path / "out"
     assert main(["study", "run", str(path), "--jobs", "1", "--out", str(out)]) == 0
@@ -281,8 +282,15 @@ def test_restarts_are_counted_in_the_report_and_drawn_on_the_curves(tmp_path, mo
     drawn = []
     monkeypatch.setattr(plot_module, "save_figure", lambda figure, out: drawn.append(figure) or out)
     plot_module.plot_runs([out / "stuck" / "seed-0"], tmp_path / "stuck.png", x="step")
-    vertical = [line.get_xdata()[0] for line in drawn[0].axes[0].lines if len(set(line.get_xdata())) == 1 and line.get_linestyle() == "-."]
+    lines = drawn[0].axes[0].lines
+    vertical = [line.get_xdata()[0] for line in lines if len(set(line.get_xdata())) == 1 and line.get_linestyle() == "-."]
     assert vertical == restarts
+    # the smoothed training curve starts over after each restart: at the first row after it, it is that row's loss
+    steps, _, losses = running.series("train", "bce")
+    smoothed = next(line.get_ydata() for line in lines if line.get_linewidth() == 1.6)
+    for step in shown:
+        after = next(i for i, s in enumerate(steps) if s > step)
+        assert smoothed[after] == pytest.approx(losses[after]) and smoothed[after - 1] != pytest.approx(losses[after - 1])
 
 
 def test_arms_runs_only_the_named_arms_and_the_report_still_lists_every_arm(tmp_path, capsys):

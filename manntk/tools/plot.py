@@ -253,7 +253,7 @@ def plot_runs(
     longest = max((max(run.series("train", metric)[1] + run.validations(metric)[1] + [0.0]) for run in curves), default=0.0)
     unit, divisor = time_unit(longest)
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    positive = True
+    positive, restarted = True, False
     span: list[float] = []
     for number, run in enumerate(curves):
         color = colors[number % len(colors)]
@@ -262,7 +262,9 @@ def plot_runs(
         positive = positive and all(v > 0 for v in train_values + valid_values)
         span += train_values + valid_values
         solved = (run.results or {}).get("solved_step")
-        breaks = [bisect.bisect_right(train_steps, step) for step, _ in run.restarts()]
+        restarts = run.restarts()
+        restarted = restarted or bool(restarts)
+        breaks = [bisect.bisect_right(train_steps, step) for step, _ in restarts]
         for axis, kind in zip(axes, axes_kinds):
             train_x = train_steps if kind == "step" else [t / divisor for t in train_times]
             valid_x = valid_steps if kind == "step" else [t / divisor for t in valid_times]
@@ -272,7 +274,7 @@ def plot_runs(
                 axis.plot(train_x, smooth(train_values, breaks=breaks), color=color, linewidth=1.6, marker="." if len(train_values) == 1 else None)
             if valid_values:
                 axis.plot(valid_x, valid_values, color=color, linestyle="--", linewidth=0.9, marker="o", markersize=3.5)
-            for step, seconds in run.restarts():
+            for step, seconds in restarts:
                 axis.axvline(step if kind == "step" else seconds / divisor, color=color, linestyle="-.", linewidth=1.1)
             if solved is not None and solved in valid_steps:
                 where = valid_steps.index(solved)
@@ -300,7 +302,7 @@ def plot_runs(
     if any(run.results and run.results.get("solved_step") is not None for run in curves):
         handles.append(Line2D([], [], marker="*", markersize=11, color="grey", markeredgecolor="black", linestyle="none"))
         names.append("solved")
-    if any(run.restarts() for run in curves):
+    if restarted:
         handles.append(Line2D([], [], color="grey", linestyle="-.", linewidth=1.1))
         names.append("restart (fresh weights)")
     figure.suptitle(title or f"{metric}: {len(curves)} run{'s' if len(curves) > 1 else ''}", fontsize=12)
