@@ -143,10 +143,11 @@ class ScheduleConfig:
             last progress by ``restart_margin``), start again: fresh weights (drawn from
             ``train.seed`` and the number of restarts so far), a fresh optimizer state and
             weight average, the rate back at the schedule's; the step count, the schedule's
-            position, the data and the budget go on. For runs stuck on a plateau that neither more steps nor a rollback leaves
-            (three of 60 ARMIN copy seeds: one output position wrong, the loss flat at a
-            gradient norm of 0.01 from 15k to 72k steps, docs/results.md). The steps to
-            solve count every attempt. ``null`` (the default): never.
+            position, the data and the budget go on. For runs stuck on a plateau that neither
+            more steps nor a rollback leaves (three of 60 ARMIN copy seeds: one output
+            position wrong, the loss flat at a gradient norm of 0.01 from 15k to 72k steps,
+            docs/results.md). The steps to solve count every attempt. ``null`` (the default):
+            never.
         restart_margin: how much better than the last progress a validation must be to
             count as progress for ``restart_after``: under ``(1 - margin)`` times it (over
             ``(1 + margin)`` times it where higher is better; by ``margin`` of its magnitude
